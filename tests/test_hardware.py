@@ -1,0 +1,194 @@
+import fcntl
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from autocompress.hardware.latency import Latency, exclusive_machine, measure_latency, ratio, shared_machine
+from autocompress.hardware.profiles import HardwareProfile, ProfileError, list_profiles, load_profile
+
+VOCAB = 5000
+
+
+def tiny_bert_like(path, hidden: int, layers: int) -> str:
+    """input_ids/attention_mask [batch, seq] int64 -> Gather(embedding) * mask -> `layers` MatMul+Relu -> logits."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((VOCAB, hidden)) * 0.1).astype(np.float32), "emb"),
+        numpy_helper.from_array(np.array([-1], dtype=np.int64), "last_axis"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["emb", "input_ids"], ["h0"]),
+        helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["mask_f", "last_axis"], ["mask_3d"]),
+        helper.make_node("Mul", ["h0", "mask_3d"], ["x0"]),
+    ]
+    for i in range(layers):
+        w = (rng.standard_normal((hidden, hidden)) / np.sqrt(hidden)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [f"x{i}", f"w{i}"], [f"m{i}"]))
+        nodes.append(helper.make_node("Relu", [f"m{i}"], [f"x{i + 1}"]))
+    nodes.append(helper.make_node("Identity", [f"x{layers}"], ["logits"]))
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]),
+        ],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", hidden])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return str(path)
+
+
+@pytest.fixture(autouse=True)
+def private_lock(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOCOMPRESS_LOCK_FILE", str(tmp_path / "machine.lock"))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("onnx")
+    # 128 * 128^2 * 2 = 4.2M MACs vs 128 * 512^2 * 4 = 134M MACs: 32x the compute.
+    return tiny_bert_like(d / "small.onnx", hidden=128, layers=2), tiny_bert_like(d / "big.onnx", hidden=512, layers=4)
+
+
+FAST = dict(warmup=2, min_runs=10, max_runs=60, max_seconds=1.0)
+
+
+# --- profiles ---------------------------------------------------------------------------------
+
+
+def test_bundled_profiles_load_with_threads():
+    assert list_profiles() == ["laptop-cpu", "mobile-cpu"]
+    mobile, laptop = load_profile("mobile-cpu"), load_profile("laptop-cpu")
+    assert mobile.threads == 1 and mobile.max_threads == 1
+    assert laptop.threads == min(4, os.cpu_count())
+    for p in (mobile, laptop):
+        assert p.runtime == "onnxruntime" and p.provider == "CPUExecutionProvider"
+        assert (p.batch_size, p.seq_len) == (1, 128)
+        assert p.available()
+
+
+def test_load_profile_from_path(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("name: mine\ndescription: d\nruntime: onnxruntime\nprovider: CPUExecutionProvider\nmax_threads: 2\nseq_len: 64\n")
+    p = load_profile(str(f))
+    assert p == HardwareProfile("mine", "d", "onnxruntime", "CPUExecutionProvider", 2, 1, 64)
+
+
+@pytest.mark.parametrize(
+    "yaml_text, field",
+    [
+        ("name: x\ndescription: d\nruntime: onnxruntime\nprovider: CPUExecutionProvider\n", "max_threads"),
+        ("name: x\ndescription: d\nruntime: onnxruntime\nprovider: CPUExecutionProvider\nmax_threads: 1\nseq_len: -5\n", "seq_len"),
+        ("name: x\ndescription: d\nruntime: onnxruntime\nprovider: CPUExecutionProvider\nmax_threads: 1\ncores: 8\n", "cores"),
+        ("name: x\ndescription: d\nruntime: tflite\nprovider: CPUExecutionProvider\nmax_threads: 1\n", "runtime"),
+    ],
+)
+def test_bad_profile_names_the_field(tmp_path, yaml_text, field):
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml_text)
+    with pytest.raises(ProfileError, match=f"'{field}'"):
+        load_profile(str(f))
+
+
+def test_unknown_device_lists_known_ones():
+    with pytest.raises(ProfileError) as e:
+        load_profile("toaster")
+    msg = str(e.value)
+    assert "unknown device 'toaster'" in msg and "laptop-cpu" in msg and "mobile-cpu" in msg and ".yaml" in msg
+    assert "\n" not in msg
+
+
+def test_session_uses_profile_threads(models):
+    small, _ = models
+    sess = load_profile("mobile-cpu").session(small)
+    assert sess.get_session_options().intra_op_num_threads == 1
+    assert sess.get_providers() == ["CPUExecutionProvider"]
+
+
+# --- latency ----------------------------------------------------------------------------------
+
+
+def test_measure_latency_stats(models):
+    small, _ = models
+    lat = measure_latency(small, load_profile("mobile-cpu"), **FAST)
+    assert lat.n >= FAST["min_runs"] and lat.n <= FAST["max_runs"]
+    assert 0 < lat.p10_ms <= lat.median_ms <= lat.p90_ms
+    assert lat.spread_ms >= 0
+    assert lat.how == "measured" and lat.profile == "mobile-cpu"
+    assert lat.detail["threads"] == 1 and lat.detail["host"]
+    assert lat.detail["provider"] == "CPUExecutionProvider" and lat.detail["seq_len"] == 128
+
+
+def test_min_runs_honoured_even_past_time_budget(models):
+    _, big = models
+    lat = measure_latency(big, load_profile("mobile-cpu"), warmup=1, min_runs=8, max_runs=8, max_seconds=0.0)
+    assert lat.n == 8
+
+
+def test_bigger_model_is_slower(models):
+    small, big = models
+    profile = load_profile("mobile-cpu")
+    fast, slow = measure_latency(small, profile, **FAST), measure_latency(big, profile, **FAST)
+    assert slow.median_ms > 3 * fast.median_ms, (fast.median_ms, slow.median_ms)
+    assert ratio(slow, fast) > 3
+
+
+def test_latency_round_trip():
+    lat = Latency("laptop-cpu", 3.5, 0.2, 3.1, 4.0, 42, "predicted", {"threads": 2, "host": "h"})
+    d = lat.to_dict()
+    assert d["median_ms"] == 3.5 and d["detail"] == {"threads": 2, "host": "h"}
+    assert Latency.from_dict(d) == lat
+    assert ratio(lat, Latency("laptop-cpu", 1.75, 0.1, 1.5, 2.0, 20)) == pytest.approx(2.0)
+
+
+# --- machine lock -----------------------------------------------------------------------------
+
+HOLD_SHARED = """
+import sys, time
+from autocompress.hardware.latency import shared_machine
+with shared_machine():
+    print("held", flush=True)
+    time.sleep(float(sys.argv[1]))
+"""
+
+
+def _probe(mode: int) -> bool:
+    """Can the lock be taken in `mode` without waiting?"""
+    with open(os.environ["AUTOCOMPRESS_LOCK_FILE"], "a") as fh:
+        try:
+            fcntl.flock(fh.fileno(), mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        return True
+
+
+def test_exclusive_waits_for_shared_holder():
+    hold_s = 1.5
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_SHARED, str(hold_s)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        t_held = time.monotonic()
+        assert not _probe(fcntl.LOCK_EX)  # a measurement cannot start beside training
+        with shared_machine():  # ...but another training can
+            pass
+        with exclusive_machine():
+            waited = time.monotonic() - t_held
+            assert _probe(fcntl.LOCK_SH) is False  # and while measuring, nobody else gets in
+        assert waited > 0.5 * hold_s, waited
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
