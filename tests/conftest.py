@@ -10,7 +10,107 @@ import pytest
 def glue_dir() -> Path:
     """The real GLUE folder (SST-2, CoLA): $AUTOCOMPRESS_GLUE_DIR, else shared/glue beside the repo."""
     env = os.environ.get("AUTOCOMPRESS_GLUE_DIR")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "glue"
+    path = (Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "glue").resolve()
     if not (path / "SST-2" / "train.tsv").is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"no GLUE folder at {path}: CI must run the real-data tests")
         pytest.skip(f"no GLUE folder at {path}")
     return path
+
+
+# ---------------------------------------------------------------- a tiny BERT and its transfer set
+# Built from a config (no download), small enough that pruning, distillation and export take seconds.
+# initializer_range=0.2 (BERT's default is 0.02): with the default, a random tiny model's logits are
+# ~0.01 and padding changes them by ~3e-5, below any tolerance a test could use; at 0.2 logits are ~1
+# and masking mistakes show up as differences of ~0.1.
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: the machine is small and shared, and with two spinning OpenMP threads a
+    tiny model's step can take 100x longer when another process holds a core."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+TINY_LAYERS, TINY_HEADS, TINY_FFN, TINY_VOCAB = 4, 4, 64, 200
+
+
+def _tiny_config():
+    import transformers
+
+    return transformers.BertConfig(vocab_size=TINY_VOCAB, hidden_size=32, num_hidden_layers=TINY_LAYERS,
+                                   num_attention_heads=TINY_HEADS, intermediate_size=TINY_FFN,
+                                   max_position_embeddings=64, num_labels=2, initializer_range=0.2)
+
+
+@pytest.fixture(scope="session")
+def _tiny_bert_master():
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    return transformers.BertForSequenceClassification(_tiny_config()).eval()
+
+
+@pytest.fixture
+def tiny_bert(_tiny_bert_master):
+    """A fresh deep copy of the tiny BERT classifier (4 layers, 4 heads, FFN 64, 2 labels): safe to mutate."""
+    import copy
+
+    return copy.deepcopy(_tiny_bert_master)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_factory(_tiny_bert_master):
+    """Callable returning a fresh deep copy each call (for module-scoped fixtures)."""
+    import copy
+
+    return lambda: copy.deepcopy(_tiny_bert_master)
+
+
+def make_features(n: int, seed: int, min_len: int = 3, max_len: int = 24) -> list[dict[str, list[int]]]:
+    """``n`` rows of random token ids in [5, vocab) with lengths in [min_len, max_len]; two segments."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        length = rng.randint(min_len, max_len)
+        ids = [rng.randrange(5, TINY_VOCAB) for _ in range(length)]
+        split = rng.randint(1, length)
+        rows.append({"input_ids": ids, "attention_mask": [1] * length,
+                     "token_type_ids": [0] * split + [1] * (length - split)})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_transfer():
+    """A TransferSet of 64 rows of varying length with random labels and random teacher logits.
+
+    The teacher logits scatter around a fixed offset, so a student can move towards them (distillation
+    lowers the KD loss) even though the tokens carry no signal."""
+    import torch
+
+    from autocompress.methods.base import TransferSet
+
+    g = torch.Generator().manual_seed(1)
+    n = 64
+    return TransferSet(features=make_features(n, seed=1), labels=torch.randint(0, 2, (n,), generator=g),
+                       teacher_logits=torch.tensor([2.0, -1.0]) + torch.randn(n, 2, generator=g), pad_id=0)
+
+
+@pytest.fixture
+def tiny_ctx(tiny_transfer):
+    from autocompress.methods.base import Context
+
+    return Context(tiny_transfer, seed=0)
+
+
+@pytest.fixture(scope="session")
+def feature_rows():
+    """``make_features`` as a fixture: ``feature_rows(n, seed, min_len=3, max_len=24)``."""
+    return make_features

@@ -1,0 +1,295 @@
+"""The ``autocompress`` command: search, front, finetune, profiles.
+
+User mistakes end with one line on stderr and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """Bad input: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def parse_budget(text: str) -> float:
+    """'50ms', '50', '0.05s' -> milliseconds (> 0)."""
+    m = re.fullmatch(r"\s*([-+]?\d+(?:\.\d+)?)\s*(ms|s)?\s*", text or "")
+    if not m:
+        raise UserError(f"--budget {text!r} is not a latency: give milliseconds like 50ms (or seconds like 0.05s)")
+    value = float(m.group(1)) * (1000.0 if m.group(2) == "s" else 1.0)
+    if value <= 0:
+        raise UserError(f"--budget {text!r} must be a positive latency, like 50ms")
+    return value
+
+
+def _default_runs_dir() -> str:
+    return os.environ.get("AUTOCOMPRESS_RUNS", "runs")
+
+
+def _store_url(args) -> str:
+    from .store import default_url
+
+    return args.storage or default_url(args.runs_dir)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _teacher_settings(args, task: str):
+    from .teacher import TeacherSettings
+
+    return TeacherSettings(model=args.model, task=task, train_examples=args.train_examples, epochs=args.epochs,
+                           val_size=args.val_size, seed=args.seed)
+
+
+def _teacher(args, data):
+    from tqdm import tqdm
+
+    from .teacher import adopt_teacher, get_teacher
+
+    settings = _teacher_settings(args, data.spec.name)
+    if args.teacher:
+        return adopt_teacher(args.teacher, settings, data, log=_log)
+    bar = None
+
+    def progress(step, total, loss):
+        nonlocal bar
+        bar = bar or tqdm(total=total, desc="fine-tune teacher", unit="step", dynamic_ncols=True)
+        bar.update(1)
+        if step % 20 == 0:
+            bar.set_postfix_str(f"loss {loss:.3f}")
+
+    try:
+        return get_teacher(settings, data, log=_log, progress=progress, fresh=getattr(args, "fresh", False))
+    finally:
+        if bar:
+            bar.close()
+
+
+# ------------------------------------------------------------------ commands
+def cmd_search(args) -> int:
+    # Validate everything the user gave before anything is trained or written.
+    budget = parse_budget(args.budget) if args.budget is not None else None
+    from .hardware.profiles import list_profiles, load_profile
+    from .search.space import load_space
+    from .tasks import get_task, load_task
+
+    target = load_profile(args.device)
+    profiles = tuple(dict.fromkeys([target.name, *list_profiles()]))
+    space = load_space(args.space)
+    trials = args.trials if args.trials is not None else space.trials
+    if trials < 1:
+        raise UserError(f"--trials must be at least 1, got {trials}")
+    spec = get_task(args.task)
+    data = load_task(spec.name, args.data_dir, val_size=args.val_size, seed=args.seed)
+    name = args.name or f"{spec.name}-{target.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
+        raise UserError(f"--name {name!r}: use letters, digits, '.', '_' or '-'")
+    from .store import Store
+
+    store = Store(_store_url(args))
+    if name in store.run_names():
+        raise UserError(f"a run named {name!r} exists already: choose another --name")
+
+    teacher = _teacher(args, data)
+    num_layers = teacher.model().config.num_hidden_layers
+    space.validate(num_layers)
+
+    from .search.runner import SearchPlan, rescore_fronts, run_search
+    from .search.trial import TrialSetup
+
+    run_dir = Path(args.runs_dir).resolve() / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    threads = min(4, os.cpu_count() or 1)
+    store.create_run(name, task=spec.name, model=args.teacher or args.model, device=target.name,
+                     budget_ms=budget, space=space.text, run_dir=str(run_dir),
+                     settings={"trials": trials, "space": space.name, "val_size": args.val_size, "seed": args.seed,
+                               "teacher": str(teacher.path), "data": data.source, "profiles": list(profiles)})
+    _log(f"run {name}: {trials} trials of space '{space.name}' on {spec.name}, target {target.name}"
+         + (f", budget {budget:g} ms" if budget else "") + f"; store {store.url}")
+    setup = TrialSetup(store_url=store.url, run=name, run_dir=str(run_dir), task=spec.name,
+                       data_dir=args.data_dir or os.environ.get("AUTOCOMPRESS_GLUE_DIR"), val_size=args.val_size,
+                       teacher_path=str(teacher.path), profiles=profiles, device=target.name, budget_ms=budget,
+                       space_text=space.text, num_layers=num_layers, threads=threads, seed=args.seed)
+    plan = SearchPlan(run=name, store_url=store.url, run_dir=run_dir, space=space, trials=trials,
+                      profiles=profiles, device=target.name, budget_ms=budget, ray_address=args.ray_address,
+                      seed=args.seed)
+    t0 = time.time()
+    try:
+        status = run_search(plan, setup, data, teacher, log=_log)
+        rescore_fronts(store, name, profiles, data, teacher, log=_log)
+    except KeyboardInterrupt:
+        status = "interrupted"
+    except BaseException as e:
+        store.finish_run(name, "failed", error=f"{type(e).__name__}: {e}")
+        raise
+    store.finish_run(name, status)
+    from .report import front_data, tables
+
+    print(tables(front_data(store, name)))
+    _log(f"search took {time.time() - t0:.0f} s; see it again with: autocompress front {name}"
+         + (f" --storage {args.storage}" if args.storage else ""))
+    return 0 if status == "done" else 130
+
+
+def cmd_front(args) -> int:
+    from .report import front_data, plot_png, tables
+    from .store import Store
+
+    store = Store(_store_url(args), create=False)
+    data = front_data(store, args.run)
+    if args.device:
+        if args.device not in data["devices"]:
+            raise UserError(f"run {args.run} has no figures for device {args.device!r}: "
+                            f"choose one of {', '.join(data['devices'])}")
+        data["devices"] = {args.device: data["devices"][args.device]}
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        print(tables(data))
+    if args.plot:
+        _log(f"plot written to {plot_png(data, args.plot)}")
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from .tasks import load_task
+
+    data = load_task(args.task, args.data_dir, val_size=args.val_size, seed=args.seed)
+    t0 = time.time()
+    teacher = _teacher(args, data)
+    info = teacher.info
+    print(json.dumps({"path": str(teacher.path), "task": info["task"], "train_rows": info["train_rows"],
+                      "train_seconds": info["train_seconds"], "val": info["val"], "dev": info["dev"],
+                      "cached": time.time() - t0 < 0.5 * max(info["train_seconds"], 1)}, indent=2))
+    return 0
+
+
+def cmd_profiles(args) -> int:
+    from .hardware.profiles import list_profiles, load_profile
+
+    for name in list_profiles():
+        p = load_profile(name)
+        print(f"{p.name:12} {p.provider}, {p.threads} thread(s), batch {p.batch_size}, seq {p.seq_len}"
+              f"{'' if p.available() else ' (provider not available here)'}  {p.description}")
+    return 0
+
+
+# ------------------------------------------------------------------ parser
+def _add_data_args(p) -> None:
+    p.add_argument("--task", default="sst2", help="GLUE task: sst2, cola, mrpc, qqp, qnli, rte, mnli (default sst2)")
+    p.add_argument("--data-dir", help="local GLUE folder (GLUE's layout, e.g. SST-2/train.tsv); default: "
+                   "$AUTOCOMPRESS_GLUE_DIR, else the hub (needs network)")
+    p.add_argument("--val-size", type=int, default=1000,
+                   help="rows carved from train as the search's validation split (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, sampler and training (default 0)")
+
+
+def _add_teacher_args(p) -> None:
+    p.add_argument("--model", default="minilm", help="base model: 'minilm' (the packaged all-MiniLM-L6-v2, "
+                   "default), a local model folder or a hub id")
+    p.add_argument("--teacher", help="an already fine-tuned model folder to use as the teacher (skips fine-tuning)")
+    p.add_argument("--train-examples", type=int, default=20000,
+                   help="train rows used to fine-tune the teacher (0 = all; default 20000)")
+    p.add_argument("--epochs", type=int, default=2, help="teacher fine-tuning epochs (default 2)")
+
+
+def _add_store_args(p) -> None:
+    p.add_argument("--runs-dir", default=_default_runs_dir(),
+                   help="where runs keep their artifacts and the default SQLite store (default ./runs)")
+    p.add_argument("--storage", help="SQLAlchemy URL of the store, e.g. postgresql://host/db "
+                   "(default sqlite:///RUNS_DIR/autocompress.db)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="autocompress", description="Find the best way to compress a BERT-like model for a device: "
+                     "search combinations of pruning, distillation and quantization, and get a Pareto front "
+                     "(accuracy vs latency) per hardware profile.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("search", help="search compression recipes; ends with a Pareto front per device",
+                       description="Fine-tune (or reuse) the teacher, run the trials with Ray Tune + Optuna, "
+                       "time every candidate on every hardware profile, re-score the fronts on the GLUE dev set "
+                       "and print them.")
+    s.add_argument("--budget", help="latency budget on the target device, e.g. 50ms: steers the search and "
+                   "marks the best model within it")
+    s.add_argument("--device", default="laptop-cpu", help="target hardware profile: a bundled name "
+                   "(see `autocompress profiles`) or a profile .yaml (default laptop-cpu)")
+    s.add_argument("--space", default="default", help="search space: quick, default or a .yaml file (default: default)")
+    s.add_argument("--trials", type=int, help="number of trials (default: the space's own, 16 for default)")
+    s.add_argument("--name", help="name of the run (default: generated and printed)")
+    s.add_argument("--ray-address", help="address of a running Ray cluster (default: a local Ray)")
+    _add_data_args(s)
+    _add_teacher_args(s)
+    _add_store_args(s)
+    s.set_defaults(func=cmd_search)
+
+    f = sub.add_parser("front", help="show a run's Pareto front per device (table, --json, --plot)")
+    f.add_argument("run", help="the run's name (printed by search)")
+    f.add_argument("--device", help="only this device's front")
+    f.add_argument("--json", action="store_true", help="machine-readable output")
+    f.add_argument("--plot", metavar="PNG", help="also write a plot of the fronts to this PNG file")
+    _add_store_args(f)
+    f.set_defaults(func=cmd_front)
+
+    t = sub.add_parser("finetune", help="fine-tune and cache the teacher only (what search does first)")
+    _add_data_args(t)
+    _add_teacher_args(t)
+    t.add_argument("--fresh", action="store_true", help="fine-tune again even if a cached teacher exists")
+    t.set_defaults(func=cmd_finetune)
+
+    pr = sub.add_parser("profiles", help="list the hardware profiles")
+    pr.set_defaults(func=cmd_profiles)
+    return parser
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """``--budget -5ms`` would read as a missing value; hand it to our own check instead."""
+    out = list(argv)
+    for i in range(len(out) - 1):
+        if out[i] in ("--budget", "--trials") and out[i + 1].startswith("-") and out[i + 1][1:2].isdigit():
+            out[i:i + 2] = [f"{out[i]}={out[i + 1]}"]
+            break
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = _join_negative_values(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()      # no weight-loading reports or progress bars from transformers
+    hf_logging.disable_progress_bar()
+    from .hardware.profiles import ProfileError
+    from .methods.base import RecipeError
+    from .search.space import SpaceError
+    from .store import StoreError
+    from .tasks import DataError
+    from .teacher import TeacherError
+
+    try:
+        return args.func(args)
+    except (UserError, DataError, ProfileError, SpaceError, StoreError, TeacherError, RecipeError) as e:
+        print(f"autocompress {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("autocompress: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""torch -> ONNX: the one place that writes ONNX files (quantization writes through ``save``)."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class _Logits(torch.nn.Module):
+    """Wraps a sequence classifier so the graph has three named int64 inputs and one output."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                          token_type_ids=token_type_ids).logits
+
+
+def export_onnx(model, path: str | os.PathLike) -> Path:
+    """Export ``model`` to a single self-contained ONNX file with dynamic batch and sequence axes.
+
+    Eager attention is used for the export: ONNX Runtime fuses its pattern into its own attention kernel.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    impl = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    model.eval()
+    ids = torch.randint(1000, 2000, (2, 16))
+    example = (ids, torch.ones_like(ids), torch.zeros_like(ids))
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    dims = {name: {0: batch, 1: seq} for name in INPUT_NAMES}
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+            torch.onnx.export(_Logits(model).eval(), example, str(path), input_names=list(INPUT_NAMES),
+                              output_names=["logits"], dynamic_shapes=dims, dynamo=True,
+                              external_data=False, optimize=True)
+    finally:
+        model.set_attn_implementation(impl)
+    return path
+
+
+def save(model_proto: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model_proto, str(path))
+    return path

@@ -1,0 +1,124 @@
+"""The method registry and what a method may see besides its model.
+
+A method is a function of (model, config, context) that returns a model. ``kind`` says which world it
+works in: ``"torch"`` methods change a PyTorch model; ``"onnx"`` methods turn one ONNX file into
+another (they run after export). Each config is a validated dataclass; the recipe stores it as a dict.
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Literal
+
+import torch
+
+
+class RecipeError(ValueError):
+    """A recipe or a method's parameters are invalid; the message names the parameter."""
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    kind: Literal["torch", "onnx"]
+    config_cls: type
+    fn: Callable[..., Any]
+    doc: str
+
+    def config(self, params: dict[str, Any]) -> Any:
+        fields = {f.name for f in dataclasses.fields(self.config_cls)}
+        unknown = sorted(set(params) - fields)
+        if unknown:
+            raise RecipeError(f"{self.name}: unknown parameter {unknown[0]!r}; expected one of {sorted(fields)}")
+        try:
+            return self.config_cls(**params)
+        except TypeError as e:  # wrong types that the dataclass itself rejects
+            raise RecipeError(f"{self.name}: {e}") from None
+
+
+REGISTRY: dict[str, Method] = {}
+
+
+def register(name: str, kind: Literal["torch", "onnx"], config_cls: type):
+    """Decorator: ``@register("prune_heads", "torch", HeadPruning)`` on ``fn(model, cfg, ctx)``."""
+
+    def wrap(fn):
+        if name in REGISTRY:
+            raise RuntimeError(f"method {name!r} registered twice")
+        REGISTRY[name] = Method(name, kind, config_cls, fn, (fn.__doc__ or "").strip().splitlines()[0])
+        return fn
+
+    return wrap
+
+
+def get_method(name: str) -> Method:
+    import autocompress.methods  # noqa: F401  (fills the registry)
+
+    if name not in REGISTRY:
+        raise RecipeError(f"unknown method {name!r}; known: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
+def check(cond: bool, method: str, message: str) -> None:
+    """Parameter validation for config dataclasses (never ``assert``)."""
+    if not cond:
+        raise RecipeError(f"{method}: {message}")
+
+
+@dataclass
+class TransferSet:
+    """Tokenised training rows with the teacher's logits: what importance scores and distillation use.
+
+    ``features`` holds one dict per row (input_ids, attention_mask, token_type_ids as lists).
+    """
+
+    features: list[dict[str, list[int]]]
+    labels: torch.Tensor          # [N] int64
+    teacher_logits: torch.Tensor  # [N, num_labels] float32
+    pad_id: int = 0
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def batches(self, batch_size: int, n_batches: int, seed: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """Length-bucketed random batches (rows of similar length together: ~3x less padding)."""
+        rng = random.Random(seed)
+        done = 0
+        while done < n_batches:
+            order = list(range(len(self)))
+            rng.shuffle(order)
+            chunk = batch_size * 50
+            batches = []
+            for start in range(0, len(order), chunk):
+                part = sorted(order[start:start + chunk], key=lambda i: len(self.features[i]["input_ids"]))
+                batches += [part[j:j + batch_size] for j in range(0, len(part), batch_size)]
+            rng.shuffle(batches)
+            for idx in batches:
+                if done == n_batches:
+                    return
+                yield self.collate(idx)
+                done += 1
+
+    def collate(self, idx: list[int]) -> dict[str, torch.Tensor]:
+        rows = [self.features[i] for i in idx]
+        width = max(len(r["input_ids"]) for r in rows)
+        out = {}
+        for key, pad in (("input_ids", self.pad_id), ("attention_mask", 0), ("token_type_ids", 0)):
+            out[key] = torch.tensor([r[key] + [pad] * (width - len(r[key])) for r in rows], dtype=torch.long)
+        out["labels"] = self.labels[idx]
+        out["teacher_logits"] = self.teacher_logits[idx]
+        return out
+
+
+@dataclass
+class Context:
+    """What a torch method may use besides the model: the transfer set and a seed."""
+
+    transfer: TransferSet
+    seed: int = 0
+    progress: Callable[[str], None] | None = None
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}

@@ -1,0 +1,114 @@
+"""Fronts as data (JSON-ready), as text tables, and as a PNG plot (matplotlib)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .recipe import Recipe
+from .search import pareto
+from .store import RunRecord, Store, TrialRecord
+
+
+def _member(t: TrialRecord, profile: str, teacher: TrialRecord | None) -> dict[str, Any]:
+    lat = t.latencies[profile]
+    base = teacher.latencies.get(profile) if teacher else None
+    return {
+        "trial": t.number,
+        "role": t.role,
+        "recipe": Recipe.from_json(t.recipe).short(),
+        "recipe_json": t.recipe,
+        "recipe_hash": t.recipe_hash,
+        "val": t.metrics.get("val"),
+        "dev": t.metrics.get("dev"),
+        "latency": lat,
+        "speedup": round(base["median_ms"] / lat["median_ms"], 3) if base else None,
+        "size_mb": round(t.size_mb, 2) if t.size_mb is not None else None,
+        "n_params": t.n_params,
+        "onnx": t.artifacts.get("onnx"),
+    }
+
+
+def front_data(store: Store, run: str) -> dict[str, Any]:
+    """Per device: the front members with their figures, the best within budget, and the teacher."""
+    r: RunRecord = store.get_run(run)
+    trials = store.trials(run)
+    failed = [t for t in store.trials(run, status="failed")]
+    teacher = next((t for t in trials if t.role == "teacher"), None)
+    profiles = sorted({p for t in trials for p in t.latencies})
+    devices = {}
+    for p in profiles:
+        budget = r.budget_ms if p == r.device else None
+        best = pareto.best_within(trials, p, budget)
+        devices[p] = {
+            "target": p == r.device,
+            "budget_ms": budget,
+            "teacher": _member(teacher, p, teacher) if teacher and p in teacher.latencies else None,
+            "front": [_member(t, p, teacher) for t in pareto.front(trials, p)],
+            "best_within_budget": best.number if best else None,
+        }
+    return {
+        "run": r.name, "status": r.status, "task": r.task, "model": r.model, "device": r.device,
+        "budget_ms": r.budget_ms, "created": r.created.isoformat(timespec="seconds"),
+        "trials_done": len([t for t in trials if t.role == "candidate"]), "trials_failed": len(failed),
+        "failures": [{"trial": t.number, "error": (t.error or "").splitlines()[0]} for t in failed],
+        "devices": devices,
+    }
+
+
+def _pct(m: dict | None) -> str:
+    return f"{100 * m['main']:.2f}" if m else "-"
+
+
+def tables(data: dict[str, Any]) -> str:
+    """One text table per device; the most accurate model within budget is marked with *."""
+    lines = [f"run {data['run']} ({data['status']}): {data['task']}, {data['trials_done']} trials done"
+             + (f", {data['trials_failed']} failed" if data["trials_failed"] else "")]
+    for name, d in data["devices"].items():
+        t = d["teacher"]
+        head = f"\n{name}" + (" (target" + (f", budget {d['budget_ms']:g} ms" if d["budget_ms"] else "") + ")"
+                              if d["target"] else "")
+        lines.append(head)
+        if t:
+            lines.append(f"  teacher fp32 ONNX: val {_pct(t['val'])}  dev {_pct(t['dev'])}  "
+                         f"{t['latency']['median_ms']:.2f} ms  {t['size_mb']} MB")
+        hdr = f"  {'':1} {'trial':>5} {'val %':>6} {'dev %':>6} {'latency ms':>16} {'speedup':>7} {'MB':>6}  recipe"
+        lines.append(hdr)
+        for m in d["front"]:
+            mark = "*" if m["trial"] == d["best_within_budget"] else ""
+            lat = m["latency"]
+            lat_s = f"{lat['median_ms']:.2f} ±{lat['spread_ms'] / 2:.2f}"
+            sp = f"{m['speedup']:.2f}x" if m["speedup"] else "-"
+            lines.append(f"  {mark:1} {m['trial']:>5} {_pct(m['val']):>6} {_pct(m['dev']):>6} {lat_s:>16} "
+                         f"{sp:>7} {m['size_mb']:>6}  {m['recipe']}")
+        if d["budget_ms"] and d["best_within_budget"] is None:
+            lines.append(f"  no model is within {d['budget_ms']:g} ms")
+    lines.append("\nval = validation split carved from train (search decisions); dev = GLUE dev set (front only);"
+                 " latency = median ± half the interquartile range, batch 1, measured; * = best within budget")
+    return "\n".join(lines)
+
+
+def plot_png(data: dict[str, Any], path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    devices = data["devices"]
+    fig, axes = plt.subplots(1, len(devices), figsize=(5.5 * len(devices), 4.2), squeeze=False)
+    for ax, (name, d) in zip(axes[0], devices.items()):
+        pts = [(m["latency"]["median_ms"], 100 * (m["dev"] or m["val"])["main"]) for m in d["front"]]
+        ax.plot(*zip(*pts), "o-", label="front") if pts else None
+        if d["teacher"]:
+            t = d["teacher"]
+            ax.plot(t["latency"]["median_ms"], 100 * (t["dev"] or t["val"])["main"], "s", color="k",
+                    label="teacher fp32")
+        if d["budget_ms"]:
+            ax.axvline(d["budget_ms"], ls="--", color="r", label="budget")
+        ax.set_title(name)
+        ax.set_xlabel("latency, ms (batch 1)")
+        ax.set_ylabel("accuracy % (dev where scored)")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

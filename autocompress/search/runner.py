@@ -1,0 +1,137 @@
+"""Ray Tune + OptunaSearch: two objectives (validation accuracy up, target latency down), the latency
+budget as an Optuna constraint, every candidate timed on every profile, then the fronts re-scored on
+the GLUE dev set."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+# local runs: no auth token, no usage reporting, no result-file loggers (the store keeps the results)
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+
+from ray.tune.search.optuna import OptunaSearch  # noqa: E402
+
+from ..evaluate import EVAL_MAX_LENGTH, encode, predict_onnx, score
+from ..recipe import Recipe
+from ..store import Store, TrialRecord
+from ..tasks import TaskData
+from ..teacher import Teacher
+from . import pareto
+from .space import Space
+from .trial import OBJECTIVES, TrialSetup, evaluate_candidate, trainable
+
+
+@dataclass
+class SearchPlan:
+    run: str
+    store_url: str
+    run_dir: Path
+    space: Space
+    trials: int
+    profiles: tuple[str, ...]
+    device: str
+    budget_ms: float | None
+    ray_address: str | None = None
+    seed: int = 0
+
+
+class ConstrainedOptunaSearch(OptunaSearch):
+    """OptunaSearch that sets the trial's latency-budget constraint (``Trial.set_constraint``, <= 0 is
+    feasible) before ``tell``, so Optuna's sampler steers away from recipes over the budget."""
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        if result and "constraint" in result and trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_constraint("latency_budget", float(result["constraint"]))
+        super().on_trial_complete(trial_id, result, error)
+
+
+@dataclass
+class DefineByRun:
+    """The searcher's define-by-run space (a picklable object: Ray checkpoints the searcher)."""
+
+    space: Space
+    num_layers: int
+
+    def __call__(self, trial) -> dict:
+        self.space.suggest(trial, self.num_layers)
+        return {"trial_number": trial.number + 1}
+
+
+def run_search(plan: SearchPlan, setup: TrialSetup, data: TaskData, teacher: Teacher,
+               log: Callable[[str], None] = print) -> str:
+    """Run the trials; returns the run's final status (done | interrupted)."""
+    import optuna
+    import ray
+    from ray import tune
+    from tqdm import tqdm
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    bar = tqdm(total=plan.trials + 1, desc="trials", unit="trial", dynamic_ncols=True)
+    bar.set_postfix_str("teacher baseline")
+    evaluate_candidate(setup, 0, Recipe(), role="teacher", data=data, teacher=teacher)
+    bar.update(1)
+
+    class Progress(tune.Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            bar.set_postfix_str(f"trial {trial.config.get('trial_number')}: running")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            r = trial.last_result or {}
+            if "val_accuracy" in r:
+                bar.set_postfix_str(f"trial {r['number']}: acc {r['val_accuracy']:.3f}, "
+                                    f"{r['latency_ms']:.1f} ms ({r['recipe']})")
+            bar.update(1)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            bar.set_postfix_str(f"trial {trial.config.get('trial_number')}: failed (see `autocompress front`)")
+            bar.update(1)
+
+    sampler = optuna.samplers.TPESampler(seed=plan.seed, n_startup_trials=max(len(plan.space.seeds) + 2, plan.trials // 3))
+    storage = optuna.storages.RDBStorage(plan.store_url)
+
+    searcher = ConstrainedOptunaSearch(space=DefineByRun(plan.space, setup.num_layers), metric=list(OBJECTIVES), mode=["max", "min"],
+                               sampler=sampler, storage=storage, study_name=plan.run,
+                               points_to_evaluate=plan.space.seeds[: plan.trials] or None)
+    ray.init(address=plan.ray_address, num_cpus=None if plan.ray_address else setup.threads,
+             include_dashboard=False, log_to_driver=False, logging_level="ERROR", configure_logging=True)
+    status = "done"
+    try:
+        tuner = tune.Tuner(
+            tune.with_resources(tune.with_parameters(trainable, setup=setup), {"cpu": setup.threads}),
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=plan.trials, max_concurrent_trials=1),
+            run_config=tune.RunConfig(name=plan.run, storage_path=str((plan.run_dir / "ray").resolve()),
+                                      verbose=0, callbacks=[Progress()],
+                                      failure_config=tune.FailureConfig(max_failures=0)),
+        )
+        try:
+            tuner.fit()
+        except KeyboardInterrupt:
+            status = "interrupted"
+    finally:
+        ray.shutdown()
+        bar.close()
+    return status
+
+
+def rescore_fronts(store: Store, run: str, profiles: tuple[str, ...], data: TaskData, teacher: Teacher,
+                   log: Callable[[str], None] = print) -> list[int]:
+    """Score the members of every device's front (and the teacher) on the GLUE dev set, once each."""
+    from tqdm import tqdm
+
+    trials = store.trials(run)
+    members: dict[int, TrialRecord] = {t.number: t for t in trials if t.role == "teacher"}
+    for p in profiles:
+        members.update({t.number: t for t in pareto.front(trials, p)})
+    todo = [t for t in members.values() if "dev" not in t.metrics and "onnx" in t.artifacts]
+    features = encode(teacher.tokenizer, data.dev, EVAL_MAX_LENGTH)
+    pad = teacher.tokenizer.pad_token_id or 0
+    for t in tqdm(todo, desc="dev re-score", unit="model", dynamic_ncols=True):
+        s = score(data.spec, predict_onnx(t.artifacts["onnx"], features, pad_id=pad), data.dev["label"], "dev")
+        store.add_metrics(store.trial_id(run, t.number), "dev", s.metrics, s.n)
+    return sorted(members)
+

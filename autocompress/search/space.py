@@ -1,0 +1,174 @@
+"""Search spaces: a YAML file -> Optuna suggestions (define-by-run) -> a Recipe.
+
+```yaml
+name: quick
+trials: 12                      # default number of trials for this space
+steps:                          # in the order they are applied
+  - method: drop_layers
+    params:
+      keep: {int: [3, 6]}       # {int: [lo, hi], step: 1, log: false} | {float: [lo, hi], step, log}
+      strategy: top             # a constant                          | {choices: [a, b]}
+  - method: distill
+    when: changed               # only if an earlier step removed something
+    params: {steps: {int: [100, 300], step: 100}}
+  - method: quantize_int8
+    optional: true              # the searcher decides whether the step is in the recipe
+seeds:                          # recipes tried first, as the searcher's parameter names
+  - {drop_layers.keep: 4, quantize_int8: true}
+```
+The same function turns a trial into a recipe for the searcher (``optuna.Trial``) and turns stored
+parameters back into a recipe (``optuna.trial.FixedTrial``), so the two can never disagree.
+"""
+from __future__ import annotations
+
+import importlib.resources
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from ..methods.base import RecipeError, get_method
+from ..recipe import Recipe, Step
+
+
+class SpaceError(Exception):
+    """A user-facing problem with a search space; one line."""
+
+
+_STEP_KEYS = {"method", "params", "optional", "when"}
+
+
+@dataclass
+class Space:
+    name: str
+    steps: list[dict[str, Any]]
+    seeds: list[dict[str, Any]] = field(default_factory=list)
+    trials: int = 12
+    text: str = ""
+
+    def suggest(self, trial, num_layers: int) -> Recipe:
+        """Ask ``trial`` (an optuna Trial or FixedTrial) for every choice; return the recipe it makes."""
+        steps, changed = [], False
+        for spec in self.steps:
+            method = spec["method"]
+            if spec.get("when") == "changed" and not changed:
+                continue
+            if spec.get("optional") and not trial.suggest_categorical(method, [True, False]):
+                continue
+            params = {k: _suggest(trial, f"{method}.{k}", v) for k, v in (spec.get("params") or {}).items()}
+            step = Step(method, params)
+            is_identity = getattr(step.config, "is_identity", None)
+            if is_identity is not None and is_identity(num_layers):
+                continue
+            changed = changed or get_method(method).kind == "torch"
+            steps.append(step)
+        return Recipe(tuple(steps))
+
+    def recipe_from_params(self, params: dict[str, Any], num_layers: int) -> Recipe:
+        return self.suggest(optuna.trial.FixedTrial(params), num_layers)
+
+    def validate(self, num_layers: int) -> None:
+        """Reject impossible spaces before anything runs: every seed and both corners must build."""
+        corners = [{}, {}]
+        for spec in self.steps:
+            for k, v in (spec.get("params") or {}).items():
+                name = f"{spec['method']}.{k}"
+                if isinstance(v, dict) and ("int" in v or "float" in v):
+                    lo, hi = v.get("int", v.get("float"))
+                    corners[0][name], corners[1][name] = lo, hi
+                elif isinstance(v, dict):
+                    corners[0][name], corners[1][name] = v["choices"][0], v["choices"][-1]
+            if spec.get("optional"):
+                corners[0][spec["method"]] = corners[1][spec["method"]] = True
+        for i, params in enumerate(corners + self.seeds):
+            what = f"seed {i - 1}" if i >= 2 else ("lower" if i == 0 else "upper") + " bounds"
+            try:
+                self.recipe_from_params({**corners[0], **params}, num_layers)
+            except (RecipeError, ValueError) as e:
+                raise SpaceError(f"search space {self.name!r}, {what}: {e}") from None
+
+
+def _suggest(trial, name: str, spec: Any) -> Any:
+    if not isinstance(spec, dict):
+        return spec
+    if "int" in spec:
+        lo, hi = spec["int"]
+        return trial.suggest_int(name, lo, hi, step=spec.get("step", 1), log=spec.get("log", False))
+    if "float" in spec:
+        lo, hi = spec["float"]
+        return trial.suggest_float(name, lo, hi, step=spec.get("step"), log=spec.get("log", False))
+    return trial.suggest_categorical(name, spec["choices"])
+
+
+def _check_param(where: str, spec: Any) -> None:
+    if not isinstance(spec, dict):
+        return
+    kinds = [k for k in ("int", "float", "choices") if k in spec]
+    if len(kinds) != 1:
+        raise SpaceError(f"{where}: give exactly one of int: [lo, hi], float: [lo, hi] or choices: [...]")
+    if kinds[0] == "choices":
+        if not isinstance(spec["choices"], list) or not spec["choices"]:
+            raise SpaceError(f"{where}: choices must be a non-empty list")
+        return
+    bounds = spec[kinds[0]]
+    if not (isinstance(bounds, list) and len(bounds) == 2 and bounds[0] <= bounds[1]):
+        raise SpaceError(f"{where}: {kinds[0]} must be [low, high] with low <= high, got {bounds!r}")
+    unknown = set(spec) - {kinds[0], "step", "log"}
+    if unknown:
+        raise SpaceError(f"{where}: unknown key {sorted(unknown)[0]!r} (expected step or log)")
+
+
+def parse_space(text: str, default_name: str = "custom") -> Space:
+    try:
+        d = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SpaceError(f"search space is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(d, dict) or not isinstance(d.get("steps"), list) or not d["steps"]:
+        raise SpaceError("search space must be a mapping with a non-empty 'steps' list")
+    name = str(d.get("name", default_name))
+    for i, spec in enumerate(d["steps"]):
+        if not isinstance(spec, dict) or "method" not in spec:
+            raise SpaceError(f"search space {name!r}, step {i}: each step needs a 'method'")
+        unknown = set(spec) - _STEP_KEYS
+        if unknown:
+            raise SpaceError(f"search space {name!r}, step {i}: unknown key {sorted(unknown)[0]!r}")
+        try:
+            method = get_method(spec["method"])
+        except RecipeError as e:
+            raise SpaceError(f"search space {name!r}, step {i}: {e}") from None
+        if spec.get("when") not in (None, "changed"):
+            raise SpaceError(f"search space {name!r}, step {i}: when must be 'changed'")
+        fields = set(method.config_cls.__dataclass_fields__)
+        for k, v in (spec.get("params") or {}).items():
+            if k not in fields:
+                raise SpaceError(f"search space {name!r}, {spec['method']}: unknown parameter {k!r}; "
+                                 f"expected one of {sorted(fields)}")
+            _check_param(f"search space {name!r}, {spec['method']}.{k}", v)
+    trials = d.get("trials", 12)
+    if not isinstance(trials, int) or trials < 1:
+        raise SpaceError(f"search space {name!r}: trials must be a positive integer")
+    seeds = d.get("seeds") or []
+    if not isinstance(seeds, list) or not all(isinstance(s, dict) for s in seeds):
+        raise SpaceError(f"search space {name!r}: seeds must be a list of mappings")
+    return Space(name, d["steps"], seeds, trials, text)
+
+
+def bundled_spaces() -> list[str]:
+    root = importlib.resources.files("autocompress.search_spaces")
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_space(name_or_path: str) -> Space:
+    """A bundled space name (quick, default) or a path to a YAML file."""
+    root = importlib.resources.files("autocompress.search_spaces")
+    if name_or_path in bundled_spaces():
+        return parse_space((root / f"{name_or_path}.yaml").read_text(), name_or_path)
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise SpaceError(f"search space file {name_or_path} does not exist")
+        return parse_space(path.read_text(), path.stem)
+    raise SpaceError(f"unknown search space {name_or_path!r}: choose one of {', '.join(bundled_spaces())} "
+                     "or give a .yaml file")

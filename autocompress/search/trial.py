@@ -1,0 +1,99 @@
+"""One trial: recipe -> candidate -> metrics, recorded in the store as it goes.
+
+``evaluate_candidate`` is plain Python (the teacher baseline uses it directly); ``trainable`` wraps it
+for Ray Tune. Accuracy is measured on the very ONNX file that is timed and would be shipped.
+"""
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import checkpoint, export
+from ..evaluate import EVAL_MAX_LENGTH, encode, predict_onnx, score
+from ..hardware.latency import measure_latency, shared_machine
+from ..hardware.profiles import load_profile
+from ..methods.base import Context
+from ..recipe import Recipe
+from ..store import Store
+from ..tasks import load_task
+from ..teacher import load_teacher
+
+OBJECTIVES = ("val_accuracy", "latency_ms")
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """Everything a trial needs, as plain values (it travels to Ray workers)."""
+
+    store_url: str
+    run: str
+    run_dir: str
+    task: str
+    data_dir: str | None
+    val_size: int
+    teacher_path: str
+    profiles: tuple[str, ...]     # every profile is measured: each device gets its own front
+    device: str                   # the target profile (the searcher's latency objective)
+    budget_ms: float | None
+    space_text: str
+    num_layers: int
+    threads: int
+    seed: int = 0
+
+
+def evaluate_candidate(setup: TrialSetup, number: int, recipe: Recipe, role: str = "candidate",
+                       params: dict | None = None, data=None, teacher=None) -> dict:
+    store = Store(setup.store_url, create=False)
+    trial_id = store.start_trial(setup.run, number, role, recipe.to_json(), recipe.hash, params)
+    t0 = time.time()
+    try:
+        torch.set_num_threads(setup.threads)
+        out_dir = Path(setup.run_dir) / f"trial-{number:03d}"
+        with shared_machine():
+            data = data or load_task(setup.task, setup.data_dir, val_size=setup.val_size, seed=setup.seed)
+            teacher = teacher or load_teacher(setup.teacher_path)
+            model = teacher.model()
+            if recipe.torch_steps:
+                ctx = Context(teacher.transfer_set(data), seed=setup.seed + number)
+                model = recipe.apply_torch(model, ctx)
+            checkpoint.save_model(model, teacher.tokenizer, out_dir / "checkpoint")
+            fp32 = export.export_onnx(model, out_dir / "model.fp32.onnx")
+            final = recipe.apply_onnx(fp32, out_dir)
+            pad = teacher.tokenizer.pad_token_id or 0
+            logits = predict_onnx(final, encode(teacher.tokenizer, data.val, EVAL_MAX_LENGTH), pad_id=pad)
+            val = score(data.spec, logits, data.val["label"], "val")
+        latencies = {name: measure_latency(final, load_profile(name)) for name in setup.profiles}
+        store.add_metrics(trial_id, "val", val.metrics, val.n)
+        for lat in latencies.values():
+            store.add_latency(trial_id, lat.to_dict())
+        store.add_artifact(trial_id, "onnx", final)
+        store.add_artifact(trial_id, "checkpoint", out_dir / "checkpoint")
+        size = checkpoint.size_mb(final)
+        store.finish_trial(trial_id, "done", seconds=time.time() - t0, size_mb=size,
+                           n_params=checkpoint.count_params(model))
+    except BaseException as e:
+        store.finish_trial(trial_id, "failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}",
+                           seconds=time.time() - t0)
+        raise
+    target = latencies[setup.device]
+    result = {"val_accuracy": val.main, "latency_ms": target.median_ms, "size_mb": size,
+              "number": number, "recipe": recipe.short()}
+    if setup.budget_ms is not None:
+        result["constraint"] = target.median_ms - setup.budget_ms   # <= 0: within budget
+    return result
+
+
+def trainable(config: dict, setup: TrialSetup) -> None:
+    """The Ray Tune function trainable: config holds the searcher's flat parameters."""
+    from ray import tune
+
+    from .space import parse_space
+
+    params = {k: v for k, v in config.items() if k != "trial_number"}
+    recipe = parse_space(setup.space_text).recipe_from_params(params, setup.num_layers)
+    tune.report(evaluate_candidate(setup, int(config["trial_number"]), recipe, params=params))
+

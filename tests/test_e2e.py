@@ -1,0 +1,102 @@
+"""A tiny search end to end, as a user runs it: the packaged MiniLM, real SST-2 rows, real Ray Tune +
+Optuna, real ONNX Runtime timings, a real SQLite store. Small budgets keep it to a few minutes."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY_SPACE = """
+name: tiny
+trials: 2
+steps:
+  - method: drop_layers
+    params: {keep: {int: [4, 5]}}
+  - method: prune_ffn
+    params: {ratio: {float: [0.0, 0.5], step: 0.5}, score_batches: 2}
+  - method: distill
+    when: changed
+    params: {steps: {int: [10, 20], step: 10}}
+  - method: quantize_int8
+    optional: true
+seeds:
+  - {drop_layers.keep: 4, prune_ffn.ratio: 0.5, distill.steps: 20, quantize_int8: true}
+"""
+TEACHER = ["--train-examples", "640", "--epochs", "1", "--val-size", "200"]
+
+
+def _cli(*args, env, timeout=900):
+    exe = Path(sys.executable).with_name("autocompress")
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, glue_dir):
+    tmp = tmp_path_factory.mktemp("e2e")
+    (tmp / "tiny.yaml").write_text(TINY_SPACE)
+    env = {**os.environ, "AUTOCOMPRESS_CACHE": str(tmp / "cache"), "AUTOCOMPRESS_GLUE_DIR": str(glue_dir),
+           "AUTOCOMPRESS_LOCK_FILE": str(tmp / "machine.lock")}
+    r = _cli("search", "--budget", "500ms", "--space", str(tmp / "tiny.yaml"), "--name", "e2e",
+             "--runs-dir", str(tmp / "runs"), *TEACHER, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    front = _cli("front", "e2e", "--json", "--runs-dir", str(tmp / "runs"), env=env)
+    assert front.returncode == 0, front.stderr
+    return {"tmp": tmp, "env": env, "out": r.stdout, "err": r.stderr, "front": json.loads(front.stdout)}
+
+
+def test_search_prints_a_front_per_device(run):
+    out = run["out"]
+    assert "laptop-cpu (target, budget 500 ms)" in out and "mobile-cpu" in out
+    assert "teacher fp32 ONNX" in out
+    assert "*" in out            # the best model within budget is marked
+
+
+def test_front_json_holds_teacher_and_members(run):
+    data = run["front"]
+    assert data["status"] == "done" and data["trials_done"] == 2 and data["trials_failed"] == 0
+    assert set(data["devices"]) == {"laptop-cpu", "mobile-cpu"}
+    for name, d in data["devices"].items():
+        teacher = d["teacher"]
+        assert teacher["recipe"] == "fp32 (unchanged)" and teacher["speedup"] == 1.0
+        assert teacher["val"]["n"] == 200 and teacher["dev"]["n"] == 872   # val carved from train; GLUE dev
+        assert 0.5 < teacher["dev"]["main"] <= 1.0
+        assert d["front"], name
+        for m in d["front"]:
+            lat = m["latency"]
+            assert lat["how"] == "measured" and lat["n"] >= 20 and lat["median_ms"] > 0
+            assert lat["p10_ms"] <= lat["median_ms"] <= lat["p90_ms"]
+            assert m["dev"] is not None and m["dev"]["n"] == 872      # fronts are re-scored on dev
+            assert Path(m["onnx"]).is_file()
+        lats = [m["latency"]["median_ms"] for m in d["front"]]
+        accs = [m["val"]["main"] for m in d["front"]]
+        assert lats == sorted(lats) and accs == sorted(accs)          # a front: slower only if more accurate
+    assert data["devices"]["laptop-cpu"]["best_within_budget"] is not None
+
+
+def test_seeded_recipe_really_compressed(run):
+    """Trial 1 is the space's seed: 4 layers, FFN halved, distilled, int8 — smaller than the teacher."""
+    from autocompress.store import Store, default_url
+
+    store = Store(default_url(run["tmp"] / "runs"), create=False)
+    trials = {t.number: t for t in store.trials("e2e")}
+    assert set(trials) == {0, 1, 2}
+    seed = trials[1]
+    recipe = json.loads(seed.recipe)
+    assert [s["method"] for s in recipe["steps"]] == ["drop_layers", "prune_ffn", "distill", "quantize_int8"]
+    assert seed.n_params < trials[0].n_params
+    assert seed.size_mb < trials[0].size_mb / 2       # int8 and pruning both shrink the file
+    assert set(seed.latencies) == {"laptop-cpu", "mobile-cpu"}
+    config = json.loads((Path(seed.artifacts["checkpoint"]) / "config.json").read_text())
+    assert len(config["autocompress_shape"]) == 4 and config["autocompress_shape"][0]["ffn"] == 768
+
+
+def test_front_plot_and_cached_teacher(run):
+    png = run["tmp"] / "front.png"
+    r = _cli("front", "e2e", "--plot", str(png), "--runs-dir", str(run["tmp"] / "runs"), env=run["env"])
+    assert r.returncode == 0 and png.stat().st_size > 5000
+    r = _cli("finetune", *TEACHER, env=run["env"])          # same settings: the cached teacher, no training
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["cached"] is True and info["train_rows"] == 640
