@@ -36,7 +36,7 @@ def export_onnx(model, path: str | os.PathLike) -> Path:
     impl = model.config._attn_implementation
     model.set_attn_implementation("eager")
     model.eval()
-    ids = torch.randint(1000, 2000, (2, 16))
+    ids = torch.randint(0, model.config.vocab_size, (2, 16))
     example = (ids, torch.ones_like(ids), torch.zeros_like(ids))
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     dims = {name: {0: batch, 1: seq} for name in INPUT_NAMES}

@@ -24,8 +24,13 @@ class Step:
         return get_method(self.method).config(self.params)
 
     def to_dict(self) -> dict[str, Any]:
-        """Parameters with defaults filled in, so equal steps serialise (and hash) equally."""
-        return {"method": self.method, "params": dataclasses.asdict(self.config)}
+        """Parameters with defaults filled in (and 2 read as 2.0 for float fields), so equal steps
+        serialise and hash equally."""
+        cfg = self.config
+        params = {f.name: float(getattr(cfg, f.name)) if f.type in ("float", float) and
+                  isinstance(getattr(cfg, f.name), int) and not isinstance(getattr(cfg, f.name), bool)
+                  else getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+        return {"method": self.method, "params": params}
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,13 @@ def finetune(model, transfer: TransferSet, settings: TeacherSettings,
     """Plain fine-tuning with length-bucketed batches and linear warm-up/decay."""
     emb = model.base_model.embeddings.word_embeddings.weight
     emb.requires_grad_(False)   # its 30k x H gradient and Adam state cost more time than they help
+    try:
+        return _train(model, transfer, settings, progress)
+    finally:
+        emb.requires_grad_(True)
+
+
+def _train(model, transfer: TransferSet, settings: TeacherSettings, progress) -> object:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.01)
     steps = settings.epochs * ((len(transfer) + settings.batch_size - 1) // settings.batch_size)
@@ -123,7 +130,6 @@ def finetune(model, transfer: TransferSet, settings: TeacherSettings,
         opt.zero_grad(set_to_none=True)
         if progress:
             progress(step + 1, steps, out.loss.item())
-    emb.requires_grad_(True)
     return model.eval()
 
 

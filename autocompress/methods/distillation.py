@@ -43,7 +43,15 @@ def kd_loss(student_logits, teacher_logits, labels, temperature: float, alpha: f
 def distill(model, cfg: Distillation, ctx: Context):
     """Recover accuracy by distilling the teacher's logits into the model."""
     embeddings = model.base_model.embeddings.word_embeddings.weight
+    was_trainable = embeddings.requires_grad
     embeddings.requires_grad_(False)          # a 30k x H matrix: updating it costs more than it helps here
+    try:
+        return _train(model, cfg, ctx)
+    finally:
+        embeddings.requires_grad_(was_trainable)
+
+
+def _train(model, cfg: Distillation, ctx: Context):
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     warm = max(1, int(cfg.steps * cfg.warmup))
@@ -60,6 +68,5 @@ def distill(model, cfg: Distillation, ctx: Context):
         opt.zero_grad(set_to_none=True)
         if ctx.progress and (step + 1) % 50 == 0:
             ctx.progress(f"distill {step + 1}/{cfg.steps} loss {loss.item():.3f}")
-    embeddings.requires_grad_(True)
     model.eval()
     return model

@@ -1,0 +1,114 @@
+"""Recipes: validation, JSON round trip, stable hashes, short descriptions, application order."""
+import json
+
+import pytest
+import torch
+
+from autocompress.methods.base import RecipeError, model_inputs
+from autocompress.methods.pruning import encoder_layers
+from autocompress.recipe import RECIPE_VERSION, Recipe, Step
+
+
+def full_recipe() -> Recipe:
+    return Recipe((Step("drop_layers", {"keep": 4}), Step("prune_heads", {"ratio": 0.25}),
+                   Step("prune_ffn", {"ratio": 0.5}), Step("distill", {"steps": 300}), Step("quantize_int8")))
+
+
+def test_json_round_trip():
+    r = full_recipe()
+    text = r.to_json()
+    back = Recipe.from_json(text)
+    assert back.to_json() == text
+    assert back.hash == r.hash
+    assert back == Recipe.from_dict(json.loads(text))
+    d = json.loads(text)
+    assert d["version"] == RECIPE_VERSION
+    assert [s["method"] for s in d["steps"]] == ["drop_layers", "prune_heads", "prune_ffn", "distill",
+                                                  "quantize_int8"]
+    # defaults are written out
+    assert d["steps"][0]["params"] == {"keep": 4, "strategy": "top"}
+    assert d["steps"][3]["params"]["temperature"] == 2.0
+    assert d["steps"][4]["params"] == {"per_channel": True, "reduce_range": False}
+
+
+def test_hash_is_stable():
+    a = Recipe((Step("distill", {"steps": 100, "lr": 2e-4, "temperature": 4.0}),))
+    b = Recipe((Step("distill", {"temperature": 4.0, "lr": 2e-4, "steps": 100}),))       # key order
+    assert a.hash == b.hash and a.to_json() == b.to_json()
+    omitted = Recipe((Step("drop_layers", {"keep": 3}), Step("quantize_int8")))
+    filled = Recipe((Step("drop_layers", {"keep": 3, "strategy": "top"}),
+                     Step("quantize_int8", {"per_channel": True, "reduce_range": False})))
+    assert omitted.hash == filled.hash
+    assert len(a.hash) == 16 and int(a.hash, 16) >= 0
+    # the hash is a function of the JSON text only (same in another process)
+    assert Recipe.from_json(omitted.to_json()).hash == omitted.hash
+
+
+def test_hash_differs():
+    base = full_recipe()
+    hashes = {base.hash}
+    for variant in [
+        Recipe((Step("drop_layers", {"keep": 3}),) + base.steps[1:]),
+        Recipe((Step("drop_layers", {"keep": 4, "strategy": "alternate"}),) + base.steps[1:]),
+        Recipe(base.steps[:3] + (Step("distill", {"steps": 300, "lr": 2e-4}),) + base.steps[4:]),
+        Recipe(base.steps[:4] + (Step("quantize_int8", {"per_channel": False}),)),
+        Recipe(base.steps[:4]),                                     # a step fewer
+        Recipe((base.steps[1], base.steps[0]) + base.steps[2:]),   # another order
+    ]:
+        assert variant.hash not in hashes
+        hashes.add(variant.hash)
+
+
+def test_onnx_step_before_torch_step():
+    with pytest.raises(RecipeError, match="ONNX"):
+        Recipe((Step("quantize_int8"), Step("distill", {"steps": 10})))
+    with pytest.raises(RecipeError):
+        Recipe.from_dict({"version": RECIPE_VERSION, "steps": [{"method": "quantize_int8"},
+                                                                {"method": "drop_layers", "params": {"keep": 2}}]})
+
+
+def test_unsupported_version():
+    with pytest.raises(RecipeError, match="version"):
+        Recipe.from_dict({"version": 99, "steps": []})
+
+
+def test_invalid_parameters_from_json():
+    text = json.dumps({"version": RECIPE_VERSION, "steps": [{"method": "prune_heads", "params": {"ratio": 1.5}}]})
+    with pytest.raises(RecipeError, match="ratio"):
+        Recipe.from_json(text)
+
+
+def test_short():
+    assert full_recipe().short() == "layers 4 · heads -25% · ffn -50% · kd 300 · int8"
+    assert Recipe().short() == "fp32 (unchanged)"
+    assert Recipe((Step("drop_layers", {"keep": 2, "strategy": "alternate"}),)).short() == "layers 2 alt"
+    assert Recipe((Step("prune_ffn", {"ratio": 0.75}), Step("quantize_int8"))).short() == "ffn -75% · int8"
+
+
+def test_torch_and_onnx_steps():
+    r = full_recipe()
+    assert [s.method for s in r.torch_steps] == ["drop_layers", "prune_heads", "prune_ffn", "distill"]
+    assert [s.method for s in r.onnx_steps] == ["quantize_int8"]
+    assert Recipe().torch_steps == () and Recipe().onnx_steps == ()
+
+
+def test_apply_torch_in_order(tiny_bert, tiny_ctx, tiny_transfer):
+    seen = []
+    tiny_ctx.progress = seen.append
+    r = Recipe((Step("drop_layers", {"keep": 3}), Step("prune_heads", {"ratio": 0.5}),
+                Step("prune_ffn", {"ratio": 0.5}), Step("quantize_int8")))
+    model = r.apply_torch(tiny_bert, tiny_ctx)
+    assert seen == ["drop_layers", "prune_heads", "prune_ffn"]              # the onnx step is not applied here
+    layers = encoder_layers(model)
+    assert len(layers) == 3
+    assert all(l.attention.self.num_attention_heads == 2 and l.intermediate.dense.out_features == 32 for l in layers)
+    with torch.no_grad():
+        assert model(**model_inputs(tiny_transfer.collate([0, 1, 2]))).logits.shape == (3, 2)
+
+
+def test_empty_recipe_changes_nothing(tiny_bert, tiny_ctx, tiny_transfer):
+    b = tiny_transfer.collate(list(range(8)))
+    with torch.no_grad():
+        ref = tiny_bert(**model_inputs(b)).logits
+        out = Recipe().apply_torch(tiny_bert, tiny_ctx)(**model_inputs(b)).logits
+    assert torch.equal(ref, out)
