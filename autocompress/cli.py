@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="laptop-cpu", help="target hardware profile: a bundled name "
                    "(see `autocompress profiles`) or a profile .yaml (default laptop-cpu)")
     s.add_argument("--space", default="default", help="search space: quick, default or a .yaml file (default: default)")
-    s.add_argument("--trials", type=int, help="number of trials (default: the space's own, 16 for default)")
+    s.add_argument("--trials", type=int, help="number of trials (default: the space's own, 14 for default)")
     s.add_argument("--name", help="name of the run (default: generated and printed)")
     s.add_argument("--ray-address", help="address of a running Ray cluster (default: a local Ray)")
     _add_data_args(s)

@@ -20,7 +20,7 @@ def test_bundled_spaces_load_and_validate(name):
     s = load_space(name)
     assert s.name == name
     assert [st["method"] for st in s.steps] == ["drop_layers", "prune_heads", "prune_ffn", "distill", "quantize_int8"]
-    assert s.trials == {"quick": 12, "default": 16}[name]
+    assert s.trials == {"quick": 12, "default": 14}[name]
     assert s.seeds and yaml.safe_load(s.text)["name"] == name
     s.validate(6)
     for seed in s.seeds:
@@ -34,19 +34,19 @@ def test_bundled_names():
 def test_quick_seeds_give_expected_recipes():
     s = load_space("quick")
     got = [s.recipe_from_params(seed, 6).short() for seed in s.seeds]
-    assert got == ["int8", "layers 5 · ffn -25% · kd 300 · int8", "layers 4 · kd 300 · int8"]
+    assert got == ["int8", "layers 5 · ffn -25% · kd 600 · int8", "layers 4 · kd 600 · int8"]
     r = s.recipe_from_params(s.seeds[2], 6)
     assert r == Recipe((Step("drop_layers", {"keep": 4, "strategy": "top"}),
-                        Step("distill", {"steps": 300, "lr": 1e-4}), Step("quantize_int8")))
+                        Step("distill", {"steps": 600, "lr": 2e-4}), Step("quantize_int8")))
     assert r.hash == Recipe.from_json(r.to_json()).hash
 
 
 def test_default_seeds_give_expected_recipes():
     s = load_space("default")
     r = s.recipe_from_params(s.seeds[1], 6)
-    assert r.short() == "layers 4 · ffn -25% · kd 500 · int8"
+    assert r.short() == "layers 4 · ffn -25% · kd 600 · int8"
     distill = next(st for st in r.steps if st.method == "distill")
-    assert distill.config.lr == 1e-4 and distill.config.temperature == 2.0
+    assert distill.config.lr == 2e-4 and distill.config.temperature == 2.0
 
 
 def test_identity_steps_are_dropped():
@@ -58,7 +58,7 @@ def test_identity_steps_are_dropped():
     # keep >= the model's depth is an identity too
     assert s.recipe_from_params({**params, "quantize_int8": False}, 4).steps == ()
     # one real change brings distillation in
-    r = s.recipe_from_params({**params, "prune_heads.ratio": 0.25, "distill.steps": 150, "quantize_int8": False}, 6)
+    r = s.recipe_from_params({**params, "prune_heads.ratio": 0.25, "distill.steps": 600, "quantize_int8": False}, 6)
     assert [st.method for st in r.steps] == ["prune_heads", "distill"]
 
 
