@@ -10,12 +10,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-from transformers.pytorch_utils import prune_linear_layer
 
-from .methods.pruning import encoder_layers
+from .methods.pruning import encoder_layers, prune_attention_heads, prune_ffn_neurons
 
 
 def shape_record(model) -> list[dict]:
@@ -37,22 +35,14 @@ def save_model(model, tokenizer, path: str | os.PathLike) -> Path:
 
 
 def _shrink(model, shape: list[dict]) -> None:
+    """Give each layer the recorded sizes (weights are loaded afterwards, so which rows stay is moot)."""
     for layer, rec in zip(encoder_layers(model), shape):
-        sa = layer.attention.self
-        d = sa.attention_head_size
         n_heads = len(rec["heads"])
-        if n_heads != sa.num_attention_heads:
-            index = torch.arange(n_heads * d)
-            sa.query = prune_linear_layer(sa.query, index, dim=0)
-            sa.key = prune_linear_layer(sa.key, index, dim=0)
-            sa.value = prune_linear_layer(sa.value, index, dim=0)
-            layer.attention.output.dense = prune_linear_layer(layer.attention.output.dense, index, dim=1)
-            sa.num_attention_heads, sa.all_head_size = n_heads, n_heads * d
-        sa.kept_heads = list(rec["heads"])
+        if n_heads != layer.attention.self.num_attention_heads:
+            prune_attention_heads(layer.attention, list(range(n_heads)))
+        layer.attention.self.kept_heads = list(rec["heads"])
         if rec["ffn"] != layer.intermediate.dense.out_features:
-            index = torch.arange(rec["ffn"])
-            layer.intermediate.dense = prune_linear_layer(layer.intermediate.dense, index, dim=0)
-            layer.output.dense = prune_linear_layer(layer.output.dense, index, dim=1)
+            prune_ffn_neurons(layer, list(range(rec["ffn"])))
 
 
 def load_model(path: str | os.PathLike, attn_implementation: str = "sdpa"):

@@ -109,7 +109,7 @@ def cmd_search(args) -> int:
     num_layers = teacher.model().config.num_hidden_layers
     space.validate(num_layers)
 
-    from .search.runner import SearchPlan, rescore_fronts, run_search
+    from .search.runner import SearchPlan, remeasure_fronts, rescore_fronts, run_search
     from .search.trial import TrialSetup
 
     run_dir = Path(args.runs_dir).resolve() / name
@@ -131,7 +131,8 @@ def cmd_search(args) -> int:
     t0 = time.time()
     try:
         status = run_search(plan, setup, data, teacher, log=_log)
-        rescore_fronts(store, name, profiles, data, teacher, log=_log)
+        remeasure_fronts(store, name, profiles)
+        rescore_fronts(store, name, profiles, data, teacher)
     except KeyboardInterrupt:
         status = "interrupted"
     except BaseException as e:

@@ -32,7 +32,8 @@ def front_data(store: Store, run: str) -> dict[str, Any]:
     """Per device: the front members with their figures, the best within budget, and the teacher."""
     r: RunRecord = store.get_run(run)
     trials = store.trials(run)
-    failed = [t for t in store.trials(run, status="failed")]
+    failed = store.trials(run, status="failed")
+    duplicates = store.trials(run, status="duplicate")
     teacher = next((t for t in trials if t.role == "teacher"), None)
     profiles = sorted({p for t in trials for p in t.latencies})
     devices = {}
@@ -50,6 +51,7 @@ def front_data(store: Store, run: str) -> dict[str, Any]:
         "run": r.name, "status": r.status, "task": r.task, "model": r.model, "device": r.device,
         "budget_ms": r.budget_ms, "created": r.created.isoformat(timespec="seconds"),
         "trials_done": len([t for t in trials if t.role == "candidate"]), "trials_failed": len(failed),
+        "trials_duplicate": len(duplicates),
         "failures": [{"trial": t.number, "error": (t.error or "").splitlines()[0]} for t in failed],
         "devices": devices,
     }
@@ -62,7 +64,8 @@ def _pct(m: dict | None) -> str:
 def tables(data: dict[str, Any]) -> str:
     """One text table per device; the most accurate model within budget is marked with *."""
     lines = [f"run {data['run']} ({data['status']}): {data['task']}, {data['trials_done']} trials done"
-             + (f", {data['trials_failed']} failed" if data["trials_failed"] else "")]
+             + (f", {data['trials_failed']} failed" if data["trials_failed"] else "")
+             + (f", {data['trials_duplicate']} repeated an earlier recipe" if data.get("trials_duplicate") else "")]
     for name, d in data["devices"].items():
         t = d["teacher"]
         head = f"\n{name}" + (" (target" + (f", budget {d['budget_ms']:g} ms" if d["budget_ms"] else "") + ")"
@@ -82,8 +85,9 @@ def tables(data: dict[str, Any]) -> str:
                          f"{sp:>7} {m['size_mb']:>6}  {m['recipe']}")
         if d["budget_ms"] and d["best_within_budget"] is None:
             lines.append(f"  no model is within {d['budget_ms']:g} ms")
-    lines.append("\nval = validation split carved from train (search decisions); dev = GLUE dev set (front only);"
-                 " latency = median ± half the interquartile range, batch 1, measured; * = best within budget")
+    lines.append("\nval = validation split carved from train (search decisions); dev = GLUE dev set (fronts only);\n"
+                 "latency = median ± half the interquartile range, batch 1, measured (fronts and teacher re-timed"
+                 " side by side, so speed-ups are ratios from one measurement); * = best within budget")
     return "\n".join(lines)
 
 

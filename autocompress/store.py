@@ -58,7 +58,7 @@ class TrialRow(Base):
     role: Mapped[str] = mapped_column(String(20))               # teacher | candidate
     recipe: Mapped[str] = mapped_column(Text)                   # Recipe JSON
     recipe_hash: Mapped[str] = mapped_column(String(32))
-    status: Mapped[str] = mapped_column(String(20), default="running")  # running | done | failed
+    status: Mapped[str] = mapped_column(String(20), default="running")  # running | done | failed | duplicate
     error: Mapped[str | None] = mapped_column(Text)
     started: Mapped[dt.datetime] = mapped_column(default=_now)
     finished: Mapped[dt.datetime | None]
@@ -259,8 +259,14 @@ class Store:
                 s.add(MetricRow(trial_id=trial_id, split=split, name=name, value=float(value), n_examples=n_examples))
 
     def add_latency(self, trial_id: int, latency: dict[str, Any]) -> None:
+        """Record (or replace) the trial's latency on one profile."""
         keys = ("profile", "median_ms", "spread_ms", "p10_ms", "p90_ms", "n", "how", "detail")
         with self._session() as s, s.begin():
+            old = s.scalar(select(LatencyRow).where(LatencyRow.trial_id == trial_id,
+                                                    LatencyRow.profile == latency["profile"]))
+            if old is not None:
+                s.delete(old)
+                s.flush()
             s.add(LatencyRow(trial_id=trial_id, **{k: latency[k] for k in keys}))
 
     def add_artifact(self, trial_id: int, kind: str, path: str | os.PathLike) -> None:
@@ -279,6 +285,10 @@ class Store:
             if status:
                 q = q.where(TrialRow.status == status)
             return [_trial_record(t) for t in s.scalars(q).all()]
+
+    def find_done(self, run: str, recipe_hash: str) -> TrialRecord | None:
+        """The first finished trial of ``run`` with this recipe, if any (duplicates reuse its figures)."""
+        return next((t for t in self.trials(run) if t.recipe_hash == recipe_hash), None)
 
     def trial_id(self, run: str, number: int) -> int:
         with self._session() as s:

@@ -100,3 +100,23 @@ def test_front_plot_and_cached_teacher(run):
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info["cached"] is True and info["train_rows"] == 640
+
+
+def test_a_repeated_recipe_reuses_the_earlier_trial(run):
+    """When the searcher proposes a recipe it has already tried, nothing is trained or timed again."""
+    from autocompress.recipe import Recipe
+    from autocompress.search.trial import TrialSetup, evaluate_candidate
+    from autocompress.store import Store, default_url
+
+    store = Store(default_url(run["tmp"] / "runs"), create=False)
+    first = {t.number: t for t in store.trials("e2e")}[1]
+    r = store.get_run("e2e")
+    setup = TrialSetup(store_url=store.url, run="e2e", run_dir=r.run_dir, task="sst2", data_dir=None, val_size=200,
+                       teacher_path=r.settings["teacher"], profiles=("laptop-cpu",), device="laptop-cpu",
+                       budget_ms=500.0, space_text="", num_layers=6, threads=1)
+    out = evaluate_candidate(setup, 99, Recipe.from_json(first.recipe))
+    assert out["val_accuracy"] == first.accuracy("val")
+    assert out["latency_ms"] == first.latencies["laptop-cpu"]["median_ms"]
+    assert out["constraint"] == out["latency_ms"] - 500.0
+    (dup,) = store.trials("e2e", status="duplicate")
+    assert dup.number == 99 and dup.error == "same recipe as trial 1" and not dup.latencies

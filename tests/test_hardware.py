@@ -9,7 +9,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from autocompress.hardware.latency import Latency, exclusive_machine, measure_latency, ratio, shared_machine
+from autocompress.hardware.latency import (Latency, exclusive_machine, measure_latency, measure_side_by_side, ratio,
+                                          shared_machine)
 from autocompress.hardware.profiles import HardwareProfile, ProfileError, list_profiles, load_profile
 
 VOCAB = 5000
@@ -144,6 +145,16 @@ def test_bigger_model_is_slower(models):
     fast, slow = measure_latency(small, profile, **FAST), measure_latency(big, profile, **FAST)
     assert slow.median_ms > 3 * fast.median_ms, (fast.median_ms, slow.median_ms)
     assert ratio(slow, fast) > 3
+
+
+def test_side_by_side_times_every_model_alike(models):
+    small, big = models
+    lat = measure_side_by_side({"small": small, "big": big}, load_profile("mobile-cpu"), rounds=3, runs_per_round=4)
+    assert set(lat) == {"small", "big"}
+    for v in lat.values():
+        assert v.n == 12 and v.how == "measured" and v.p10_ms <= v.median_ms <= v.p90_ms
+        assert "side by side with 2 models" in v.detail["protocol"]
+    assert lat["big"].median_ms > 3 * lat["small"].median_ms
 
 
 def test_latency_round_trip():

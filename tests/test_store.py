@@ -107,6 +107,20 @@ def test_metrics_are_replaced_not_duplicated(store):
     assert t.metrics == {"val": {"n": 20, "main": 0.7}}
 
 
+def test_latency_is_replaced_per_profile(store):
+    """Re-timing a front member side by side replaces its latency on that profile only."""
+    store.create_run("r", **run_fields())
+    tid = store.start_trial("r", 1, "candidate", RECIPE.to_json(), RECIPE.hash)
+    store.add_latency(tid, Latency("laptop", 10.0, 0.1, 9.9, 10.2, 20).to_dict())
+    store.add_latency(tid, Latency("phone", 30.0, 0.1, 29.9, 30.2, 20).to_dict())
+    store.add_latency(tid, Latency("laptop", 12.0, 0.2, 11.9, 12.2, 40, detail={"protocol": "side by side"}).to_dict())
+    store.finish_trial(tid, "done")
+    (t,) = store.trials("r")
+    assert t.latencies["laptop"]["median_ms"] == 12.0 and t.latencies["laptop"]["n"] == 40
+    assert t.latencies["laptop"]["detail"] == {"protocol": "side by side"}
+    assert t.latencies["phone"]["median_ms"] == 30.0
+
+
 def test_artifact_that_is_not_a_file(store, tmp_path):
     store.create_run("r", **run_fields())
     tid = store.start_trial("r", 1, "candidate", RECIPE.to_json(), RECIPE.hash)

@@ -146,6 +146,10 @@ def measure_latency(
             median, iqr, _, _ = _stats(times_ms)
             if iqr <= rel_spread * median or n >= max_runs or time.perf_counter() - start > max_seconds:
                 break
+    return _latency(profile, times_ms, {"warmup": warmup, "protocol": "sequential"})
+
+
+def _latency(profile: HardwareProfile, times_ms: list[float], extra: dict) -> Latency:
     median, iqr, p10, p90 = _stats(times_ms)
     detail = {
         "host": platform.node(),
@@ -154,6 +158,35 @@ def measure_latency(
         "provider": profile.provider,
         "batch_size": profile.batch_size,
         "seq_len": profile.seq_len,
-        "warmup": warmup,
+        **extra,
     }
     return Latency(profile.name, median, iqr, p10, p90, len(times_ms), "measured", detail)
+
+
+def measure_side_by_side(
+    onnx_paths: dict[Any, str | os.PathLike],
+    profile: HardwareProfile,
+    *,
+    warmup: int = 5,
+    rounds: int = 3,
+    runs_per_round: int = 10,
+) -> dict[Any, Latency]:
+    """Time several models in interleaved rounds (A B C, A B C, ...), so that slow phases of a shared
+    machine hit them all alike and their ratios hold. Only one session lives at a time (an idle
+    session's thread pool still spins for a moment and would steal the cores from the next one), and
+    each turn warms up again. Returns one Latency per key."""
+    times: dict[Any, list[float]] = {k: [] for k in onnx_paths}
+    with exclusive_machine():
+        for _ in range(rounds):
+            for k, path in onnx_paths.items():
+                session = profile.session(path)
+                feeds = _inputs(session, profile)
+                for _ in range(warmup):
+                    session.run(None, feeds)
+                for _ in range(runs_per_round):
+                    t0 = time.perf_counter()
+                    session.run(None, feeds)
+                    times[k].append((time.perf_counter() - t0) * 1e3)
+                del session
+    extra = {"warmup": warmup, "protocol": f"side by side with {len(onnx_paths)} models, {rounds} interleaved rounds"}
+    return {k: _latency(profile, t, extra) for k, t in times.items()}

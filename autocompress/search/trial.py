@@ -48,7 +48,12 @@ class TrialSetup:
 def evaluate_candidate(setup: TrialSetup, number: int, recipe: Recipe, role: str = "candidate",
                        params: dict | None = None, data=None, teacher=None) -> dict:
     store = Store(setup.store_url, create=False)
+    same = store.find_done(setup.run, recipe.hash)
     trial_id = store.start_trial(setup.run, number, role, recipe.to_json(), recipe.hash, params)
+    if same is not None:   # the searcher proposed a recipe it already has: reuse its figures, don't redo it
+        store.finish_trial(trial_id, "duplicate", error=f"same recipe as trial {same.number}", seconds=0.0)
+        return _result(setup, number, recipe, same.accuracy("val"),
+                       same.latencies[setup.device]["median_ms"], same.size_mb)
     t0 = time.time()
     try:
         torch.set_num_threads(setup.threads)
@@ -79,11 +84,15 @@ def evaluate_candidate(setup: TrialSetup, number: int, recipe: Recipe, role: str
         store.finish_trial(trial_id, "failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}",
                            seconds=time.time() - t0)
         raise
-    target = latencies[setup.device]
-    result = {"val_accuracy": val.main, "latency_ms": target.median_ms, "size_mb": size,
-              "number": number, "recipe": recipe.short()}
+    return _result(setup, number, recipe, val.main, latencies[setup.device].median_ms, size)
+
+
+def _result(setup: TrialSetup, number: int, recipe: Recipe, val: float, latency_ms: float, size: float) -> dict:
+    """What the searcher sees: the two objectives and the budget constraint."""
+    result = {"val_accuracy": val, "latency_ms": latency_ms, "size_mb": size, "number": number,
+              "recipe": recipe.short()}
     if setup.budget_ms is not None:
-        result["constraint"] = target.median_ms - setup.budget_ms   # <= 0: within budget
+        result["constraint"] = latency_ms - setup.budget_ms   # <= 0: within budget
     return result
 
 
