@@ -168,7 +168,7 @@ def _read_tsv(spec: TaskSpec, path: str) -> datasets.Dataset:
     return datasets.Dataset.from_dict(data, features=_features(spec))
 
 
-def _hub_unreachable() -> bool:
+def hub_unreachable() -> bool:
     """True if offline mode is asked for or the hub host does not answer within 3 s."""
     if any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
            for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
@@ -189,7 +189,7 @@ def _load_hub(spec: TaskSpec) -> tuple[datasets.Dataset, datasets.Dataset]:
     msg = (f"could not load GLUE {spec.name} from the hub (offline?): pass --data-dir PATH "
            f"to a local GLUE folder (or set {ENV_DATA_DIR})")
     # Fail fast when offline, unless datasets itself runs offline (then it tries its cache quickly).
-    if _hub_unreachable() and not datasets.config.HF_HUB_OFFLINE:
+    if hub_unreachable() and not datasets.config.HF_HUB_OFFLINE:
         raise DataError(msg)
     dev_split = "validation_matched" if spec.name == "mnli" else "validation"
     try:

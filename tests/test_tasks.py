@@ -231,7 +231,7 @@ def test_hub_offline_fails_fast(monkeypatch):
     assert "\n" not in str(e.value)
 
 
-def test_hub_unreachable_without_offline_env(monkeypatch):
+def testhub_unreachable_without_offline_env(monkeypatch):
     monkeypatch.delenv("AUTOCOMPRESS_GLUE_DIR", raising=False)
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy"):
         monkeypatch.delenv(var, raising=False)
@@ -251,7 +251,7 @@ def test_hub_unreachable_without_offline_env(monkeypatch):
 
 def test_hub_load_error_becomes_data_error(monkeypatch):
     monkeypatch.delenv("AUTOCOMPRESS_GLUE_DIR", raising=False)
-    monkeypatch.setattr(tasks, "_hub_unreachable", lambda: False)
+    monkeypatch.setattr(tasks, "hub_unreachable", lambda: False)
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
@@ -264,7 +264,7 @@ def test_hub_load_error_becomes_data_error(monkeypatch):
 def test_hub_columns_renamed(monkeypatch):
     """With a (mocked) hub, columns are renamed, idx dropped and MNLI uses validation_matched."""
     monkeypatch.delenv("AUTOCOMPRESS_GLUE_DIR", raising=False)
-    monkeypatch.setattr(tasks, "_hub_unreachable", lambda: False)
+    monkeypatch.setattr(tasks, "hub_unreachable", lambda: False)
     feats = datasets.Features({
         "premise": datasets.Value("string"), "hypothesis": datasets.Value("string"),
         "label": datasets.ClassLabel(names=["entailment", "neutral", "contradiction"]),

@@ -51,3 +51,9 @@ def test_adopt_teacher_rejects_a_folder_without_a_model(tmp_path, glue_dir):
     data = load_task("sst2", glue_dir, val_size=100)
     with pytest.raises(TeacherError, match="--teacher"):
         adopt_teacher(str(tmp_path), TeacherSettings(), data)
+
+
+def test_hub_model_offline_fails_fast_naming_the_alternative(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(TeacherError, match="local model folder"):
+        resolve_model("bert-base-uncased")

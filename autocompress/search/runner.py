@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 # local runs: no auth token, no usage reporting, no result-file loggers (the store keeps the results)
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -64,8 +63,7 @@ class DefineByRun:
         return {"trial_number": trial.number + 1}
 
 
-def run_search(plan: SearchPlan, setup: TrialSetup, data: TaskData, teacher: Teacher,
-               log: Callable[[str], None] = print) -> str:
+def run_search(plan: SearchPlan, setup: TrialSetup, data: TaskData, teacher: Teacher) -> str:
     """Run the trials; returns the run's final status (done | interrupted)."""
     import optuna
     import ray
@@ -93,12 +91,13 @@ def run_search(plan: SearchPlan, setup: TrialSetup, data: TaskData, teacher: Tea
             bar.set_postfix_str(f"trial {trial.config.get('trial_number')}: failed (see `autocompress front`)")
             bar.update(1)
 
-    sampler = optuna.samplers.TPESampler(seed=plan.seed, n_startup_trials=max(len(plan.space.seeds) + 2, plan.trials // 3))
-    storage = optuna.storages.RDBStorage(plan.store_url)
-
-    searcher = ConstrainedOptunaSearch(space=DefineByRun(plan.space, setup.num_layers), metric=list(OBJECTIVES), mode=["max", "min"],
-                               sampler=sampler, storage=storage, study_name=plan.run,
-                               points_to_evaluate=plan.space.seeds[: plan.trials] or None)
+    # seeds first, then random start-up trials, then multi-objective TPE (feasible trials preferred)
+    startup = max(len(plan.space.seeds) + 2, plan.trials // 3)
+    sampler = optuna.samplers.TPESampler(seed=plan.seed, n_startup_trials=startup)
+    searcher = ConstrainedOptunaSearch(space=DefineByRun(plan.space, setup.num_layers), metric=list(OBJECTIVES),
+                                       mode=["max", "min"], sampler=sampler,
+                                       storage=optuna.storages.RDBStorage(plan.store_url), study_name=plan.run,
+                                       points_to_evaluate=plan.space.seeds[: plan.trials] or None)
     ray.init(address=plan.ray_address, num_cpus=None if plan.ray_address else setup.threads,
              include_dashboard=False, log_to_driver=False, logging_level="ERROR", configure_logging=True)
     status = "done"
