@@ -49,6 +49,110 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+# ------------------------------------------------------------------ the user's input, checked before any work
+def _abs(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def resolve_paths(args) -> None:
+    """Resolve every path the user gave against the user's working directory, once, here: Ray workers
+    run elsewhere (their working directory is a trial folder), so nothing relative may reach them."""
+    from .search.space import bundled_spaces
+    from .store import absolute_url
+    from .tasks import ENV_DATA_DIR
+    from .teacher import DEFAULT_MODEL
+
+    for env in ("AUTOCOMPRESS_CACHE", "AUTOCOMPRESS_LOCK_FILE", ENV_DATA_DIR):
+        if os.environ.get(env):
+            os.environ[env] = _abs(os.environ[env])     # what workers inherit is absolute too
+    if hasattr(args, "data_dir"):
+        given = args.data_dir or os.environ.get(ENV_DATA_DIR)
+        args.data_dir = _abs(given) if given else None
+    if getattr(args, "runs_dir", None):
+        args.runs_dir = _abs(args.runs_dir)
+    if getattr(args, "storage", None):
+        args.storage = absolute_url(args.storage)
+    for attr in ("space", "device"):    # a bundled name stays a name; a .yaml file is resolved
+        value = getattr(args, attr, None)
+        if value and value not in bundled_spaces() and (value.endswith((".yaml", ".yml")) or os.sep in value):
+            if not Path(value).expanduser().is_file():
+                raise UserError(f"--{attr} {value}: no such file")
+            setattr(args, attr, _abs(value))
+    if getattr(args, "teacher", None):
+        if not Path(args.teacher).expanduser().is_dir():
+            raise UserError(f"--teacher {args.teacher}: no such folder; give a fine-tuned model folder")
+        args.teacher = _abs(args.teacher)
+    model = getattr(args, "model", None)
+    if model and model != DEFAULT_MODEL:
+        if Path(model).expanduser().exists():
+            args.model = _abs(model)
+        elif model.startswith((".", "/", "~")):
+            raise UserError(f"--model {model}: no such folder; give a model folder, a hub id, or leave it out "
+                            "for the packaged MiniLM")
+
+
+def check_numbers(args) -> None:
+    """Numeric options in range (argparse has checked they are numbers)."""
+    checks = [("epochs", 1, "at least 1"), ("train_examples", 0, "0 (all rows) or more"),
+              ("val_size", 1, "at least 1"), ("seed", 0, "0 or more"), ("trials", 1, "at least 1")]
+    for attr, low, what in checks:
+        value = getattr(args, attr, None)
+        if value is not None and value < low:
+            raise UserError(f"--{attr.replace('_', '-')} must be {what}, got {value}")
+
+
+def check_ray_address(address: str | None) -> None:
+    """The cluster at ``--ray-address`` answers (a TCP connection within 3 s), before any work."""
+    if not address:
+        return
+    import socket
+
+    from ray._private.services import canonicalize_bootstrap_address
+
+    hint = "start its head with `ray start --head`, or leave --ray-address out for a local Ray"
+    target = address[len("ray://"):] if address.startswith("ray://") else address
+    try:
+        resolved = canonicalize_bootstrap_address(target)
+    except ConnectionError:       # "auto" and no cluster on this machine
+        resolved = None
+    except Exception as e:
+        raise UserError(f"--ray-address {address!r} is not an address like HOST:PORT or auto ({e})") from None
+    if resolved is None:
+        raise UserError(f"--ray-address {address}: no running Ray cluster was found on this machine; {hint}")
+    host, _, port = resolved.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=3).close()
+    except (OSError, ValueError) as e:
+        raise UserError(f"--ray-address {address}: nothing answers there ({getattr(e, 'strerror', None) or e}); "
+                        f"{hint}") from None
+
+
+def model_config(args):
+    """The base model's (or given teacher's) config, read without loading or training anything."""
+    from transformers import AutoConfig
+
+    from .teacher import TeacherError, resolve_model
+
+    source = args.teacher or resolve_model(args.model)
+    try:
+        return AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        which = f"--teacher {args.teacher}" if args.teacher else f"--model {args.model}"
+        raise TeacherError(f"{which}: cannot read its config ({str(e).splitlines()[0][:160]})") from None
+
+
+def check_output_places(args) -> str:
+    """The runs folder and the store can be written (nothing is created here); returns the store URL."""
+    from .store import check_url, writable_folder
+
+    why = writable_folder(Path(args.runs_dir))
+    if why:
+        raise UserError(f"--runs-dir {args.runs_dir}: cannot write there: {why}; choose another --runs-dir")
+    url = _store_url(args)
+    check_url(url, parent_may_be_created=not args.storage)   # the default store lives in the runs folder
+    return url
+
+
 def _teacher_settings(args, task: str):
     from .teacher import TeacherSettings
 
@@ -82,74 +186,102 @@ def _teacher(args, data):
 
 # ------------------------------------------------------------------ commands
 def cmd_search(args) -> int:
-    # Validate everything the user gave before anything is trained or written.
+    # Everything the user gave is checked before anything is trained or written.
     budget = parse_budget(args.budget) if args.budget is not None else None
-    from .hardware.profiles import list_profiles, load_profile
+    check_numbers(args)
+    resolve_paths(args)
+    from .hardware.profiles import ProfileError, list_profiles, load_profile
     from .search.space import load_space
     from .tasks import get_task, load_task
 
-    target = load_profile(args.device)
-    profiles = tuple(dict.fromkeys([target.name, *list_profiles()]))
+    try:
+        target = load_profile(args.device)
+    except ProfileError as e:
+        raise UserError(f"--device: {e}") from None
+    profiles = tuple({p.name: p for p in [target, *map(load_profile, list_profiles())]}.values())
     space = load_space(args.space)
     trials = args.trials if args.trials is not None else space.trials
-    if trials < 1:
-        raise UserError(f"--trials must be at least 1, got {trials}")
     spec = get_task(args.task)
-    data = load_task(spec.name, args.data_dir, val_size=args.val_size, seed=args.seed)
     name = args.name or f"{spec.name}-{target.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
         raise UserError(f"--name {name!r}: use letters, digits, '.', '_' or '-'")
-    from .store import Store
+    num_layers = model_config(args).num_hidden_layers
+    space.validate(num_layers)
+    check_ray_address(args.ray_address)
+    url = check_output_places(args)
+    data = load_task(spec.name, args.data_dir, val_size=args.val_size, seed=args.seed)
+    from .store import Store, sqlite_file
 
-    store = Store(_store_url(args))
-    if name in store.run_names():
+    db = sqlite_file(url)
+    if (db is None or db.exists()) and name in Store(url).run_names():
         raise UserError(f"a run named {name!r} exists already: choose another --name")
 
+    # ---- from here on, work is done and written
+    Path(args.runs_dir).mkdir(parents=True, exist_ok=True)
+    store = Store(url)
     teacher = _teacher(args, data)
-    num_layers = teacher.model().config.num_hidden_layers
-    space.validate(num_layers)
 
     from .search.runner import SearchPlan, remeasure_fronts, rescore_fronts, run_search
     from .search.trial import TrialSetup
 
-    run_dir = Path(args.runs_dir).resolve() / name
+    run_dir = Path(args.runs_dir) / name
     run_dir.mkdir(parents=True, exist_ok=True)
     threads = min(4, os.cpu_count() or 1)
     store.create_run(name, task=spec.name, model=args.teacher or args.model, device=target.name,
                      budget_ms=budget, space=space.text, run_dir=str(run_dir),
                      settings={"trials": trials, "space": space.name, "val_size": args.val_size, "seed": args.seed,
-                               "teacher": str(teacher.path), "data": data.source, "profiles": list(profiles)})
+                               "teacher": str(teacher.path), "data": data.source,
+                               "profiles": [p.name for p in profiles]})
     _log(f"run {name}: {trials} trials of space '{space.name}' on {spec.name}, target {target.name}"
          + (f", budget {budget:g} ms" if budget else "") + f"; store {store.url}")
     setup = TrialSetup(store_url=store.url, run=name, run_dir=str(run_dir), task=spec.name,
-                       data_dir=args.data_dir or os.environ.get("AUTOCOMPRESS_GLUE_DIR"), val_size=args.val_size,
+                       data_dir=args.data_dir, val_size=args.val_size,
                        teacher_path=str(teacher.path), profiles=profiles, device=target.name, budget_ms=budget,
                        space_text=space.text, num_layers=num_layers, threads=threads, seed=args.seed)
     plan = SearchPlan(run=name, store_url=store.url, run_dir=run_dir, space=space, trials=trials,
                       profiles=profiles, device=target.name, budget_ms=budget, ray_address=args.ray_address,
                       seed=args.seed)
     t0 = time.time()
+    status = "done"
     try:
         status = run_search(plan, setup, data, teacher)
-        remeasure_fronts(store, name, profiles)
-        rescore_fronts(store, name, profiles, data, teacher)
+        if _candidates_done(store, name):
+            remeasure_fronts(store, name, profiles)
+            rescore_fronts(store, name, profiles, data, teacher)
     except KeyboardInterrupt:
         status = "interrupted"
     except BaseException as e:
         store.finish_run(name, "failed", error=f"{type(e).__name__}: {e}")
         raise
-    store.finish_run(name, status)
     from .report import front_data, tables
+    from .store import failure_summary
 
+    again = f"autocompress front {name}" + (f" --storage {args.storage}" if args.storage else
+                                            f" --runs-dir {args.runs_dir}" if args.runs_dir != _abs(_default_runs_dir()) else "")
+    if status == "done" and not _candidates_done(store, name):
+        reason, count = failure_summary(store.trials(name, status=None)) or ("no trial ran", 0)
+        error = f"no candidate finished: {count} trial(s) failed, most often with: {reason}"
+        store.finish_run(name, "failed", error=error)
+        print(tables(front_data(store, name)))
+        _log(f"autocompress search: {error}\nsee the details with: {again}")
+        return 1
+    store.finish_run(name, status)
     print(tables(front_data(store, name)))
-    _log(f"search took {time.time() - t0:.0f} s; see it again with: autocompress front {name}"
-         + (f" --storage {args.storage}" if args.storage else ""))
+    _log(f"search took {time.time() - t0:.0f} s; see it again with: {again}")
+    if status == "interrupted":
+        _log("the search was interrupted: the trials finished so far are kept in the store")
     return 0 if status == "done" else 130
+
+
+def _candidates_done(store, run: str) -> int:
+    return sum(1 for t in store.trials(run) if t.role == "candidate")
 
 
 def cmd_front(args) -> int:
     from .report import front_data, plot_png, tables
     from .store import Store
+
+    resolve_paths(args)
 
     store = Store(_store_url(args), create=False)
     data = front_data(store, args.run)
@@ -169,6 +301,10 @@ def cmd_front(args) -> int:
 
 def cmd_finetune(args) -> int:
     from .tasks import load_task
+
+    check_numbers(args)
+    resolve_paths(args)
+    model_config(args)
 
     data = load_task(args.task, args.data_dir, val_size=args.val_size, seed=args.seed)
     cached = (not args.teacher and not args.fresh

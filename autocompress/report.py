@@ -1,12 +1,13 @@
 """Fronts as data (JSON-ready), as text tables, and as a PNG plot (matplotlib)."""
 from __future__ import annotations
 
+import collections
 from pathlib import Path
 from typing import Any
 
 from .recipe import Recipe
 from .search import pareto
-from .store import RunRecord, Store, TrialRecord
+from .store import RunRecord, Store, TrialRecord, first_line
 
 
 def _member(t: TrialRecord, profile: str, teacher: TrialRecord | None) -> dict[str, Any]:
@@ -52,7 +53,8 @@ def front_data(store: Store, run: str) -> dict[str, Any]:
         "budget_ms": r.budget_ms, "created": r.created.isoformat(timespec="seconds"),
         "trials_done": len([t for t in trials if t.role == "candidate"]), "trials_failed": len(failed),
         "trials_duplicate": len(duplicates),
-        "failures": [{"trial": t.number, "error": (t.error or "").splitlines()[0]} for t in failed],
+        "error": r.error,
+        "failures": [{"trial": t.number, "error": first_line(t.error)} for t in failed],
         "devices": devices,
     }
 
@@ -66,6 +68,16 @@ def tables(data: dict[str, Any]) -> str:
     lines = [f"run {data['run']} ({data['status']}): {data['task']}, {data['trials_done']} trials done"
              + (f", {data['trials_failed']} failed" if data["trials_failed"] else "")
              + (f", {data['trials_duplicate']} repeated an earlier recipe" if data.get("trials_duplicate") else "")]
+    if data.get("error"):
+        lines.append(f"  {data['error']}")
+    reasons = collections.Counter(f["error"] for f in data["failures"])
+    for reason, count in reasons.most_common(5):
+        lines.append(f"  failed ({count}x): {reason}")
+    if len(reasons) > 5:
+        lines.append(f"  ... and {len(reasons) - 5} other reasons (autocompress front RUN --json lists them all)")
+    if not data["trials_done"]:
+        lines.append("  no candidate finished, so there is no front")
+        return "\n".join(lines)
     for name, d in data["devices"].items():
         t = d["teacher"]
         head = f"\n{name}" + (" (target" + (f", budget {d['budget_ms']:g} ms" if d["budget_ms"] else "") + ")"

@@ -6,16 +6,19 @@ prefixed ``ac_`` so they never meet Optuna's.
 """
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import hashlib
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, event,
                         inspect, select)
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload
 
 
@@ -163,6 +166,87 @@ def default_url(runs_dir: str | os.PathLike = "runs") -> str:
     return f"sqlite:///{Path(runs_dir).resolve() / 'autocompress.db'}"
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL (None for other databases); ':memory:' is refused."""
+    try:
+        u = make_url(url)
+    except ArgumentError:
+        raise StoreError(f"--storage {url!r} is not a database URL: give e.g. sqlite:///runs/autocompress.db "
+                         "or postgresql://user@host/db") from None
+    if not u.drivername.startswith("sqlite"):
+        return None
+    if not u.database or u.database == ":memory:":
+        raise StoreError(f"--storage {url!r} is an in-memory database, which trial workers cannot share: "
+                         "give a file, e.g. sqlite:///runs/autocompress.db")
+    return Path(u.database)
+
+
+def absolute_url(url: str) -> str:
+    """The same URL with a relative SQLite path resolved against the current working directory."""
+    file = sqlite_file(url)
+    if file is None or file.is_absolute():
+        return url
+    return make_url(url).set(database=str(file.expanduser().resolve())).render_as_string(hide_password=False)
+
+
+def writable_folder(path: Path) -> str | None:
+    """Why files cannot be created in ``path`` (which may not exist yet), or None if they can. Nothing is
+    left behind: the probe is a temporary file in the nearest folder that exists."""
+    p = Path(path)
+    while not p.exists():
+        if p.parent == p:
+            return "no part of it exists"
+        p = p.parent
+    if not p.is_dir():
+        return f"{p} is a file, not a folder"
+    try:
+        tempfile.TemporaryFile(dir=p).close()
+    except OSError as e:
+        return f"{p} is not writable ({e.strerror or e})"
+    return None
+
+
+def check_url(url: str, *, parent_may_be_created: bool = False) -> None:
+    """Check, without writing anything, that a store at ``url`` can be opened and written: for SQLite,
+    that the file is writable or can be created in an existing folder; for a server, that it answers."""
+    file = sqlite_file(url)
+    if file is not None:
+        if file.exists():
+            if not file.is_file():
+                raise StoreError(f"--storage {url}: {file} is not a file")
+            if not os.access(file, os.R_OK | os.W_OK):
+                raise StoreError(f"--storage {url}: {file} is not writable; choose another --storage")
+            return
+        if not parent_may_be_created and not file.parent.is_dir():
+            raise StoreError(f"--storage {url}: the folder {file.parent} does not exist; create it first "
+                             "or choose another --storage")
+        why = writable_folder(file.parent)
+        if why:
+            raise StoreError(f"--storage {url}: cannot create the database there: {why}")
+        return
+    try:
+        engine = create_engine(url, pool_pre_ping=True)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except ImportError as e:
+        raise StoreError(f"--storage {url}: its database driver is not installed ({e}); "
+                         "for PostgreSQL: pip install 'psycopg[binary]'") from None
+    except (ArgumentError, SQLAlchemyError) as e:
+        first = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        raise StoreError(f"--storage {url}: cannot connect ({first}); check the URL and that the server runs") from None
+
+
+def failure_summary(trials: list[TrialRecord]) -> tuple[str, int] | None:
+    """The most common first line among failed trials' errors, and how many trials share it."""
+    reasons = collections.Counter(first_line(t.error) for t in trials if t.status == "failed")
+    return reasons.most_common(1)[0] if reasons else None
+
+
+def first_line(error: str | None) -> str:
+    return (error or "unknown error").strip().splitlines()[0] if (error or "").strip() else "unknown error"
+
+
 def _sha256(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -285,6 +369,9 @@ class Store:
             if status:
                 q = q.where(TrialRow.status == status)
             return [_trial_record(t) for t in s.scalars(q).all()]
+
+    def trial(self, run: str, number: int) -> TrialRecord | None:
+        return next((t for t in self.trials(run, status=None) if t.number == number), None)
 
     def find_done(self, run: str, recipe_hash: str) -> TrialRecord | None:
         """The first finished trial of ``run`` with this recipe, if any (duplicates reuse its figures)."""

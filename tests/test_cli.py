@@ -25,21 +25,110 @@ BAD = {
     "budget-zero": (["--budget", "0"], "positive"),
     "device": (["--budget", "50ms", "--device", "toaster"], "unknown device 'toaster'"),
     "space": (["--budget", "50ms", "--space", "huge"], "unknown search space 'huge'"),
-    "space-file": (["--budget", "50ms", "--space", "nope.yaml"], "does not exist"),
+    "space-file": (["--budget", "50ms", "--space", "nope.yaml"], "--space nope.yaml: no such file"),
     "trials": (["--budget", "50ms", "--trials", "0"], "--trials"),
 }
 
 
-@pytest.mark.parametrize("case", sorted(BAD))
-def test_bad_search_input(case, tmp_path, capsys, glue_dir):
-    args, expected = BAD[case]
-    code = main(["search", *args, "--data-dir", str(glue_dir), "--runs-dir", str(tmp_path / "runs")])
+def _read_only_folder(tmp_path) -> Path:
+    """A folder nobody here can write to: as root (who ignores permissions), a folder under /proc."""
+    import os
+
+    if os.geteuid() == 0:
+        return Path("/proc/autocompress-no-such-folder")
+    ro = tmp_path / "read-only"
+    ro.mkdir()
+    ro.chmod(0o555)
+    return ro
+
+
+IMPOSSIBLE_SPACE = """
+name: impossible
+steps:
+  - method: prune_heads
+    params:
+      ratio: {float: [0.0, 1.5]}
+"""
+
+# The bad inputs of issue 5: each must be refused before the teacher is fine-tuned or anything written.
+EARLY = {
+    "impossible-range": (["--space", "{tmp}/impossible.yaml"], "prune_heads.ratio = 1.5"),
+    "storage-folder-missing": (["--storage", "sqlite:////nonexistent-autocompress/dir/x.db"], "does not exist"),
+    "storage-in-memory": (["--storage", "sqlite://"], "in-memory"),
+    "runs-dir-read-only": (["--runs-dir", "{ro}/runs"], "--runs-dir"),
+    "ray-address-silent": (["--ray-address", "127.0.0.1:1"], "--ray-address 127.0.0.1:1: nothing answers"),
+    "epochs-zero": (["--epochs", "0"], "--epochs must be at least 1"),
+    "train-examples-negative": (["--train-examples", "-5"], "--train-examples must be 0"),
+    "val-size-zero": (["--val-size", "0"], "--val-size must be at least 1"),
+    "model-folder-missing": (["--model", "./no-such-model"], "--model ./no-such-model: no such folder"),
+    "teacher-folder-missing": (["--teacher", "no-such-teacher"], "--teacher no-such-teacher: no such folder"),
+    "device-file-missing": (["--device", "nope.yaml"], "--device nope.yaml: no such file"),
+}
+
+
+def _refused_early(args, tmp_path, capsys, monkeypatch, glue_dir, expected):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(cache))
+    monkeypatch.chdir(tmp_path)
+    argv = ["search", "--budget", "50ms", "--data-dir", str(glue_dir), *args]
+    if "--runs-dir" not in args:
+        argv += ["--runs-dir", str(tmp_path / "runs")]
+    code = main(argv)
     err = capsys.readouterr().err.strip()
-    assert code == 2
+    assert code == 2, err
     assert len(err.splitlines()) == 1, err
     assert expected in err
     assert "Traceback" not in err
-    assert not (tmp_path / "runs" / "autocompress.db").exists()   # nothing written to the store
+    assert not (tmp_path / "runs").exists()      # nothing written: no runs folder, no store
+    assert not cache.exists()                    # and no teacher fine-tune started
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_search_input(case, tmp_path, capsys, monkeypatch, glue_dir):
+    args, expected = BAD[case]
+    _refused_early(args, tmp_path, capsys, monkeypatch, glue_dir, expected)
+
+
+@pytest.mark.parametrize("case", sorted(EARLY))
+def test_bad_input_refused_before_the_teacher(case, tmp_path, capsys, monkeypatch, glue_dir):
+    (tmp_path / "impossible.yaml").write_text(IMPOSSIBLE_SPACE)
+    ro = _read_only_folder(tmp_path)
+    args, expected = EARLY[case]
+    args = [a.format(tmp=tmp_path, ro=ro) for a in args]
+    _refused_early(args, tmp_path, capsys, monkeypatch, glue_dir, expected)
+
+
+def test_ray_address_auto_without_a_cluster(tmp_path, capsys, monkeypatch, glue_dir):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "ray"))   # no cluster was ever started there
+    _refused_early(["--ray-address", "auto"], tmp_path, capsys, monkeypatch, glue_dir, "no running Ray cluster")
+
+
+def test_paths_are_resolved_against_the_working_directory(tmp_path, monkeypatch):
+    """Every path option and the data folder variable come out absolute, against the user's cwd."""
+    from autocompress.cli import build_parser, resolve_paths
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "s.yaml").write_text("")
+    (tmp_path / "p.yaml").write_text("")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AUTOCOMPRESS_GLUE_DIR", "glue")
+    args = build_parser().parse_args(["search", "--runs-dir", "r", "--storage", "sqlite:///db/x.db",
+                                      "--space", "s.yaml", "--device", "p.yaml", "--model", "model",
+                                      "--teacher", "teacher"])
+    resolve_paths(args)
+    assert args.data_dir == str(tmp_path / "glue")
+    import os
+    assert os.environ["AUTOCOMPRESS_GLUE_DIR"] == str(tmp_path / "glue")    # what Ray workers inherit
+    assert args.runs_dir == str(tmp_path / "r")
+    assert args.storage == f"sqlite:///{tmp_path}/db/x.db"
+    assert args.space == str(tmp_path / "s.yaml") and args.device == str(tmp_path / "p.yaml")
+    assert args.model == str(tmp_path / "model") and args.teacher == str(tmp_path / "teacher")
+    args = build_parser().parse_args(["search", "--space", "quick", "--device", "mobile-cpu",
+                                      "--model", "google/bert_uncased_L-2_H-128_A-2"])
+    resolve_paths(args)
+    assert (args.space, args.device, args.model) == ("quick", "mobile-cpu", "google/bert_uncased_L-2_H-128_A-2")
 
 
 def test_data_folder_without_task_files(tmp_path, capsys):

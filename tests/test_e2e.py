@@ -1,5 +1,7 @@
-"""A tiny search end to end, as a user runs it: the packaged MiniLM, real SST-2 rows, real Ray Tune +
-Optuna, real ONNX Runtime timings, a real SQLite store. Small budgets keep it to a few minutes."""
+"""A tiny search end to end, as a user runs it: the installed command, started from a folder that is not
+the repo root, with a *relative* AUTOCOMPRESS_GLUE_DIR and the default (relative) runs folder; the
+packaged MiniLM, real SST-2 rows, real Ray Tune + Optuna, real ONNX Runtime timings, a real SQLite
+store. Small budgets keep it to a few minutes."""
 import json
 import os
 import subprocess
@@ -27,23 +29,42 @@ seeds:
 TEACHER = ["--train-examples", "640", "--epochs", "1", "--val-size", "200"]
 
 
-def _cli(*args, env, timeout=900):
+def _cli(*args, env, cwd, timeout=900):
     exe = Path(sys.executable).with_name("autocompress")
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, glue_dir):
+def user(tmp_path_factory, glue_dir):
+    """A user's folder outside the repo, and the environment a user would have: the GLUE folder given
+    as a path *relative* to that folder (the README's AUTOCOMPRESS_GLUE_DIR=../shared/glue)."""
     tmp = tmp_path_factory.mktemp("e2e")
-    (tmp / "tiny.yaml").write_text(TINY_SPACE)
-    env = {**os.environ, "AUTOCOMPRESS_CACHE": str(tmp / "cache"), "AUTOCOMPRESS_GLUE_DIR": str(glue_dir),
+    cwd = tmp / "user" / "work"
+    cwd.mkdir(parents=True)
+    assert not (cwd / "pyproject.toml").exists() and Path.cwd() != cwd
+    env = {**os.environ, "AUTOCOMPRESS_CACHE": str(tmp / "cache"),
+           "AUTOCOMPRESS_GLUE_DIR": os.path.relpath(glue_dir, cwd),
            "AUTOCOMPRESS_LOCK_FILE": str(tmp / "machine.lock")}
-    r = _cli("search", "--budget", "500ms", "--space", str(tmp / "tiny.yaml"), "--name", "e2e",
-             "--runs-dir", str(tmp / "runs"), *TEACHER, env=env)
+    return {"tmp": tmp, "cwd": cwd, "env": env}
+
+
+@pytest.fixture(scope="module")
+def run(user):
+    cwd, env = user["cwd"], user["env"]
+    (cwd / "tiny.yaml").write_text(TINY_SPACE)
+    r = _cli("search", "--budget", "500ms", "--space", "tiny.yaml", "--name", "e2e", *TEACHER, env=env, cwd=cwd)
     assert r.returncode == 0, r.stderr[-3000:]
-    front = _cli("front", "e2e", "--json", "--runs-dir", str(tmp / "runs"), env=env)
+    front = _cli("front", "e2e", "--json", env=env, cwd=cwd)
     assert front.returncode == 0, front.stderr
-    return {"tmp": tmp, "env": env, "out": r.stdout, "err": r.stderr, "front": json.loads(front.stdout)}
+    return {"tmp": cwd, "env": env, "out": r.stdout, "err": r.stderr, "front": json.loads(front.stdout)}
+
+
+def test_relative_data_folder_reaches_the_trials(run):
+    """The README's main command, the way a user types it: candidates finish (the first search's
+    bug: the relative data path was resolved in each Ray worker's folder and every trial failed)."""
+    data = run["front"]
+    assert data["trials_done"] == 2 and data["trials_failed"] == 0, data["failures"]
+    assert (run["tmp"] / "runs" / "autocompress.db").is_file()        # the default runs folder, in the user's cwd
 
 
 def test_search_prints_a_front_per_device(run):
@@ -94,9 +115,9 @@ def test_seeded_recipe_really_compressed(run):
 
 def test_front_plot_and_cached_teacher(run):
     png = run["tmp"] / "front.png"
-    r = _cli("front", "e2e", "--plot", str(png), "--runs-dir", str(run["tmp"] / "runs"), env=run["env"])
+    r = _cli("front", "e2e", "--plot", "front.png", env=run["env"], cwd=run["tmp"])
     assert r.returncode == 0 and png.stat().st_size > 5000
-    r = _cli("finetune", *TEACHER, env=run["env"])          # same settings: the cached teacher, no training
+    r = _cli("finetune", *TEACHER, env=run["env"], cwd=run["tmp"])          # same settings: the cached teacher, no training
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info["cached"] is True and info["train_rows"] == 640
@@ -120,3 +141,48 @@ def test_a_repeated_recipe_reuses_the_earlier_trial(run):
     assert out["constraint"] == out["latency_ms"] - 500.0
     (dup,) = store.trials("e2e", status="duplicate")
     assert dup.number == 99 and dup.error == "same recipe as trial 1" and not dup.latencies
+
+
+FAILING_PLUGIN = """
+from dataclasses import dataclass
+
+from autocompress.methods.base import register
+
+
+@dataclass(frozen=True)
+class Explode:
+    pass
+
+
+@register("explode", "torch", Explode)
+def explode(model, cfg, ctx):
+    \"\"\"Always fails: a planted failure.\"\"\"
+    raise RuntimeError("planted failure in every trial\\nsecond line of the message")
+"""
+
+
+def test_a_search_whose_every_trial_fails_says_so(user, run):
+    """Every trial raises (a method of a plugin): the progress shows each failure with its reason, the run
+    is stored as failed with the most common reason, and the command exits 1 pointing at `front`."""
+    cwd, env = user["cwd"], dict(user["env"])
+    (cwd / "plugins").mkdir()
+    (cwd / "plugins" / "planted.py").write_text(FAILING_PLUGIN)
+    (cwd / "explode.yaml").write_text("name: explode\ntrials: 2\nsteps:\n  - method: explode\n")
+    env.update(PYTHONPATH=str(cwd / "plugins"), AUTOCOMPRESS_PLUGINS="planted")
+    r = _cli("search", "--space", "explode.yaml", "--name", "doomed", *TEACHER, env=env, cwd=cwd)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "trial 1 failed: RuntimeError: planted failure in every trial" in r.stderr
+    assert "no candidate finished: 2 trial(s) failed, most often with: RuntimeError: planted failure" in r.stderr
+    assert "autocompress front doomed" in r.stderr
+    assert "Traceback" not in r.stderr
+    from autocompress.store import Store, default_url
+
+    store = Store(default_url(cwd / "runs"), create=False)
+    stored = store.get_run("doomed")
+    assert stored.status == "failed" and "RuntimeError: planted failure in every trial" in stored.error
+    failed = store.trials("doomed", status="failed")
+    assert [t.number for t in failed] == [1, 2]
+    assert all(t.error.startswith("RuntimeError: planted failure") for t in failed)
+    front = _cli("front", "doomed", env=env, cwd=cwd)
+    assert front.returncode == 0
+    assert "(failed)" in front.stdout and "failed (2x): RuntimeError: planted failure in every trial" in front.stdout

@@ -147,7 +147,42 @@ def test_validate_rejects_impossible_bounds():
           - method: prune_heads
             params: {ratio: {float: [0.0, 1.0]}}
     """)
-    with pytest.raises(SpaceError, match="upper bounds.*ratio"):
+    with pytest.raises(SpaceError, match=r"prune_heads.ratio = 1.0: prune_heads: ratio must be in \[0, 1\)"):
+        s.validate(6)
+
+
+@pytest.mark.parametrize("params,match", [
+    ("{steps: {int: [0, 100]}}", r"distill.steps = 0: distill: steps must be an int >= 1"),          # lower bound
+    ("{steps: 10, lr: {float: [0.0, 0.1], log: true}}", r"distill.lr.*log"),                       # Optuna's own check
+    ("{steps: 10, temperature: {choices: [2.0, -1.0]}}", r"distill.temperature = -1.0"),           # every choice
+    ("{steps: {int: [10, 20], step: 10, log: true}}", r"distill.steps"),                            # step and log clash
+])
+def test_validate_checks_every_parameter_edge(params, match):
+    """A parameter's edges are checked on their own, even where its step is conditional ('when: changed'
+    after a step whose lower corner changes nothing) and would never be built at the space's corners."""
+    s = space(f"""
+        name: edges
+        steps:
+          - method: prune_ffn
+            params: {{ratio: {{float: [0.0, 0.5], step: 0.25}}}}
+          - method: distill
+            when: changed
+            params: {params}
+    """)
+    with pytest.raises(SpaceError, match=match):
+        s.validate(6)
+
+
+def test_validate_rejects_unknown_seed_parameter():
+    s = space("""
+        name: seeded
+        steps:
+          - method: drop_layers
+            params: {keep: {int: [2, 4]}}
+        seeds:
+          - {drop_layers.kep: 3}
+    """)
+    with pytest.raises(SpaceError, match="seed 1: 'drop_layers.kep' is not a parameter of this space"):
         s.validate(6)
 
 
@@ -163,7 +198,7 @@ def test_validate_rejects_bad_seed():
           - {drop_layers.keep: 0}
     """)
     # messages number the seeds from 1: the second seed is "seed 2"
-    with pytest.raises(SpaceError, match="'seeded', seed 2: drop_layers: keep .* got 0"):
+    with pytest.raises(SpaceError, match=r"'seeded', seed 2: drop_layers.keep = 0 is outside its range"):
         s.validate(6)
 
 

@@ -1,3 +1,24 @@
-"""One module per family of the survey's taxonomy; importing this package fills the registry."""
+"""One module per family of the survey's taxonomy; importing this package fills the registry.
+
+Methods of your own: name their modules in ``AUTOCOMPRESS_PLUGINS`` (comma-separated, importable
+from ``PYTHONPATH``); each registers its methods with ``@register`` like the bundled ones. Trial
+workers of a local Ray inherit the variable, so they see the same methods.
+"""
+import importlib
+import os
+
 from . import distillation, pruning, quantization  # noqa: F401
 from .base import REGISTRY, Context, RecipeError, TransferSet, get_method  # noqa: F401
+
+PLUGINS_ENV = "AUTOCOMPRESS_PLUGINS"
+
+
+def _load_plugins() -> None:
+    for name in filter(None, (n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(","))):
+        try:
+            importlib.import_module(name)
+        except Exception as e:
+            raise RecipeError(f"{PLUGINS_ENV}: cannot import {name!r} ({type(e).__name__}: {e})") from None
+
+
+_load_plugins()

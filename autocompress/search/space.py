@@ -69,25 +69,89 @@ class Space:
     def recipe_from_params(self, params: dict[str, Any], num_layers: int) -> Recipe:
         return self.suggest(optuna.trial.FixedTrial(params), num_layers)
 
-    def validate(self, num_layers: int) -> None:
-        """Reject impossible spaces before anything runs: every seed and both corners must build."""
-        corners = [{}, {}]
+    def params(self) -> dict[str, Any]:
+        """Every searchable parameter by its searcher name (``method.param``, or ``method`` for an
+        optional step's on/off switch) -> its spec."""
+        out: dict[str, Any] = {}
         for spec in self.steps:
-            for k, v in (spec.get("params") or {}).items():
-                name = f"{spec['method']}.{k}"
-                if isinstance(v, dict) and ("int" in v or "float" in v):
-                    lo, hi = v.get("int", v.get("float"))
-                    corners[0][name], corners[1][name] = lo, hi
-                elif isinstance(v, dict):
-                    corners[0][name], corners[1][name] = v["choices"][0], v["choices"][-1]
             if spec.get("optional"):
-                corners[0][spec["method"]] = corners[1][spec["method"]] = True
+                out[spec["method"]] = {"choices": [True, False]}
+            for k, v in (spec.get("params") or {}).items():
+                if isinstance(v, dict):
+                    out[f"{spec['method']}.{k}"] = v
+        return out
+
+    def validate(self, num_layers: int) -> None:
+        """Reject impossible spaces before anything runs: each range must be a valid Optuna
+        distribution; each parameter's extremes (lower and upper bound, every choice) must pass its
+        method's own validation; both corners of the whole space and every seed must build a recipe."""
+        where = f"search space {self.name!r}"
+        for name, spec in self.params().items():
+            _distribution(f"{where}, {name}", spec)
+        for spec in self.steps:
+            method = get_method(spec["method"])
+            params = spec.get("params") or {}
+            low = {k: _extremes(v)[0] for k, v in params.items()}
+            for k, v in params.items():
+                for value in _extremes(v):
+                    try:
+                        method.config({**low, k: value})
+                    except RecipeError as e:
+                        raise SpaceError(f"{where}, {spec['method']}.{k} = {value!r}: {e}") from None
+        corners = [{n: _extremes(v)[0] for n, v in self.params().items()},
+                   {n: _extremes(v)[-1] for n, v in self.params().items()}]
+        for c in corners:   # optional steps switched on, so every step is built
+            c.update({s["method"]: True for s in self.steps if s.get("optional")})
+        known = self.params()
+        for i, seed in enumerate(self.seeds, start=1):     # seeds are numbered from 1 in messages
+            for name, value in seed.items():
+                if name not in known:
+                    raise SpaceError(f"{where}, seed {i}: {name!r} is not a parameter of this space; "
+                                     f"expected one of {', '.join(sorted(known))}")
+                dist = _distribution(f"{where}, {name}", known[name])
+                if not _contains(dist, value):
+                    raise SpaceError(f"{where}, seed {i}: {name} = {value!r} is outside its range {known[name]}")
         for i, params in enumerate(corners + self.seeds):
-            what = f"seed {i - 1}" if i >= 2 else ("lower" if i == 0 else "upper") + " bounds"
+            what = f"seed {i - 2}" if i >= 2 else ("lower" if i == 0 else "upper") + " corner"
             try:
                 self.recipe_from_params({**corners[0], **params}, num_layers)
             except (RecipeError, ValueError) as e:
-                raise SpaceError(f"search space {self.name!r}, {what}: {e}") from None
+                raise SpaceError(f"{where}, {what}: {e}") from None
+
+
+def _extremes(spec: Any) -> list[Any]:
+    """The values a parameter spec can reach at its edges: [lo, hi] for ranges, every choice, or the constant."""
+    if not isinstance(spec, dict):
+        return [spec]
+    if "choices" in spec:
+        return list(spec["choices"])
+    lo, hi = spec.get("int", spec.get("float"))
+    return [lo, hi]
+
+
+def _distribution(where: str, spec: dict[str, Any]):
+    """The Optuna distribution of a spec; Optuna's own checks reject e.g. log with low <= 0."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    try:
+        if "int" in spec:
+            lo, hi = spec["int"]
+            if not all(isinstance(b, int) and not isinstance(b, bool) for b in (lo, hi)):
+                raise ValueError(f"int bounds must be integers, got {spec['int']!r}")
+            return IntDistribution(lo, hi, log=spec.get("log", False), step=spec.get("step", 1))
+        if "float" in spec:
+            lo, hi = spec["float"]
+            return FloatDistribution(float(lo), float(hi), log=spec.get("log", False), step=spec.get("step"))
+        return CategoricalDistribution(spec["choices"])
+    except (ValueError, TypeError) as e:
+        raise SpaceError(f"{where}: {e}") from None
+
+
+def _contains(dist, value: Any) -> bool:
+    try:
+        return dist._contains(dist.to_internal_repr(value))
+    except (ValueError, TypeError):
+        return False
 
 
 def _suggest(trial, name: str, spec: Any) -> Any:

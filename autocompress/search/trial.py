@@ -15,7 +15,7 @@ import torch
 from .. import checkpoint, export
 from ..evaluate import EVAL_MAX_LENGTH, encode, predict_onnx, score
 from ..hardware.latency import measure_latency, shared_machine
-from ..hardware.profiles import load_profile
+from ..hardware.profiles import HardwareProfile
 from ..methods.base import Context
 from ..recipe import Recipe
 from ..store import Store
@@ -36,8 +36,8 @@ class TrialSetup:
     data_dir: str | None
     val_size: int
     teacher_path: str
-    profiles: tuple[str, ...]     # every profile is measured: each device gets its own front
-    device: str                   # the target profile (the searcher's latency objective)
+    profiles: tuple[HardwareProfile, ...]  # every profile is measured: each device gets its own front
+    device: str                   # the target profile's name (the searcher's latency objective)
     budget_ms: float | None
     space_text: str
     num_layers: int
@@ -71,7 +71,7 @@ def evaluate_candidate(setup: TrialSetup, number: int, recipe: Recipe, role: str
             pad = teacher.tokenizer.pad_token_id or 0
             logits = predict_onnx(final, encode(teacher.tokenizer, data.val, EVAL_MAX_LENGTH), pad_id=pad)
             val = score(data.spec, logits, data.val["label"], "val")
-        latencies = {name: measure_latency(final, load_profile(name)) for name in setup.profiles}
+        latencies = {p.name: measure_latency(final, p) for p in setup.profiles}
         store.add_metrics(trial_id, "val", val.metrics, val.n)
         for lat in latencies.values():
             store.add_latency(trial_id, lat.to_dict())
@@ -81,8 +81,7 @@ def evaluate_candidate(setup: TrialSetup, number: int, recipe: Recipe, role: str
         store.finish_trial(trial_id, "done", seconds=time.time() - t0, size_mb=size,
                            n_params=checkpoint.count_params(model))
     except BaseException as e:
-        store.finish_trial(trial_id, "failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}",
-                           seconds=time.time() - t0)
+        store.finish_trial(trial_id, "failed", error=_reason(e), seconds=time.time() - t0)
         raise
     return _result(setup, number, recipe, val.main, latencies[setup.device].median_ms, size)
 
@@ -97,12 +96,26 @@ def _result(setup: TrialSetup, number: int, recipe: Recipe, val: float, latency_
 
 
 def trainable(config: dict, setup: TrialSetup) -> None:
-    """The Ray Tune function trainable: config holds the searcher's flat parameters."""
+    """The Ray Tune function trainable: config holds the searcher's flat parameters. A failure before
+    the trial is under way (its recipe cannot be built) is recorded too, so every failure has a reason
+    in the store."""
     from ray import tune
 
     from .space import parse_space
 
+    number = int(config["trial_number"])
     params = {k: v for k, v in config.items() if k != "trial_number"}
-    recipe = parse_space(setup.space_text).recipe_from_params(params, setup.num_layers)
-    tune.report(evaluate_candidate(setup, int(config["trial_number"]), recipe, params=params))
+    try:
+        recipe = parse_space(setup.space_text).recipe_from_params(params, setup.num_layers)
+    except Exception as e:
+        store = Store(setup.store_url, create=False)
+        trial_id = store.start_trial(setup.run, number, "candidate", "{}", "", params)
+        store.finish_trial(trial_id, "failed", error=_reason(e))
+        raise
+    tune.report(evaluate_candidate(setup, number, recipe, params=params))
+
+
+def _reason(e: BaseException) -> str:
+    """The error as stored: its first line says what went wrong, the traceback follows."""
+    return f"{type(e).__name__}: {str(e).strip() or repr(e)}\n{traceback.format_exc(limit=5)}"
 
