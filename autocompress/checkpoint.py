@@ -1,68 +1,153 @@
-"""Save and rebuild (possibly pruned) BERT-family classifiers.
+"""Save and rebuild compressed BERT-family classifiers.
 
-A pruned model no longer matches its config (heads and FFN widths differ per layer), so the config
-carries a shape record, ``autocompress_shape``: per layer the heads kept (original indices) and the
-FFN width. Loading builds the model from its config, shrinks each layer to the record, then loads the
-safetensors weights strictly: nothing is unpickled.
+A compressed model no longer matches its config (heads, FFN widths, factorized or shared modules
+differ per layer), so ``config.json`` carries a structure record, ``autocompress_structure``: the
+encoder's layer count and, for every Linear of every layer (by role: query, key, value, attn_out,
+ffn_in, ffn_out) and for the word embeddings, a *module spec* — its kind and sizes. Loading builds
+the model from its config, gives each part the recorded kind and size, then loads the safetensors
+weights strictly: nothing is unpickled.
+
+Methods that put modules of their own into a model (a factorized Linear, say) register the module
+class here with ``@module_kind("name")``; the class gives ``spec()`` and ``from_spec(spec)``.
+Parameters shared between layers are saved once and tied again on load (``config.autocompress_tied``).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Callable
 
-from safetensors.torch import load_file
+import torch
+from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from .methods.pruning import encoder_layers, prune_attention_heads, prune_ffn_neurons
+from . import arch
+
+STRUCTURE_VERSION = 2
+MODULE_KINDS: dict[str, type] = {}
 
 
-def shape_record(model) -> list[dict]:
-    out = []
-    for layer in encoder_layers(model):
-        sa = layer.attention.self
-        out.append({"heads": list(getattr(sa, "kept_heads", range(sa.num_attention_heads))),
-                    "ffn": layer.intermediate.dense.out_features})
-    return out
+def module_kind(name: str) -> Callable[[type], type]:
+    """Class decorator: a module type a method puts into models, rebuilt from its spec on load."""
+
+    def wrap(cls: type) -> type:
+        MODULE_KINDS[name] = cls
+        cls.kind = name
+        return cls
+
+    return wrap
+
+
+def _spec(module: torch.nn.Module) -> dict[str, Any]:
+    if isinstance(module, torch.nn.Linear):
+        return {"kind": "linear", "in": module.in_features, "out": module.out_features,
+                "bias": module.bias is not None}
+    if isinstance(module, torch.nn.Embedding):
+        return {"kind": "embedding", "num": module.num_embeddings, "dim": module.embedding_dim}
+    kind = getattr(module, "kind", None)
+    if kind not in MODULE_KINDS:
+        raise TypeError(f"cannot record a module of type {type(module).__name__}: register it with @module_kind")
+    return {"kind": kind, **module.spec()}
+
+
+def _build(spec: dict[str, Any], like: torch.nn.Module) -> torch.nn.Module:
+    kind = spec["kind"]
+    if kind == "linear":
+        if isinstance(like, torch.nn.Linear) and (like.in_features, like.out_features) == (spec["in"], spec["out"]):
+            return like
+        return torch.nn.Linear(spec["in"], spec["out"], bias=spec.get("bias", True))
+    if kind == "embedding":
+        if isinstance(like, torch.nn.Embedding) and like.weight.shape == (spec["num"], spec["dim"]):
+            return like
+        return torch.nn.Embedding(spec["num"], spec["dim"], padding_idx=like.padding_idx)
+    if kind not in MODULE_KINDS:
+        raise ValueError(f"checkpoint holds a module of kind {kind!r}, which no loaded method provides")
+    return MODULE_KINDS[kind].from_spec({k: v for k, v in spec.items() if k != "kind"})
+
+
+def structure_record(model) -> dict[str, Any]:
+    layers = []
+    for layer in arch.layers(model):
+        rec = {role: _spec(arch.get(layer, path)) for role, path in arch.linear_paths(model).items()}
+        holder = arch.heads_module(model, layer)
+        rec["heads"] = list(getattr(holder, "kept_heads", range(arch.num_heads(model, layer))))
+        layers.append(rec)
+    return {"version": STRUCTURE_VERSION, "layers": layers,
+            "word_embeddings": _spec(arch.word_embeddings(model))}
+
+
+def rebuild(model, record: dict[str, Any]) -> None:
+    """Give a freshly built model the recorded structure (its weights are loaded afterwards)."""
+    if record.get("version") != STRUCTURE_VERSION:
+        raise ValueError(f"checkpoint structure version {record.get('version')!r} is not {STRUCTURE_VERSION}: "
+                         "re-create it with this version of autocompress")
+    paths = arch.linear_paths(model)
+    for layer, rec in zip(arch.layers(model), record["layers"]):
+        for role, path in paths.items():
+            arch.put(layer, path, _build(rec[role], arch.get(layer, path)))
+        arch.set_num_heads(model, layer, len(rec["heads"]))
+        arch.heads_module(model, layer).kept_heads = list(rec["heads"])
+    emb = model.base_model.embeddings
+    emb.word_embeddings = _build(record["word_embeddings"], emb.word_embeddings)
+
+
+def _tied(model) -> dict[str, str]:
+    """Parameters that are the very same tensor as an earlier one: name -> the name saved."""
+    seen: dict[int, str] = {}
+    tied = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            tied[name] = seen[id(p)]
+        else:
+            seen[id(p)] = name
+    return tied
 
 
 def save_model(model, tokenizer, path: str | os.PathLike) -> Path:
     path = Path(path)
-    model.config.autocompress_shape = shape_record(model)
-    model.save_pretrained(path, safe_serialization=True)
+    path.mkdir(parents=True, exist_ok=True)
+    model.config.autocompress_structure = structure_record(model)
+    tied = _tied(model)
+    model.config.autocompress_tied = tied
+    model.config.architectures = [type(model).__name__]
+    model.config.save_pretrained(path)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k not in tied}
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
     return path
 
 
-def _shrink(model, shape: list[dict]) -> None:
-    """Give each layer the recorded sizes (weights are loaded afterwards, so which rows stay is moot)."""
-    for layer, rec in zip(encoder_layers(model), shape):
-        n_heads = len(rec["heads"])
-        if n_heads != layer.attention.self.num_attention_heads:
-            prune_attention_heads(layer.attention, list(range(n_heads)))
-        layer.attention.self.kept_heads = list(rec["heads"])
-        if rec["ffn"] != layer.intermediate.dense.out_features:
-            prune_ffn_neurons(layer, list(range(rec["ffn"])))
-
-
 def load_model(path: str | os.PathLike, attn_implementation: str = "sdpa"):
-    """Rebuild a model saved by ``save_model`` (or any plain fine-tuned BERT-family folder)."""
+    """Rebuild a model saved by ``save_model`` (or load any plain fine-tuned BERT-family folder)."""
     path = Path(path)
     config = AutoConfig.from_pretrained(path)
-    shape = getattr(config, "autocompress_shape", None)
-    if not shape:
+    record = getattr(config, "autocompress_structure", None)
+    if not record:
         return AutoModelForSequenceClassification.from_pretrained(path, attn_implementation=attn_implementation).eval()
-    config.num_hidden_layers = len(shape)
+    arch.check_config(config)
+    config.num_hidden_layers = len(record["layers"])
     model = AutoModelForSequenceClassification.from_config(config, attn_implementation=attn_implementation)
-    _shrink(model, shape)
+    rebuild(model, record)
+    tied = dict(getattr(config, "autocompress_tied", None) or {})
+    for name, source in tied.items():       # tie before loading, so the saved tensor fills both
+        _set_parameter(model, name, _get_parameter(model, source))
     state = load_file(str(path / "model.safetensors"))
-    model.load_state_dict(state, strict=False)
-    missing = set(model.state_dict()) - set(state)
-    # tied or buffer entries (position_ids) may be absent from the file; weights may not
-    missing = {k for k in missing if not k.endswith(("position_ids", "token_type_ids"))}
-    if missing:
-        raise ValueError(f"checkpoint {path} lacks weights: {sorted(missing)[:3]}")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # buffers such as position_ids may be absent from the file; weights may not
+    missing = {k for k in missing if k not in tied and not k.endswith(("position_ids", "token_type_ids"))}
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not match its structure: missing {sorted(missing)[:3]}, "
+                         f"unexpected {sorted(unexpected)[:3]}")
     return model.eval()
+
+
+def _get_parameter(model, name: str) -> torch.nn.Parameter:
+    return arch.get(model, name)
+
+
+def _set_parameter(model, name: str, value: torch.nn.Parameter) -> None:
+    arch.put(model, name, value)
 
 
 def load_tokenizer(path: str | os.PathLike):
@@ -74,4 +159,5 @@ def size_mb(path: str | os.PathLike) -> float:
 
 
 def count_params(model) -> int:
+    """Distinct parameters (a tensor shared by several layers counts once)."""
     return sum(p.numel() for p in model.parameters())

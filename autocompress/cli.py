@@ -133,12 +133,19 @@ def model_config(args):
 
     from .teacher import TeacherError, resolve_model
 
+    from .arch import ArchitectureError, check_config
+
     source = args.teacher or resolve_model(args.model)
+    which = f"--teacher {args.teacher}" if args.teacher else f"--model {args.model}"
     try:
-        return AutoConfig.from_pretrained(source)
+        config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as e:
-        which = f"--teacher {args.teacher}" if args.teacher else f"--model {args.model}"
         raise TeacherError(f"{which}: cannot read its config ({str(e).splitlines()[0][:160]})") from None
+    try:
+        check_config(config)       # before any fine-tuning: the methods must know this layout
+    except ArchitectureError as e:
+        raise TeacherError(f"{which}: {e}") from None
+    return config
 
 
 def check_output_places(args) -> str:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import arch
 from .tasks import TaskSpec, compute_metrics
 
 EVAL_MAX_LENGTH = 128
@@ -56,7 +57,7 @@ def predict_torch(model, features, *, pad_id: int = 0, batch_size: int = 64) -> 
     model.eval()
     out = None
     for idx, arrays in _batches(features, batch_size, pad_id):
-        logits = model(**{k: torch.from_numpy(v) for k, v in arrays.items()}).logits.float().numpy()
+        logits = model(**arch.inputs(model, {k: torch.from_numpy(v) for k, v in arrays.items()})).logits.float().numpy()
         if out is None:
             out = np.zeros((len(features), logits.shape[1]), dtype=np.float32)
         out[idx] = logits

@@ -11,19 +11,20 @@ from pathlib import Path
 import onnx
 import torch
 
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+from . import arch
 
 
 class _Logits(torch.nn.Module):
-    """Wraps a sequence classifier so the graph has three named int64 inputs and one output."""
+    """Wraps a sequence classifier so the graph has the model's named int64 inputs (input_ids,
+    attention_mask, and token_type_ids where the model takes them) and one output, ``logits``."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask, token_type_ids):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask,
-                          token_type_ids=token_type_ids).logits
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
 
 
 def export_onnx(model, path: str | os.PathLike) -> Path:
@@ -36,15 +37,16 @@ def export_onnx(model, path: str | os.PathLike) -> Path:
     impl = model.config._attn_implementation
     model.set_attn_implementation("eager")
     model.eval()
+    names = arch.input_names(model)
     ids = torch.randint(0, model.config.vocab_size, (2, 16))
-    example = (ids, torch.ones_like(ids), torch.zeros_like(ids))
+    example = (ids, torch.ones_like(ids), torch.zeros_like(ids))[: len(names)]
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    dims = {name: {0: batch, 1: seq} for name in INPUT_NAMES}
+    dims = {name: {0: batch, 1: seq} for name in names}
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-            torch.onnx.export(_Logits(model).eval(), example, str(path), input_names=list(INPUT_NAMES),
+            torch.onnx.export(_Logits(model).eval(), example, str(path), input_names=list(names),
                               output_names=["logits"], dynamic_shapes=dims, dynamo=True,
                               external_data=False, optimize=True)
     finally:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .methods.base import Context, RecipeError, get_method
+from .methods.base import STAGES, Context, RecipeError, get_method
 
 RECIPE_VERSION = 1
 
@@ -38,11 +38,13 @@ class Recipe:
     steps: tuple[Step, ...] = ()
 
     def __post_init__(self):
-        kinds = [get_method(s.method).kind for s in self.steps]  # also validates each method name
+        stages = [STAGES.index(get_method(s.method).stage) for s in self.steps]  # also validates names
         for s in self.steps:
             s.config  # validates parameters
-        if "onnx" in kinds and "torch" in kinds[kinds.index("onnx"):]:
-            raise RecipeError("ONNX steps (quantization) must come after every PyTorch step")
+        for (a, sa), (b, sb) in zip(zip(self.steps, stages), zip(self.steps[1:], stages[1:])):
+            if sb < sa:
+                raise RecipeError(f"{b.method} ({STAGES[sb]}) cannot come after {a.method} ({STAGES[sa]}): "
+                                  "a recipe runs structure steps, then recovery, then ONNX steps (quantization)")
 
     # ---- serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -66,40 +68,52 @@ class Recipe:
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
 
     def short(self) -> str:
-        """One line for tables, e.g. ``layers 4 · heads -25% · ffn -50% · kd 300 · int8``."""
-        parts = []
-        for s in self.steps:
-            c = s.config
-            parts.append({
-                "drop_layers": lambda: f"layers {c.keep}" + ("" if c.strategy == "top" else " alt"),
-                "prune_heads": lambda: f"heads -{c.ratio:.0%}",
-                "prune_ffn": lambda: f"ffn -{c.ratio:.0%}",
-                "distill": lambda: f"kd {c.steps}",
-                "quantize_int8": lambda: "int8",
-            }.get(s.method, lambda: s.method)())
-        return " · ".join(parts) or "fp32 (unchanged)"
+        """One line for tables, e.g. ``layers 4 · heads -25% · ffn -50% · kd 300 · int8``: each method
+        gives its own label."""
+        return " · ".join(get_method(s.method).label(s.config) for s in self.steps) or "fp32 (unchanged)"
+
+    def describe(self) -> str:
+        """The recipe in words, one step per line (for model cards)."""
+        lines = []
+        for i, s in enumerate(self.steps, 1):
+            m = get_method(s.method)
+            params = ", ".join(f"{k}={v}" for k, v in s.to_dict()["params"].items())
+            lines.append(f"{i}. {m.doc} ({m.stage}: {s.method}{'; ' + params if params else ''})")
+        return "\n".join(lines) or "the fine-tuned teacher, unchanged (fp32)"
 
     # ---- application
+    def stage(self, stage: str) -> tuple[Step, ...]:
+        return tuple(s for s in self.steps if get_method(s.method).stage == stage)
+
+    @property
+    def structure_steps(self) -> tuple[Step, ...]:
+        return self.stage("structure")
+
+    @property
+    def recovery_steps(self) -> tuple[Step, ...]:
+        return self.stage("recovery")
+
     @property
     def torch_steps(self) -> tuple[Step, ...]:
-        return tuple(s for s in self.steps if get_method(s.method).kind == "torch")
+        return self.structure_steps + self.recovery_steps
 
     @property
     def onnx_steps(self) -> tuple[Step, ...]:
-        return tuple(s for s in self.steps if get_method(s.method).kind == "onnx")
+        return self.stage("onnx")
 
-    def apply_torch(self, model, ctx: Context | None):
-        for s in self.torch_steps:
+    def apply_torch(self, model, ctx: Context | None, steps: tuple[Step, ...] | None = None):
+        """Apply the PyTorch steps (by default all: structure, then recovery)."""
+        for s in self.torch_steps if steps is None else steps:
             if ctx and ctx.progress:
                 ctx.progress(s.method)
             model = get_method(s.method).fn(model, s.config, ctx)
         return model
 
-    def apply_onnx(self, path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    def apply_onnx(self, path: str | os.PathLike, out_dir: str | os.PathLike, ctx: Context | None = None) -> Path:
         """Apply the ONNX steps (quantization) to an exported model; returns the final ONNX file."""
         path = Path(path)
         for i, s in enumerate(self.onnx_steps):
             dst = Path(out_dir) / f"model.{i + 1}.{s.method}.onnx"
-            get_method(s.method).fn(path, dst, s.config, None)
+            get_method(s.method).fn(path, dst, s.config, ctx)
             path = dst
         return path

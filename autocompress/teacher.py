@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from . import checkpoint, export
+from . import arch, checkpoint, export
 from .evaluate import encode, predict_torch, score
 from .methods.base import TransferSet
 from .tasks import TaskData, hub_unreachable
@@ -108,7 +108,7 @@ def _subset(n_rows: int, n: int, seed: int) -> list[int]:
 def finetune(model, transfer: TransferSet, settings: TeacherSettings,
              progress: Callable[[int, int, float], None] | None = None):
     """Plain fine-tuning with length-bucketed batches and linear warm-up/decay."""
-    emb = model.base_model.embeddings.word_embeddings.weight
+    emb = arch.word_embeddings(model).weight
     emb.requires_grad_(False)   # its 30k x H gradient and Adam state cost more time than they help
     try:
         return _train(model, transfer, settings, progress)
@@ -124,8 +124,7 @@ def _train(model, transfer: TransferSet, settings: TeacherSettings, progress) ->
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / (steps - warm))))
     model.train()
     for step, batch in enumerate(transfer.batches(settings.batch_size, steps, seed=settings.seed)):
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    token_type_ids=batch["token_type_ids"], labels=batch["labels"])
+        out = model(**arch.inputs(model, batch), labels=batch["labels"])
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

@@ -47,6 +47,40 @@ def _tiny_config():
                                    max_position_embeddings=64, num_labels=2, initializer_range=0.2)
 
 
+def tiny_config(model_type: str):
+    """A tiny config of any supported layout, same sizes as the tiny BERT (4 layers, 4 heads, hidden 32, FFN 64)."""
+    import transformers
+
+    common = dict(vocab_size=TINY_VOCAB, num_labels=2, initializer_range=0.2)
+    if model_type == "distilbert":
+        return transformers.DistilBertConfig(dim=32, n_layers=TINY_LAYERS, n_heads=TINY_HEADS, hidden_dim=TINY_FFN,
+                                             max_position_embeddings=64, **common)
+    cls = transformers.AutoConfig.for_model(model_type).__class__
+    kw = dict(hidden_size=32, num_hidden_layers=TINY_LAYERS, num_attention_heads=TINY_HEADS,
+              intermediate_size=TINY_FFN, max_position_embeddings=64, **common)
+    if model_type in ("roberta", "xlm-roberta", "camembert"):
+        kw.update(max_position_embeddings=80, pad_token_id=1)   # the test rows carry two segments
+    if model_type == "electra":
+        kw.update(embedding_size=32)
+    return cls(**kw)
+
+
+LAYOUTS = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert")
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """``tiny_model(model_type)``: a fresh tiny sequence classifier of that layout (seeded, eval mode)."""
+    import torch
+    import transformers
+
+    def make(model_type: str):
+        torch.manual_seed(0)
+        return transformers.AutoModelForSequenceClassification.from_config(tiny_config(model_type)).eval()
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def _tiny_bert_master():
     import torch

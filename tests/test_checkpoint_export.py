@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from autocompress.checkpoint import count_params, load_model, save_model, shape_record, size_mb
+from autocompress.checkpoint import count_params, load_model, save_model, size_mb, structure_record
 from autocompress.evaluate import predict_onnx, predict_torch
 from autocompress.export import export_onnx
 from autocompress.methods.base import Context
@@ -60,18 +60,18 @@ def test_save_and_load_pruned(pruned, tmp_path, tiny_transfer):
     path = save_model(pruned, None, tmp_path / "ckpt")
     assert (path / "model.safetensors").is_file()
     cfg = json.loads((path / "config.json").read_text())
-    rec = cfg["autocompress_shape"]
-    assert len(rec) == 3
-    assert all(len(r["heads"]) == 2 and r["ffn"] == 32 for r in rec)
-    assert rec == shape_record(pruned)
-    assert [r["heads"] for r in rec] == [l.attention.self.kept_heads for l in encoder_layers(pruned)]
+    rec = cfg["autocompress_structure"]
+    assert len(rec["layers"]) == 3
+    assert all(len(r["heads"]) == 2 and r["ffn_in"]["out"] == 32 and r["query"]["out"] == 16 for r in rec["layers"])
+    assert rec == structure_record(pruned)
+    assert [r["heads"] for r in rec["layers"]] == [l.attention.self.kept_heads for l in encoder_layers(pruned)]
 
     loaded = load_model(path)
     assert not loaded.training
     assert loaded.config.num_hidden_layers == 3
     assert layer_shapes(loaded) == layer_shapes(pruned)
     assert count_params(loaded) == count_params(pruned)
-    assert shape_record(loaded) == rec                                    # kept_heads restored too
+    assert structure_record(loaded) == rec                                # kept_heads restored too
     arrays = padded(tiny_transfer.features[:12])
     assert np.allclose(torch_logits(loaded, arrays), torch_logits(pruned, arrays), atol=1e-6)
     # a saved-and-loaded model saves again to the same shape
@@ -94,7 +94,7 @@ def test_load_rejects_missing_weights(pruned, tmp_path):
     state = load_file(str(path / "model.safetensors"))
     del state[next(k for k in state if "intermediate.dense.weight" in k)]
     save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
-    with pytest.raises(ValueError, match="lacks weights"):
+    with pytest.raises(ValueError, match="does not match its structure: missing"):
         load_model(path)
 
 

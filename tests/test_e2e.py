@@ -110,7 +110,8 @@ def test_seeded_recipe_really_compressed(run):
     assert seed.size_mb < trials[0].size_mb / 2       # int8 and pruning both shrink the file
     assert set(seed.latencies) == {"laptop-cpu", "mobile-cpu"}
     config = json.loads((Path(seed.artifacts["checkpoint"]) / "config.json").read_text())
-    assert len(config["autocompress_shape"]) == 4 and config["autocompress_shape"][0]["ffn"] == 768
+    structure = config["autocompress_structure"]
+    assert len(structure["layers"]) == 4 and structure["layers"][0]["ffn_in"]["out"] == 768
 
 
 def test_front_plot_and_cached_teacher(run):
@@ -154,7 +155,7 @@ class Explode:
     pass
 
 
-@register("explode", "torch", Explode)
+@register("explode", "structure", Explode)
 def explode(model, cfg, ctx):
     \"\"\"Always fails: a planted failure.\"\"\"
     raise RuntimeError("planted failure in every trial\\nsecond line of the message")

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from autocompress.checkpoint import count_params
-from autocompress.methods.base import RecipeError, get_method, model_inputs
+from autocompress.arch import inputs as arch_inputs
+from autocompress.methods.base import RecipeError, get_method
 from autocompress.methods.distillation import kd_loss
 from autocompress.methods.pruning import _gated_importance, encoder_layers, layers_to_keep
 from autocompress.recipe import Recipe, Step
@@ -17,7 +18,7 @@ def apply(name, model, ctx, **params):
 @torch.no_grad()
 def logits(model, batch):
     model.eval()
-    return model(**model_inputs(batch)).logits
+    return model(**arch_inputs(model, batch)).logits
 
 
 @pytest.fixture
@@ -192,7 +193,7 @@ def test_distill_reduces_kd_loss(tiny_bert, tiny_ctx, tiny_transfer):
     def loss(model):
         with torch.no_grad():
             model.eval()
-            return sum(kd_loss(model(**model_inputs(b)).logits, b["teacher_logits"], b["labels"],
+            return sum(kd_loss(model(**arch_inputs(model, b)).logits, b["teacher_logits"], b["labels"],
                                cfg.temperature, cfg.alpha).item() for b in fixed) / len(fixed)
 
     emb = tiny_bert.bert.embeddings.word_embeddings.weight.detach().clone()
@@ -248,7 +249,8 @@ def test_unknown_method():
         get_method("prune_everything")
 
 
-def test_registry_kinds():
-    assert {n: get_method(n).kind for n in ("drop_layers", "prune_heads", "prune_ffn", "distill", "quantize_int8")} \
-        == {"drop_layers": "torch", "prune_heads": "torch", "prune_ffn": "torch", "distill": "torch",
+def test_registry_stages():
+    assert {n: get_method(n).stage for n in ("drop_layers", "prune_heads", "prune_ffn", "distill", "quantize_int8")} \
+        == {"drop_layers": "structure", "prune_heads": "structure", "prune_ffn": "structure", "distill": "recovery",
             "quantize_int8": "onnx"}
+    assert get_method("distill").kind == "torch" and get_method("quantize_int8").kind == "onnx"

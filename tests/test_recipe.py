@@ -4,7 +4,8 @@ import json
 import pytest
 import torch
 
-from autocompress.methods.base import RecipeError, model_inputs
+from autocompress.arch import inputs as arch_inputs
+from autocompress.methods.base import RecipeError
 from autocompress.methods.pruning import encoder_layers
 from autocompress.recipe import RECIPE_VERSION, Recipe, Step
 
@@ -103,12 +104,12 @@ def test_apply_torch_in_order(tiny_bert, tiny_ctx, tiny_transfer):
     assert len(layers) == 3
     assert all(l.attention.self.num_attention_heads == 2 and l.intermediate.dense.out_features == 32 for l in layers)
     with torch.no_grad():
-        assert model(**model_inputs(tiny_transfer.collate([0, 1, 2]))).logits.shape == (3, 2)
+        assert model(**arch_inputs(model, tiny_transfer.collate([0, 1, 2]))).logits.shape == (3, 2)
 
 
 def test_empty_recipe_changes_nothing(tiny_bert, tiny_ctx, tiny_transfer):
     b = tiny_transfer.collate(list(range(8)))
     with torch.no_grad():
-        ref = tiny_bert(**model_inputs(b)).logits
-        out = Recipe().apply_torch(tiny_bert, tiny_ctx)(**model_inputs(b)).logits
+        ref = tiny_bert(**arch_inputs(tiny_bert, b)).logits
+        out = Recipe().apply_torch(tiny_bert, tiny_ctx)(**arch_inputs(tiny_bert, b)).logits
     assert torch.equal(ref, out)

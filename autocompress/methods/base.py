@@ -1,8 +1,16 @@
 """The method registry and what a method may see besides its model.
 
-A method is a function of (model, config, context) that returns a model. ``kind`` says which world it
-works in: ``"torch"`` methods change a PyTorch model; ``"onnx"`` methods turn one ONNX file into
-another (they run after export). Each config is a validated dataclass; the recipe stores it as a dict.
+A method is a function of (model, config, context) that returns a model. Its ``stage`` says where it
+sits in a recipe, which always runs the stages in this order:
+
+- ``structure``: changes the PyTorch model's architecture or weights without training (pruning,
+  factorization, sharing). After these steps the architecture is final, so latency can be known
+  before any training.
+- ``recovery``: trains the PyTorch model (distillation from the teacher).
+- ``onnx``: turns one ONNX file into another after export (quantization).
+
+Each config is a validated dataclass; the recipe stores it as a dict. Each method also gives its own
+short label for tables (``label(config) -> str``).
 """
 from __future__ import annotations
 
@@ -18,13 +26,23 @@ class RecipeError(ValueError):
     """A recipe or a method's parameters are invalid; the message names the parameter."""
 
 
+STAGES = ("structure", "recovery", "onnx")
+Stage = Literal["structure", "recovery", "onnx"]
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
-    kind: Literal["torch", "onnx"]
+    stage: Stage
     config_cls: type
     fn: Callable[..., Any]
     doc: str
+    label: Callable[[Any], str]
+
+    @property
+    def kind(self) -> str:
+        """The world the method works in: ``torch`` (a PyTorch model) or ``onnx`` (an ONNX file)."""
+        return "onnx" if self.stage == "onnx" else "torch"
 
     def config(self, params: dict[str, Any]) -> Any:
         fields = {f.name for f in dataclasses.fields(self.config_cls)}
@@ -40,13 +58,18 @@ class Method:
 REGISTRY: dict[str, Method] = {}
 
 
-def register(name: str, kind: Literal["torch", "onnx"], config_cls: type):
-    """Decorator: ``@register("prune_heads", "torch", HeadPruning)`` on ``fn(model, cfg, ctx)``."""
+def register(name: str, stage: Stage, config_cls: type, label: Callable[[Any], str] | None = None):
+    """Decorator: ``@register("prune_heads", "structure", HeadPruning, label=lambda c: ...)`` on
+    ``fn(model, cfg, ctx)`` (``fn(src, dst, cfg, ctx)`` for the onnx stage). Without a label, the
+    method's name is its label."""
+    if stage not in STAGES:
+        raise ValueError(f"method {name!r}: stage must be one of {', '.join(STAGES)}, got {stage!r}")
 
     def wrap(fn):
         if name in REGISTRY:
             raise RuntimeError(f"method {name!r} registered twice")
-        REGISTRY[name] = Method(name, kind, config_cls, fn, (fn.__doc__ or "").strip().splitlines()[0])
+        doc = (fn.__doc__ or name).strip().splitlines()[0]
+        REGISTRY[name] = Method(name, stage, config_cls, fn, doc, label or (lambda cfg: name))
         return fn
 
     return wrap
@@ -113,12 +136,11 @@ class TransferSet:
 
 @dataclass
 class Context:
-    """What a torch method may use besides the model: the transfer set and a seed."""
+    """What a method may use besides the model: the transfer set (training rows with the teacher's
+    logits), a seed, a progress callback, and the fine-tuned teacher itself, loaded on demand (for
+    distillation targets inside the network; logits alone come from the transfer set)."""
 
     transfer: TransferSet
     seed: int = 0
     progress: Callable[[str], None] | None = None
-
-
-def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    teacher: Callable[[], Any] | None = None

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .base import Context, check, model_inputs, register
+from .. import arch
+from .base import Context, check, register
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,10 @@ def kd_loss(student_logits, teacher_logits, labels, temperature: float, alpha: f
     return alpha * soft + (1 - alpha) * hard
 
 
-@register("distill", "torch", Distillation)
+@register("distill", "recovery", Distillation, label=lambda c: f"kd {c.steps}")
 def distill(model, cfg: Distillation, ctx: Context):
     """Recover accuracy by distilling the teacher's logits into the model."""
-    embeddings = model.base_model.embeddings.word_embeddings.weight
+    embeddings = arch.word_embeddings(model).weight
     was_trainable = embeddings.requires_grad
     embeddings.requires_grad_(False)          # a 30k x H matrix: updating it costs more than it helps here
     try:
@@ -59,7 +60,7 @@ def _train(model, cfg: Distillation, ctx: Context):
         opt, lambda s: min((s + 1) / warm, max(0.0, (cfg.steps - s) / max(1, cfg.steps - warm))))
     model.train()
     for step, batch in enumerate(ctx.transfer.batches(cfg.batch_size, cfg.steps, seed=ctx.seed + 1)):
-        logits = model(**model_inputs(batch)).logits
+        logits = model(**arch.inputs(model, batch)).logits
         loss = kd_loss(logits, batch["teacher_logits"], batch["labels"], cfg.temperature, cfg.alpha)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -14,11 +14,12 @@ import torch
 import torch.nn.functional as F
 from transformers.pytorch_utils import prune_linear_layer
 
-from .base import Context, check, model_inputs, register
+from .. import arch
+from .base import Context, check, register
 
 
 def encoder_layers(model) -> torch.nn.ModuleList:
-    return model.base_model.encoder.layer
+    return arch.layers(model)
 
 
 # ---------------------------------------------------------------- layers
@@ -45,13 +46,15 @@ def layers_to_keep(n: int, keep: int, strategy: str) -> list[int]:
     return sorted({round(i * (n - 1) / max(keep - 1, 1)) for i in range(keep)}) if keep > 1 else [n - 1]
 
 
-@register("drop_layers", "torch", LayerDrop)
+@register("drop_layers", "structure", LayerDrop,
+          label=lambda c: f"layers {c.keep}" + ("" if c.strategy == "top" else " alt"))
 def drop_layers(model, cfg: LayerDrop, ctx: Context | None = None):
     """Drop whole encoder layers."""
     layers = encoder_layers(model)
     idx = layers_to_keep(len(layers), cfg.keep, cfg.strategy)
-    model.base_model.encoder.layer = torch.nn.ModuleList([layers[i] for i in idx])
-    model.config.num_hidden_layers = len(idx)
+    kept_from = getattr(model.config, "autocompress_layers", None) or list(range(len(layers)))
+    arch.set_layers(model, [layers[i] for i in idx])
+    model.config.autocompress_layers = [kept_from[i] for i in idx]   # teacher layer of each kept layer
     return model
 
 
@@ -72,7 +75,7 @@ def _gated_importance(model, ctx: Context, n_batches: int, batch_size: int, targ
     model.eval()
     try:
         for batch in ctx.transfer.batches(batch_size, n_batches, seed=ctx.seed):
-            logits = model(**model_inputs(batch)).logits
+            logits = model(**arch.inputs(model, batch)).logits
             loss = F.cross_entropy(logits, batch["labels"])
             grads = torch.autograd.grad(loss, gates)
             for s, g in zip(scores, grads):
@@ -107,34 +110,33 @@ class HeadPruning:
         return self.ratio == 0
 
 
-def prune_attention_heads(attention, keep: list[int]) -> None:
-    """Keep only heads ``keep`` of a BertAttention: q/k/v rows and output columns are cut."""
-    sa = attention.self
-    d = sa.attention_head_size
+def prune_attention_heads(model, layer, keep: list[int]) -> None:
+    """Keep only heads ``keep`` of one layer: q/k/v rows and the output projection's columns are cut."""
+    d = arch.head_size(model, layer)
     index = torch.cat([torch.arange(h * d, (h + 1) * d) for h in keep])
-    sa.query = prune_linear_layer(sa.query, index, dim=0)
-    sa.key = prune_linear_layer(sa.key, index, dim=0)
-    sa.value = prune_linear_layer(sa.value, index, dim=0)
-    attention.output.dense = prune_linear_layer(attention.output.dense, index, dim=1)
-    old = getattr(sa, "kept_heads", list(range(sa.num_attention_heads)))
-    sa.kept_heads = [old[h] for h in keep]          # indices in the original model, for the record
-    sa.num_attention_heads = len(keep)
-    sa.all_head_size = len(keep) * d
+    paths = arch.linear_paths(model)
+    for role in ("query", "key", "value"):
+        arch.put(layer, paths[role], prune_linear_layer(arch.get(layer, paths[role]), index, dim=0))
+    arch.put(layer, paths["attn_out"], prune_linear_layer(arch.get(layer, paths["attn_out"]), index, dim=1))
+    holder = arch.heads_module(model, layer)
+    old = getattr(holder, "kept_heads", list(range(arch.num_heads(model, layer))))
+    holder.kept_heads = [old[h] for h in keep]      # indices in the original model, for the record
+    arch.set_num_heads(model, layer, len(keep))
 
 
-@register("prune_heads", "torch", HeadPruning)
+@register("prune_heads", "structure", HeadPruning, label=lambda c: f"heads -{c.ratio:.0%}")
 def prune_heads(model, cfg: HeadPruning, ctx: Context):
     """Remove the least important attention heads of every layer."""
     if cfg.ratio == 0:
         return model
     layers = encoder_layers(model)
-    targets = [(l.attention.output.dense, l.attention.self.num_attention_heads) for l in layers]
+    targets = [(arch.attention_linears(model, l)["attn_out"], arch.num_heads(model, l)) for l in layers]
     scores = _gated_importance(model, ctx, cfg.score_batches, cfg.batch_size, targets)
     for layer, s in zip(layers, scores):
         keep = _keep_count(len(s), cfg.ratio)
         kept = sorted(torch.topk(s, keep).indices.tolist())
         if keep < len(s):
-            prune_attention_heads(layer.attention, kept)
+            prune_attention_heads(model, layer, kept)
     return model
 
 
@@ -155,22 +157,23 @@ class FFNPruning:
         return self.ratio == 0
 
 
-def prune_ffn_neurons(layer, keep: list[int]) -> None:
+def prune_ffn_neurons(model, layer, keep: list[int]) -> None:
     index = torch.tensor(keep)
-    layer.intermediate.dense = prune_linear_layer(layer.intermediate.dense, index, dim=0)
-    layer.output.dense = prune_linear_layer(layer.output.dense, index, dim=1)
+    paths = arch.linear_paths(model)
+    arch.put(layer, paths["ffn_in"], prune_linear_layer(arch.get(layer, paths["ffn_in"]), index, dim=0))
+    arch.put(layer, paths["ffn_out"], prune_linear_layer(arch.get(layer, paths["ffn_out"]), index, dim=1))
 
 
-@register("prune_ffn", "torch", FFNPruning)
+@register("prune_ffn", "structure", FFNPruning, label=lambda c: f"ffn -{c.ratio:.0%}")
 def prune_ffn(model, cfg: FFNPruning, ctx: Context):
     """Remove the least important FFN (intermediate) neurons of every layer."""
     if cfg.ratio == 0:
         return model
     layers = encoder_layers(model)
-    targets = [(l.output.dense, l.intermediate.dense.out_features) for l in layers]
+    targets = [(f["ffn_out"], f["ffn_in"].out_features) for f in (arch.ffn_linears(model, l) for l in layers)]
     scores = _gated_importance(model, ctx, cfg.score_batches, cfg.batch_size, targets)
     for layer, s in zip(layers, scores):
         keep = _keep_count(len(s), cfg.ratio, cfg.multiple)
         if keep < len(s):
-            prune_ffn_neurons(layer, sorted(torch.topk(s, keep).indices.tolist()))
+            prune_ffn_neurons(model, layer, sorted(torch.topk(s, keep).indices.tolist()))
     return model

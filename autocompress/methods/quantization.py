@@ -20,7 +20,7 @@ class DynamicInt8:
         check(isinstance(self.reduce_range, bool), "quantize_int8", "reduce_range must be true or false")
 
 
-@register("quantize_int8", "onnx", DynamicInt8)
+@register("quantize_int8", "onnx", DynamicInt8, label=lambda c: "int8")
 def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, cfg: DynamicInt8, ctx=None):
     """Int8 dynamic quantization with ONNX Runtime (MatMul weights and the embedding tables)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic

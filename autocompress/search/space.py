@@ -62,7 +62,7 @@ class Space:
             is_identity = getattr(step.config, "is_identity", None)
             if is_identity is not None and is_identity(num_layers):
                 continue
-            changed = changed or get_method(method).kind == "torch"
+            changed = changed or get_method(method).stage == "structure"
             steps.append(step)
         return Recipe(tuple(steps))
 

@@ -1,0 +1,141 @@
+"""Where a model keeps its parts: one small adapter per supported transformers layout.
+
+Methods never spell module names: they ask this module for the encoder's layers, a layer's attention
+projections and FFN linears, the word embeddings, and which inputs the model takes. Adding a layout
+means adding one ``Layout`` below; nothing else needs to learn its names.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+class ArchitectureError(ValueError):
+    """The model's architecture is not one the methods know; one line naming the supported ones."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    layers: str                 # path of the encoder's ModuleList, from the base model
+    query: str                  # paths inside one layer ...
+    key: str
+    value: str
+    attn_out: str               # the attention output projection (input: concatenated heads)
+    heads: str                  # module that keeps the head count and head size
+    heads_attr: str             # its attribute holding the head count
+    ffn_in: str                 # hidden -> intermediate
+    ffn_out: str                # intermediate -> hidden
+    token_type_ids: bool        # whether the model takes segment ids
+
+
+_BERT = Layout("bert", "encoder.layer", "attention.self.query", "attention.self.key", "attention.self.value",
+               "attention.output.dense", "attention.self", "num_attention_heads", "intermediate.dense",
+               "output.dense", True)
+_DISTILBERT = Layout("distilbert", "transformer.layer", "attention.q_lin", "attention.k_lin", "attention.v_lin",
+                     "attention.out_lin", "attention", "n_heads", "ffn.lin1", "ffn.lin2", False)
+
+# model_type (as in config.json) -> layout. RoBERTa-style models share BERT's module names.
+LAYOUTS: dict[str, Layout] = {
+    "bert": _BERT,
+    "roberta": _BERT,
+    "xlm-roberta": _BERT,
+    "camembert": _BERT,
+    "electra": _BERT,
+    "distilbert": _DISTILBERT,
+}
+
+
+def supported() -> str:
+    return ", ".join(sorted(LAYOUTS))
+
+
+def check_config(config: Any) -> Layout:
+    """The layout for a transformers config, or an ArchitectureError naming the supported ones."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in LAYOUTS:
+        raise ArchitectureError(f"architecture {model_type!r} is not supported: the methods know {supported()}")
+    return LAYOUTS[model_type]
+
+
+def layout(model: Any) -> Layout:
+    return check_config(model.config)
+
+
+def get(root: torch.nn.Module, path: str) -> Any:
+    for part in path.split("."):
+        root = getattr(root, part)
+    return root
+
+
+def put(root: torch.nn.Module, path: str, value: Any) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(get(root, parent) if parent else root, name, value)
+
+
+def layers(model) -> torch.nn.ModuleList:
+    return get(model.base_model, layout(model).layers)
+
+
+def set_layers(model, kept: list[torch.nn.Module]) -> None:
+    put(model.base_model, layout(model).layers, torch.nn.ModuleList(kept))
+    model.config.num_hidden_layers = len(kept)      # DistilBertConfig maps it to n_layers
+
+
+def num_layers(config: Any) -> int:
+    return int(config.num_hidden_layers)
+
+
+def word_embeddings(model) -> torch.nn.Embedding:
+    return model.base_model.embeddings.word_embeddings
+
+
+def input_names(model_or_config: Any) -> tuple[str, ...]:
+    config = getattr(model_or_config, "config", model_or_config)
+    names = ("input_ids", "attention_mask")
+    return names + ("token_type_ids",) if check_config(config).token_type_ids else names
+
+
+def inputs(model, batch: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``batch`` that ``model`` takes as inputs."""
+    return {k: batch[k] for k in input_names(model) if k in batch}
+
+
+# ---------------------------------------------------------------- one layer's parts
+def attention_linears(model, layer) -> dict[str, torch.nn.Linear]:
+    lay = layout(model)
+    return {"query": get(layer, lay.query), "key": get(layer, lay.key), "value": get(layer, lay.value),
+            "attn_out": get(layer, lay.attn_out)}
+
+
+def ffn_linears(model, layer) -> dict[str, torch.nn.Linear]:
+    lay = layout(model)
+    return {"ffn_in": get(layer, lay.ffn_in), "ffn_out": get(layer, lay.ffn_out)}
+
+
+def linear_paths(model) -> dict[str, str]:
+    """Role -> path inside a layer, for every Linear a layer holds (query, key, value, attn_out, ffn_in, ffn_out)."""
+    lay = layout(model)
+    return {"query": lay.query, "key": lay.key, "value": lay.value, "attn_out": lay.attn_out,
+            "ffn_in": lay.ffn_in, "ffn_out": lay.ffn_out}
+
+
+def heads_module(model, layer) -> torch.nn.Module:
+    return get(layer, layout(model).heads)
+
+
+def num_heads(model, layer) -> int:
+    return int(getattr(heads_module(model, layer), layout(model).heads_attr))
+
+
+def head_size(model, layer) -> int:
+    return int(heads_module(model, layer).attention_head_size)
+
+
+def set_num_heads(model, layer, n: int) -> None:
+    m = heads_module(model, layer)
+    setattr(m, layout(model).heads_attr, n)
+    if hasattr(m, "all_head_size"):
+        m.all_head_size = n * m.attention_head_size
