@@ -203,3 +203,17 @@ def test_exclusive_waits_for_shared_holder():
         assert proc.wait(timeout=10) == 0
     finally:
         proc.kill()
+
+
+def test_describe_says_how_a_latency_was_obtained():
+    from autocompress.hardware.latency import describe
+
+    measured = {"how": "measured", "n": 40, "spread_ms": 0.31, "median_ms": 5.0,
+                "detail": {"host": "box", "cpu": "Xeon", "provider": "CPUExecutionProvider", "threads": 2,
+                           "batch_size": 1, "seq_len": 128}}
+    assert describe(measured) == ("measured on box (Xeon), CPUExecutionProvider, 2 thread(s), batch 1 x seq 128, "
+                                  "n=40, IQR 0.31 ms")
+    predicted = {"how": "predicted", "n": 0, "median_ms": 9.0,
+                 "detail": {"predictor": "mobile-cpu-v1", "device": "Pixel 4", "heldout_error": "12%"}}
+    text = describe(predicted)
+    assert text.startswith("predicted by mobile-cpu-v1") and "Pixel 4" in text and "measured" not in text

@@ -51,6 +51,20 @@ class Latency:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+def describe(lat: dict) -> str:
+    """How a latency was obtained, in one line (tables, JSON, plots and model cards all use this):
+    ``measured on HOST (CPU), PROVIDER, N thread(s), n=40, IQR 0.31 ms`` or ``predicted by MODEL ...``."""
+    d = lat.get("detail") or {}
+    if lat.get("how") == "measured":
+        where = d.get("host", "?") + (f" ({d['cpu']})" if d.get("cpu") else "")
+        return (f"measured on {where}, {d.get('provider', '?')}, {d.get('threads', '?')} thread(s), "
+                f"batch {d.get('batch_size', '?')} x seq {d.get('seq_len', '?')}, n={lat.get('n')}, "
+                f"IQR {lat.get('spread_ms', 0):.2f} ms")
+    model = d.get("predictor", "an unnamed model")
+    extra = "".join(f", {k.replace('_', ' ')} {d[k]}" for k in ("device", "calibrated_on", "heldout_error") if d.get(k))
+    return f"predicted by {model}{extra}"
+
+
 def ratio(baseline: Latency, other: Latency) -> float:
     """Speed-up of `other` over `baseline` (> 1 means `other` is faster)."""
     return baseline.median_ms / other.median_ms
