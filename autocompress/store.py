@@ -270,10 +270,24 @@ class Store:
                 self.engine = create_engine(url, pool_pre_ping=True)
             if create:
                 Base.metadata.create_all(self.engine)
+                self._add_new_columns()
             elif not inspect(self.engine).has_table(RunRow.__tablename__):
                 raise StoreError(f"the store {url} holds no autocompress runs")
         except (ArgumentError, OperationalError, ImportError) as e:
             raise StoreError(f"cannot open store {url!r}: {str(e).splitlines()[0]}") from None
+
+    def _add_new_columns(self) -> None:
+        """A store made by an earlier version lacks columns added since: add them (all are nullable)."""
+        from sqlalchemy import text
+
+        insp = inspect(self.engine)
+        with self.engine.begin() as conn:
+            for table in Base.metadata.sorted_tables:
+                have = {c["name"] for c in insp.get_columns(table.name)}
+                for col in table.columns:
+                    if col.name not in have:
+                        ddl = col.type.compile(dialect=self.engine.dialect)
+                        conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {ddl}'))
 
     def _session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)

@@ -242,3 +242,18 @@ def test_open_without_create(tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     Store(url).create_run("r", **run_fields())
     assert Store(url, create=False).run_names() == ["r"]
+
+
+def test_a_store_from_an_earlier_version_gains_new_columns(tmp_path):
+    """Opening a store whose tables lack a column added since adds it (existing rows keep their data)."""
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    Store(url).create_run("r", **run_fields())
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE ac_trials DROP COLUMN size_mb"))
+    assert "size_mb" not in {c["name"] for c in sa.inspect(engine).get_columns("ac_trials")}
+    store = Store(url)
+    assert "size_mb" in {c["name"] for c in sa.inspect(engine).get_columns("ac_trials")}
+    assert store.run_names() == ["r"]
