@@ -217,3 +217,44 @@ def test_describe_says_how_a_latency_was_obtained():
                  "detail": {"predictor": "mobile-cpu-v1", "device": "Pixel 4", "heldout_error": "12%"}}
     text = describe(predicted)
     assert text.startswith("predicted by mobile-cpu-v1") and "Pixel 4" in text and "measured" not in text
+
+
+HOLD = """
+import sys, time
+from autocompress import locks
+name, hold = sys.argv[1], float(sys.argv[2])
+with (locks.training() if name.startswith("train") else locks.measuring()):
+    print(name, "in", time.monotonic(), flush=True)
+    time.sleep(hold)
+print(name, "out", time.monotonic(), flush=True)
+"""
+
+
+def test_a_waiting_measurement_holds_off_new_trainers():
+    """Writer preference: once a measurement waits for the trainers running now, a trainer that
+    arrives later waits behind it (plain flock would let it in, and a stream of trainers would
+    starve the measurement)."""
+    procs = []
+
+    def start(name, hold):
+        p = subprocess.Popen([sys.executable, "-c", HOLD, name, str(hold)], stdout=subprocess.PIPE, text=True)
+        procs.append(p)
+        return p
+
+    try:
+        first = start("train1", 1.5)
+        assert first.stdout.readline().startswith("train1 in")
+        meter = start("measure", 0.5)
+        time.sleep(0.5)                        # the measurement is now waiting for train1
+        late = start("train2", 0.1)
+        events = {}
+        for p in (first, meter, late):
+            out, _ = p.communicate(timeout=20)
+            for line in out.splitlines():
+                name, what, t = line.split()
+                events[(name, what)] = float(t)
+        assert events[("measure", "in")] >= events[("train1", "out")] - 0.05   # waited for the trainer
+        assert events[("train2", "in")] >= events[("measure", "out")] - 0.05   # the late trainer waited for it
+    finally:
+        for p in procs:
+            p.kill()

@@ -7,18 +7,16 @@ warm up, then time single runs until the interquartile spread is small relative 
 
 from __future__ import annotations
 
-import fcntl
 import os
 import platform
-import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
+from autocompress import locks
 from autocompress.hardware.profiles import HardwareProfile
 
 _ORT_DTYPES = {
@@ -70,34 +68,9 @@ def ratio(baseline: Latency, other: Latency) -> float:
     return baseline.median_ms / other.median_ms
 
 
-def lock_file() -> Path:
-    return Path(os.environ.get("AUTOCOMPRESS_LOCK_FILE") or Path(tempfile.gettempdir()) / "autocompress-machine.lock")
-
-
-@contextmanager
-def _flock(mode: int) -> Iterator[None]:
-    path = lock_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh.fileno(), mode)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-@contextmanager
-def exclusive_machine() -> Iterator[None]:
-    """Hold the machine alone (for measuring): waits for every shared/exclusive holder."""
-    with _flock(fcntl.LOCK_EX):
-        yield
-
-
-@contextmanager
-def shared_machine() -> Iterator[None]:
-    """Hold the machine for work that may run side by side (training/evaluation), but not beside a measurement."""
-    with _flock(fcntl.LOCK_SH):
-        yield
+# Only one measurement at a time per machine, never beside training: see autocompress/locks.py.
+exclusive_machine = locks.measuring
+shared_machine = locks.training
 
 
 def _cpu_model() -> str:
