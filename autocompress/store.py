@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import hashlib
+import importlib.util
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class RunRow(Base):
     settings: Mapped[dict] = mapped_column(JSON, default=dict)
     run_dir: Mapped[str] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
+    heartbeat: Mapped[dt.datetime | None]                     # last sign of life of the run's search process
     trials: Mapped[list["TrialRow"]] = relationship(back_populates="run", cascade="all, delete-orphan")
 
 
@@ -61,7 +63,8 @@ class TrialRow(Base):
     role: Mapped[str] = mapped_column(String(20))               # teacher | candidate
     recipe: Mapped[str] = mapped_column(Text)                   # Recipe JSON
     recipe_hash: Mapped[str] = mapped_column(String(32))
-    status: Mapped[str] = mapped_column(String(20), default="running")  # running | done | failed | duplicate
+    # running | done | failed | duplicate | over_budget | interrupted | stopped (at the time limit)
+    status: Mapped[str] = mapped_column(String(20), default="running")
     error: Mapped[str | None] = mapped_column(Text)
     started: Mapped[dt.datetime] = mapped_column(default=_now)
     finished: Mapped[dt.datetime | None]
@@ -69,6 +72,7 @@ class TrialRow(Base):
     size_mb: Mapped[float | None] = mapped_column(Float)
     n_params: Mapped[int | None] = mapped_column(Integer)
     params: Mapped[dict] = mapped_column(JSON, default=dict)    # the searcher's raw suggestions
+    node: Mapped[str | None] = mapped_column(String(200))       # where it ran: host/Ray node
     run: Mapped[RunRow] = relationship(back_populates="trials")
     metrics: Mapped[list["MetricRow"]] = relationship(cascade="all, delete-orphan")
     latencies: Mapped[list["LatencyRow"]] = relationship(cascade="all, delete-orphan")
@@ -124,6 +128,7 @@ class TrialRecord:
     size_mb: float | None
     n_params: int | None
     params: dict
+    node: str | None = None
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)   # split -> {name: value, "n": n}
     latencies: dict[str, dict[str, Any]] = field(default_factory=dict)  # profile -> latency dict
     artifacts: dict[str, str] = field(default_factory=dict)            # kind -> path
@@ -146,11 +151,12 @@ class RunRecord:
     settings: dict
     run_dir: str
     error: str | None
+    heartbeat: dt.datetime | None = None
 
 
 def _trial_record(t: TrialRow) -> TrialRecord:
     rec = TrialRecord(t.number, t.role, t.recipe, t.recipe_hash, t.status, t.error, t.seconds, t.size_mb,
-                      t.n_params, dict(t.params or {}))
+                      t.n_params, dict(t.params or {}), t.node)
     for m in t.metrics:
         rec.metrics.setdefault(m.split, {"n": m.n_examples})[m.name] = m.value
     for lat in t.latencies:
@@ -182,11 +188,17 @@ def sqlite_file(url: str) -> Path | None:
 
 
 def absolute_url(url: str) -> str:
-    """The same URL with a relative SQLite path resolved against the current working directory."""
+    """The same URL with a relative SQLite path resolved against the current working directory, and
+    ``postgresql://`` given the driver that is installed (psycopg 3; SQLAlchemy's default is psycopg2)."""
     file = sqlite_file(url)
-    if file is None or file.is_absolute():
+    u = make_url(url)
+    if file is None:
+        if u.drivername == "postgresql" and importlib.util.find_spec("psycopg2") is None:
+            return u.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
         return url
-    return make_url(url).set(database=str(file.expanduser().resolve())).render_as_string(hide_password=False)
+    if file.is_absolute():
+        return url
+    return u.set(database=str(file.expanduser().resolve())).render_as_string(hide_password=False)
 
 
 def writable_folder(path: Path) -> str | None:
@@ -257,6 +269,7 @@ def _sha256(path: str | os.PathLike) -> str:
 
 class Store:
     def __init__(self, url: str, create: bool = True):
+        url = absolute_url(url)
         self.url = url
         try:
             if url.startswith("sqlite:///"):
@@ -311,7 +324,7 @@ class Store:
         with self._session() as s:
             r = self._run(s, name)
             return RunRecord(r.name, r.status, r.created, r.finished, r.task, r.model, r.device, r.budget_ms,
-                             r.space, dict(r.settings or {}), r.run_dir, r.error)
+                             r.space, dict(r.settings or {}), r.run_dir, r.error, r.heartbeat)
 
     def run_names(self) -> list[str]:
         with self._session() as s:
@@ -322,9 +335,23 @@ class Store:
             r = self._run(s, name)
             r.status, r.error, r.finished = status, error, _now()
 
+    def restart_run(self, name: str, settings: dict) -> None:
+        """A resumed run is running again (its settings record the attempt)."""
+        with self._session() as s, s.begin():
+            r = self._run(s, name)
+            r.status, r.error, r.finished, r.heartbeat, r.settings = "running", None, None, _now(), settings
+
+    def touch_run(self, name: str) -> None:
+        with self._session() as s, s.begin():
+            self._run(s, name).heartbeat = _now()
+
+    def seconds_since_heartbeat(self, name: str) -> float | None:
+        r = self.get_run(name)
+        return None if r.heartbeat is None else (_now() - r.heartbeat).total_seconds()
+
     # ---- trials
     def start_trial(self, run: str, number: int, role: str, recipe_json: str, recipe_hash: str,
-                    params: dict | None = None) -> int:
+                    params: dict | None = None, node: str | None = None) -> int:
         with self._session() as s, s.begin():
             r = self._run(s, run)
             old = s.scalar(select(TrialRow).where(TrialRow.run_id == r.id, TrialRow.number == number))
@@ -332,7 +359,7 @@ class Store:
                 s.delete(old)
                 s.flush()
             t = TrialRow(run_id=r.id, number=number, role=role, recipe=recipe_json, recipe_hash=recipe_hash,
-                         params=params or {})
+                         params=params or {}, node=node)
             s.add(t)
             s.flush()
             return t.id
@@ -345,6 +372,19 @@ class Store:
             t.seconds = seconds if seconds is not None else t.seconds
             t.size_mb = size_mb if size_mb is not None else t.size_mb
             t.n_params = n_params if n_params is not None else t.n_params
+
+    def record_failed(self, run: str, number: int, params: dict, error: str) -> None:
+        """A failed trial that never got as far as building its recipe."""
+        self.finish_trial(self.start_trial(run, number, "candidate", "{}", "", params), "failed", error=error)
+
+    def mark_trials(self, run: str, statuses: tuple[str, ...], status: str, error: str) -> list[int]:
+        """Give every trial of ``run`` in one of ``statuses`` the new status and reason; returns their numbers."""
+        with self._session() as s, s.begin():
+            r = self._run(s, run)
+            rows = s.scalars(select(TrialRow).where(TrialRow.run_id == r.id, TrialRow.status.in_(statuses))).all()
+            for t in rows:
+                t.status, t.error, t.finished = status, error, _now()
+            return [t.number for t in rows]
 
     def add_metrics(self, trial_id: int, split: str, metrics: dict[str, float], n_examples: int) -> None:
         with self._session() as s, s.begin():
@@ -373,6 +413,15 @@ class Store:
             s.add(ArtifactRow(trial_id=trial_id, kind=kind, path=str(p.resolve()),
                               sha256=_sha256(p) if p.is_file() else None,
                               size_bytes=p.stat().st_size if p.is_file() else None))
+
+    def verify_artifact(self, trial_id: int, kind: str) -> tuple[str, bool]:
+        """(path, whether the file's sha256 is the one recorded) of a trial's artifact."""
+        with self._session() as s:
+            a = s.scalar(select(ArtifactRow).where(ArtifactRow.trial_id == trial_id, ArtifactRow.kind == kind))
+        if a is None:
+            raise StoreError(f"trial has no {kind} artifact")
+        p = Path(a.path)
+        return a.path, p.is_file() and a.sha256 is not None and _sha256(p) == a.sha256
 
     def trials(self, run: str, status: str | None = "done") -> list[TrialRecord]:
         with self._session() as s:

@@ -148,3 +148,151 @@ def tiny_ctx(tiny_transfer):
 def feature_rows():
     """``make_features`` as a fixture: ``feature_rows(n, seed, min_len=3, max_len=24)``."""
     return make_features
+
+
+# ---------------------------------------------------------------- PostgreSQL and a local Ray cluster
+@pytest.fixture
+def postgres_url():
+    """A fresh database on the PostgreSQL server that `.ci/run` starts (AUTOCOMPRESS_TEST_POSTGRES: a URL
+    of a role that may create databases); dropped afterwards. Skipped where no server is given."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    base = os.environ.get("AUTOCOMPRESS_TEST_POSTGRES")
+    if not base:
+        pytest.skip("no PostgreSQL server: set AUTOCOMPRESS_TEST_POSTGRES (.ci/run starts one)")
+    name = f"ac_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield sa.engine.make_url(base).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as c:
+        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_cluster(tmp_path):
+    """``ray_cluster(worker_resources={...}, cpus=1)``: a real two-node Ray cluster on this machine, made
+    the way a user makes one (`ray start --head`, then `ray start --address` for a second node), with
+    Ray's token authentication. Returns (address, env): the environment a driver needs to join it."""
+    import secrets
+    import shutil
+    import subprocess
+    import sys
+
+    ray_exe = str(Path(sys.executable).with_name("ray"))
+    temp = Path("/tmp") / f"ac-ray-{secrets.token_hex(4)}"      # short: Ray's socket paths have a length limit
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    started = []
+
+    def start(worker_resources: dict | None = None, cpus: int = 1):
+        import json
+
+        port = _free_port()
+        address = f"127.0.0.1:{port}"
+        common = ["--node-ip-address", "127.0.0.1", f"--num-cpus={cpus}", "--disable-usage-stats",
+                  f"--temp-dir={temp}"]
+        subprocess.run([ray_exe, "start", "--head", f"--port={port}", "--include-dashboard=false", *common],
+                       env=env, check=True, capture_output=True, timeout=120)
+        started.append(True)
+        worker = [ray_exe, "start", f"--address={address}", *common]
+        if worker_resources:
+            worker.append(f"--resources={json.dumps(worker_resources)}")
+        subprocess.run(worker, env=env, check=True, capture_output=True, timeout=120)
+        return address, env
+
+    yield start
+    if started:      # stop this cluster's processes only (`ray stop` would stop every Ray on the machine)
+        kill_processes_mentioning(str(temp))
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def kill_processes_mentioning(text: str) -> None:
+    """SIGKILL every process whose command line contains ``text``."""
+    import signal
+
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if text in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory) -> Path:
+    """One autocompress cache for the end-to-end tests of a session: the small teacher they share is
+    fine-tuned once."""
+    return tmp_path_factory.mktemp("autocompress-cache")
+
+
+def listening_addresses(pids: set[int]) -> list[str]:
+    """The local addresses (``ip:port``) of the TCP sockets that processes ``pids`` listen on (from /proc)."""
+    import ipaddress
+
+    inodes: dict[str, int] = {}
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes[target[8:-1]] = pid
+        except OSError:
+            continue
+    out = []
+    for table, v6 in (("tcp", False), ("tcp6", True)):
+        try:
+            lines = Path(f"/proc/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if parts[3] != "0A" or parts[9] not in inodes:       # 0A: LISTEN
+                continue
+            hexaddr, hexport = parts[1].split(":")
+            raw = bytes.fromhex(hexaddr)
+            # /proc prints each 32-bit word in host (little-endian) order
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            addr = ipaddress.ip_address(raw)
+            out.append(f"{addr}:{int(hexport, 16)}")
+    return out
+
+
+def process_tree(root: int) -> set[int]:
+    """``root`` and all its descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(proc.name))
+    tree, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        if pid not in tree:
+            tree.add(pid)
+            todo.extend(children.get(pid, []))
+    return tree
+
+
+def is_loopback(address: str) -> bool:
+    import ipaddress
+
+    ip = ipaddress.ip_address(address.rsplit(":", 1)[0])
+    return ip.is_loopback or (ip.version == 6 and ip.ipv4_mapped is not None and ip.ipv4_mapped.is_loopback)

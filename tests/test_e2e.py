@@ -35,14 +35,14 @@ def _cli(*args, env, cwd, timeout=900):
 
 
 @pytest.fixture(scope="module")
-def user(tmp_path_factory, glue_dir):
+def user(tmp_path_factory, glue_dir, shared_cache):
     """A user's folder outside the repo, and the environment a user would have: the GLUE folder given
     as a path *relative* to that folder (the README's AUTOCOMPRESS_GLUE_DIR=../shared/glue)."""
     tmp = tmp_path_factory.mktemp("e2e")
     cwd = tmp / "user" / "work"
     cwd.mkdir(parents=True)
     assert not (cwd / "pyproject.toml").exists() and Path.cwd() != cwd
-    env = {**os.environ, "AUTOCOMPRESS_CACHE": str(tmp / "cache"),
+    env = {**os.environ, "AUTOCOMPRESS_CACHE": str(shared_cache),
            "AUTOCOMPRESS_GLUE_DIR": os.path.relpath(glue_dir, cwd),
            "AUTOCOMPRESS_LOCK_FILE": str(tmp / "machine.lock")}
     return {"tmp": tmp, "cwd": cwd, "env": env}
@@ -126,6 +126,7 @@ def test_front_plot_and_cached_teacher(run):
 
 def test_a_repeated_recipe_reuses_the_earlier_trial(run):
     """When the searcher proposes a recipe it has already tried, nothing is trained or timed again."""
+    from autocompress.hardware.profiles import load_profile
     from autocompress.recipe import Recipe
     from autocompress.search.trial import TrialSetup, evaluate_candidate
     from autocompress.store import Store, default_url
@@ -133,8 +134,8 @@ def test_a_repeated_recipe_reuses_the_earlier_trial(run):
     store = Store(default_url(run["tmp"] / "runs"), create=False)
     first = {t.number: t for t in store.trials("e2e")}[1]
     r = store.get_run("e2e")
-    setup = TrialSetup(store_url=store.url, run="e2e", run_dir=r.run_dir, task="sst2", data_dir=None, val_size=200,
-                       teacher_path=r.settings["teacher"], profiles=("laptop-cpu",), device="laptop-cpu",
+    setup = TrialSetup(store_url=store.url, run="e2e", run_dir=r.run_dir, data_path=r.settings["data_path"],
+                       teacher_path=r.settings["teacher"], profiles=(load_profile("laptop-cpu"),), device="laptop-cpu",
                        budget_ms=500.0, space_text="", num_layers=6, threads=1)
     out = evaluate_candidate(setup, 99, Recipe.from_json(first.recipe))
     assert out["val_accuracy"] == first.accuracy("val")

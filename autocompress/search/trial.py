@@ -5,9 +5,10 @@ for Ray Tune. Accuracy is measured on the very ONNX file that is timed and would
 """
 from __future__ import annotations
 
+import socket
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ from ..hardware.profiles import HardwareProfile
 from ..methods.base import Context
 from ..recipe import Recipe
 from ..store import Store
-from ..tasks import load_task
+from ..tasks import load_task_data
 from ..teacher import load_teacher
 
 OBJECTIVES = ("val_accuracy", "latency_ms")
@@ -32,24 +33,23 @@ class TrialSetup:
     store_url: str
     run: str
     run_dir: str
-    task: str
-    data_dir: str | None
-    val_size: int
+    data_path: str               # the task's splits, saved in the run folder (tasks.save_task_data)
     teacher_path: str
     profiles: tuple[HardwareProfile, ...]  # every profile is measured: each device gets its own front
     device: str                   # the target profile's name (the searcher's latency objective)
     budget_ms: float | None
     space_text: str
     num_layers: int
-    threads: int
+    threads: int                  # CPUs of one trial (the Ray resources it is granted)
     seed: int = 0
 
 
 def evaluate_candidate(setup: TrialSetup, number: int, recipe: Recipe, role: str = "candidate",
-                       params: dict | None = None, data=None, teacher=None) -> dict:
+                       params: dict | None = None, data=None, teacher=None, node: str | None = None) -> dict:
     store = Store(setup.store_url, create=False)
     same = store.find_done(setup.run, recipe.hash)
-    trial_id = store.start_trial(setup.run, number, role, recipe.to_json(), recipe.hash, params)
+    trial_id = store.start_trial(setup.run, number, role, recipe.to_json(), recipe.hash, params,
+                                 node=node or socket.gethostname())
     if same is not None:   # the searcher proposed a recipe it already has: reuse its figures, don't redo it
         store.finish_trial(trial_id, "duplicate", error=f"same recipe as trial {same.number}", seconds=0.0)
         return _result(setup, number, recipe, same.accuracy("val"),
@@ -59,7 +59,7 @@ def evaluate_candidate(setup: TrialSetup, number: int, recipe: Recipe, role: str
         torch.set_num_threads(setup.threads)
         out_dir = Path(setup.run_dir) / f"trial-{number:03d}"
         with shared_machine():
-            data = data or load_task(setup.task, setup.data_dir, val_size=setup.val_size, seed=setup.seed)
+            data = data or load_task_data(setup.data_path)
             teacher = teacher or load_teacher(setup.teacher_path)
             model = teacher.model()
             if recipe.torch_steps:
@@ -69,7 +69,8 @@ def evaluate_candidate(setup: TrialSetup, number: int, recipe: Recipe, role: str
             fp32 = export.export_onnx(model, out_dir / "model.fp32.onnx")
             final = recipe.apply_onnx(fp32, out_dir)
             pad = teacher.tokenizer.pad_token_id or 0
-            logits = predict_onnx(final, encode(teacher.tokenizer, data.val, EVAL_MAX_LENGTH), pad_id=pad)
+            logits = predict_onnx(final, encode(teacher.tokenizer, data.val, EVAL_MAX_LENGTH), pad_id=pad,
+                                  threads=setup.threads)
             val = score(data.spec, logits, data.val["label"], "val")
         latencies = {p.name: measure_latency(final, p) for p in setup.profiles}
         store.add_metrics(trial_id, "val", val.metrics, val.n)
@@ -103,16 +104,20 @@ def trainable(config: dict, setup: TrialSetup) -> None:
 
     from .space import parse_space
 
+    import ray
+
     number = int(config["trial_number"])
     params = {k: v for k, v in config.items() if k != "trial_number"}
+    granted = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    if granted:     # trials side by side split the cores: torch and ONNX Runtime use what Ray granted
+        setup = replace(setup, threads=max(1, int(granted)))
     try:
         recipe = parse_space(setup.space_text).recipe_from_params(params, setup.num_layers)
     except Exception as e:
-        store = Store(setup.store_url, create=False)
-        trial_id = store.start_trial(setup.run, number, "candidate", "{}", "", params)
-        store.finish_trial(trial_id, "failed", error=_reason(e))
+        Store(setup.store_url, create=False).record_failed(setup.run, number, params, _reason(e))
         raise
-    tune.report(evaluate_candidate(setup, number, recipe, params=params))
+    node = f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:8]}"
+    tune.report(evaluate_candidate(setup, number, recipe, params=params, node=node))
 
 
 def _reason(e: BaseException) -> str:
