@@ -138,11 +138,11 @@ def check_output_places(args) -> str:
     return url
 
 
-def _teacher_settings(args, task: str):
+def _teacher_settings(args, data):
     from .teacher import TeacherSettings
 
-    return TeacherSettings(model=args.model, task=task, train_examples=args.train_examples, epochs=args.epochs,
-                           val_size=args.val_size, seed=args.seed)
+    return TeacherSettings(model=args.model, task=data.spec.name, train_examples=args.train_examples,
+                           epochs=args.epochs, val_size=len(data.val), seed=args.seed)
 
 
 def _teacher(args, data):
@@ -150,7 +150,7 @@ def _teacher(args, data):
 
     from .teacher import adopt_teacher, get_teacher
 
-    settings = _teacher_settings(args, data.spec.name)
+    settings = _teacher_settings(args, data)
     if args.teacher:
         return adopt_teacher(args.teacher, settings, data, log=_log)
     bar = None
@@ -226,6 +226,10 @@ def cmd_search(args) -> int:
         Path(args.runs_dir).mkdir(parents=True, exist_ok=True)
         store = Store(url)
         teacher = _teacher(args, data)
+        from .teacher import check_learned
+
+        if not args.force:
+            check_learned(teacher)      # stop before an hour of compressing a model that learned nothing
         from .tasks import save_task_data
 
         run_dir = Path(args.runs_dir) / name
@@ -425,12 +429,23 @@ def cmd_finetune(args) -> int:
 
     data = load_task(args.task, args.data_dir, val_size=args.val_size, seed=args.seed)
     cached = (not args.teacher and not args.fresh
-              and (_teacher_settings(args, data.spec.name).cache_dir() / "teacher.json").exists())
-    teacher = _teacher(args, data)
+              and (_teacher_settings(args, data).cache_dir() / "teacher.json").exists())
+    from .locks import search_slot
+
+    with search_slot(f"pid {os.getpid()}, finetune", wait=lambda holder: _log(
+            f"a search is using this machine ({holder}): waiting for it to finish (Ctrl-C to stop)")):
+        teacher = _teacher(args, data)
     info = teacher.info
     print(json.dumps({"path": str(teacher.path), "task": info["task"], "train_rows": info["train_rows"],
-                      "train_seconds": info["train_seconds"], "val": info["val"], "dev": info["dev"],
-                      "cached": cached}, indent=2))
+                      "epochs": info.get("epochs"), "train_seconds": info["train_seconds"], "val": info["val"],
+                      "dev": info["dev"], "baseline": info.get("baseline"), "cached": cached}, indent=2))
+    from .teacher import UselessTeacher, check_learned
+
+    try:
+        check_learned(teacher)
+    except UselessTeacher as e:
+        _log(f"autocompress finetune: warning: {e}")
+        return 1
     return 0
 
 
@@ -458,9 +473,10 @@ def _add_teacher_args(p) -> None:
     p.add_argument("--model", default="minilm", help="base model: 'minilm' (the packaged all-MiniLM-L6-v2, "
                    "default), a local model folder or a hub id")
     p.add_argument("--teacher", help="an already fine-tuned model folder to use as the teacher (skips fine-tuning)")
-    p.add_argument("--train-examples", type=int, default=20000,
-                   help="train rows used to fine-tune the teacher (0 = all; default 20000)")
-    p.add_argument("--epochs", type=int, default=2, help="teacher fine-tuning epochs (default 2)")
+    p.add_argument("--train-examples", type=int, default=0,
+                   help="train rows used to fine-tune the teacher (default 0: all of them)")
+    p.add_argument("--epochs", type=int, help="teacher fine-tuning epochs (default: from the row count: one pass "
+                   "over large data sets, enough passes for 600 optimiser steps on small ones, at most 20)")
 
 
 def _add_store_args(p) -> None:
@@ -493,6 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "single machine); the cores are split between trials side by side")
     s.add_argument("--time-limit", help="stop the search after this long, e.g. 2h or 30m: running trials are "
                    "stopped and the fronts of what finished are still re-timed, re-scored and printed")
+    s.add_argument("--force", action="store_true", help="search even if the teacher is no better than always "
+                   "answering one class (by default the search stops there)")
     s.add_argument("--resume", metavar="RUN", help="continue an interrupted run (same --storage/--runs-dir): "
                    "finished trials are kept, trials left running are failed as stale and their recipes re-run")
     _add_data_args(s)

@@ -26,7 +26,7 @@ steps:
 seeds:
   - {drop_layers.keep: 4, prune_ffn.ratio: 0.5, distill.steps: 20, quantize_int8: true}
 """
-TEACHER = ["--train-examples", "640", "--epochs", "1", "--val-size", "200"]
+TEACHER = ["--train-examples", "1600", "--epochs", "2", "--val-size", "200"]   # learns: ~85% val
 
 
 def _cli(*args, env, cwd, timeout=900):
@@ -121,7 +121,7 @@ def test_front_plot_and_cached_teacher(run):
     r = _cli("finetune", *TEACHER, env=run["env"], cwd=run["tmp"])          # same settings: the cached teacher, no training
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
-    assert info["cached"] is True and info["train_rows"] == 640
+    assert info["cached"] is True and info["train_rows"] == 1600
 
 
 def test_a_repeated_recipe_reuses_the_earlier_trial(run):

@@ -24,7 +24,7 @@ steps:
   - method: quantize_int8
     optional: true
 """
-TEACHER = ["--train-examples", "640", "--epochs", "1", "--val-size", "200"]
+TEACHER = ["--train-examples", "1600", "--epochs", "2", "--val-size", "200"]   # learns: ~85% val
 EXE = str(Path(sys.executable).with_name("autocompress"))
 
 
