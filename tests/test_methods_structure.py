@@ -234,7 +234,7 @@ def test_share_layers(model_type, tiny_model, batch, tmp_path):
 
     layers = arch.layers(model)
     query = [arch.attention_linears(model, l)["query"].weight.detach().clone() for l in layers]
-    out = apply("share_layers", model, groups=2, what="all")
+    out = apply("share_layers", model, groups=2, what="all", init="mean")
     assert count_params(out) == n - 2 * per_layer                            # 4 layers, 2 weight sets
     layers = arch.layers(out)
     for a, b in ((0, 1), (2, 3)):
@@ -256,7 +256,7 @@ def test_share_layers_groups_and_init(tiny_bert):
     assert layer_groups(4, 1) == [range(0, 4)] and layer_groups(3, 5) == [range(0, 1), range(1, 2), range(2, 3)]
     first_ffn = arch.ffn_linears(tiny_bert, arch.layers(tiny_bert)[0])["ffn_in"]
     query = arch.attention_linears(tiny_bert, arch.layers(tiny_bert)[2])["query"]
-    out = apply("share_layers", tiny_bert, groups=1, what="ffn", init="first")
+    out = apply("share_layers", tiny_bert, groups=1, what="ffn")             # init: first by default
     layers = arch.layers(out)
     assert all(arch.ffn_linears(out, l)["ffn_in"] is first_ffn for l in layers)
     assert arch.attention_linears(out, layers[2])["query"] is query            # attention untouched
@@ -267,7 +267,7 @@ def test_share_layers_refuses_layers_of_different_shapes(tiny_bert, tiny_ctx):
 
     prune_ffn_neurons(tiny_bert, arch.layers(tiny_bert)[1], list(range(32)))
     with pytest.raises(RecipeError, match="layers 0-1 have ffn_in parts of different shapes"):
-        apply("share_layers", tiny_bert, groups=2, what="ffn")
+        apply("share_layers", tiny_bert, groups=2, what="ffn", init="mean")
 
 
 def test_shared_model_onnx_file_stores_shared_weights_once(tiny_bert, dense_onnx, tmp_path):
@@ -327,11 +327,13 @@ def test_labels_and_json_round_trip():
                 Step("factorize_embeddings", {"dim": 128}), Step("magnitude_prune", {"sparsity": 0.5}),
                 Step("distill", {"steps": 300})))
     assert r.short() == "share attention in 2 · rank 25% ffn · emb 128 · sparse 50% · kd 300"
+    assert get_method("share_layers").label(get_method("share_layers").config({"groups": 1, "init": "mean"})) \
+        == "share all in 1 mean"
     again = Recipe.from_json(r.to_json())
     assert again.to_json() == r.to_json() and again.hash == r.hash
     params = {s["method"]: s["params"] for s in json.loads(r.to_json())["steps"]}
     assert params["low_rank"] == {"rank_ratio": 0.25, "targets": "ffn", "multiple": 8}
-    assert params["share_layers"] == {"groups": 2, "what": "attention", "init": "mean"}
+    assert params["share_layers"] == {"groups": 2, "what": "attention", "init": "first"}
     assert all(get_method(s.method).stage == "structure" for s in r.structure_steps) and len(r.structure_steps) == 4
 
 
