@@ -10,8 +10,12 @@ from pathlib import Path
 
 import onnx
 import torch
+import onnx_ir as ir
+from onnx_ir.passes.common import DeduplicateInitializersPass, LiftConstantsToInitializersPass, RemoveUnusedNodesPass
+from onnxscript.optimizer import fold_constants
 
 from . import arch
+from .methods.base import check_final
 
 
 class _Logits(torch.nn.Module):
@@ -31,7 +35,10 @@ def export_onnx(model, path: str | os.PathLike) -> Path:
     """Export ``model`` to a single self-contained ONNX file with dynamic batch and sequence axes.
 
     Eager attention is used for the export: ONNX Runtime fuses its pattern into its own attention kernel.
+    Weights that several layers share are stored once, each as the initializer its MatMuls read
+    (``_store_shared_weights_once``).
     """
+    check_final(model, "export")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     impl = model.config._attn_implementation
@@ -46,12 +53,28 @@ def export_onnx(model, path: str | os.PathLike) -> Path:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-            torch.onnx.export(_Logits(model).eval(), example, str(path), input_names=list(names),
-                              output_names=["logits"], dynamic_shapes=dims, dynamo=True,
-                              external_data=False, optimize=True)
+            program = torch.onnx.export(_Logits(model).eval(), example, input_names=list(names),
+                                        output_names=["logits"], dynamic_shapes=dims, dynamo=True, optimize=True)
     finally:
         model.set_attn_implementation(impl)
+    _store_shared_weights_once(program.model)
+    program.save(str(path), external_data=False)
     return path
+
+
+def _store_shared_weights_once(model: ir.Model) -> None:
+    """The exporter folds ``Transpose(W)`` into a transposed initializer only where W has one consumer
+    (or is small): a weight shared by several layers stays fp32 behind a Transpose per layer, which
+    int8 quantization cannot quantize (its MatMuls no longer read an initializer). Fold those
+    transposes too, then merge identical initializers whatever their size (the exporter's own
+    de-duplication stops at 1,024 elements): one transposed copy per shared weight remains."""
+    def weight_transpose(node: ir.Node) -> bool | None:
+        return True if node.op_type == "Transpose" and node.inputs[0].is_initializer() else None
+
+    fold_constants(model, output_size_limit=2**62, should_fold=weight_transpose)
+    ir.passes.Sequential(LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+                         RemoveUnusedNodesPass(),
+                         DeduplicateInitializersPass(size_limit=2**62))(model)   # compares bytes: exact
 
 
 def save(model_proto: onnx.ModelProto, path: str | os.PathLike) -> Path:

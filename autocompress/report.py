@@ -24,6 +24,7 @@ def _member(t: TrialRecord, profile: str, teacher: TrialRecord | None) -> dict[s
         "latency": lat,
         "speedup": round(base["median_ms"] / lat["median_ms"], 3) if base else None,
         "size_mb": round(t.size_mb, 2) if t.size_mb is not None else None,
+        "size_zip_mb": round(t.size_zip_mb, 2) if t.size_zip_mb is not None else None,
         "n_params": t.n_params,
         "onnx": t.artifacts.get("onnx"),
     }
@@ -63,6 +64,10 @@ def _pct(m: dict | None) -> str:
     return f"{100 * m['main']:.2f}" if m else "-"
 
 
+def _mb(v: float | None) -> str:
+    return "-" if v is None else f"{v:g}"
+
+
 def tables(data: dict[str, Any]) -> str:
     """One text table per device; the most accurate model within budget is marked with *."""
     lines = [f"run {data['run']} ({data['status']}): {data['task']}, {data['trials_done']} trials done"
@@ -85,8 +90,8 @@ def tables(data: dict[str, Any]) -> str:
         lines.append(head)
         if t:
             lines.append(f"  teacher fp32 ONNX: val {_pct(t['val'])}  dev {_pct(t['dev'])}  "
-                         f"{t['latency']['median_ms']:.2f} ms  {t['size_mb']} MB")
-        hdr = f"  {'':1} {'trial':>5} {'val %':>6} {'dev %':>6} {'latency ms':>16} {'speedup':>7} {'MB':>6}  recipe"
+                         f"{t['latency']['median_ms']:.2f} ms  {t['size_mb']} MB ({_mb(t['size_zip_mb'])} MB zipped)")
+        hdr = f"  {'':1} {'trial':>5} {'val %':>6} {'dev %':>6} {'latency ms':>16} {'speedup':>7} {'MB':>6} {'zip MB':>6}  recipe"
         lines.append(hdr)
         for m in d["front"]:
             mark = "*" if m["trial"] == d["best_within_budget"] else ""
@@ -94,10 +99,11 @@ def tables(data: dict[str, Any]) -> str:
             lat_s = f"{lat['median_ms']:.2f} ±{lat['spread_ms'] / 2:.2f}"
             sp = f"{m['speedup']:.2f}x" if m["speedup"] else "-"
             lines.append(f"  {mark:1} {m['trial']:>5} {_pct(m['val']):>6} {_pct(m['dev']):>6} {lat_s:>16} "
-                         f"{sp:>7} {m['size_mb']:>6}  {m['recipe']}")
+                         f"{sp:>7} {m['size_mb']:>6} {_mb(m['size_zip_mb']):>6}  {m['recipe']}")
         if d["budget_ms"] and d["best_within_budget"] is None:
             lines.append(f"  no model is within {d['budget_ms']:g} ms")
     lines.append("\nval = validation split carved from train (search decisions); dev = GLUE dev set (fronts only);\n"
+                 "MB = the shipped ONNX file; zip MB = that file zipped (deflate): what a download costs;\n"
                  "latency = median ± half the interquartile range, batch 1, measured (fronts and teacher re-timed"
                  " side by side, so speed-ups are ratios from one measurement); * = best within budget")
     return "\n".join(lines)

@@ -70,6 +70,7 @@ class TrialRow(Base):
     finished: Mapped[dt.datetime | None]
     seconds: Mapped[float | None] = mapped_column(Float)
     size_mb: Mapped[float | None] = mapped_column(Float)
+    size_zip_mb: Mapped[float | None] = mapped_column(Float)   # the final ONNX file zipped (deflate)
     n_params: Mapped[int | None] = mapped_column(Integer)
     params: Mapped[dict] = mapped_column(JSON, default=dict)    # the searcher's raw suggestions
     node: Mapped[str | None] = mapped_column(String(200))       # where it ran: host/Ray node
@@ -132,6 +133,7 @@ class TrialRecord:
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)   # split -> {name: value, "n": n}
     latencies: dict[str, dict[str, Any]] = field(default_factory=dict)  # profile -> latency dict
     artifacts: dict[str, str] = field(default_factory=dict)            # kind -> path
+    size_zip_mb: float | None = None                                    # the final ONNX file zipped (deflate)
 
     def accuracy(self, split: str) -> float | None:
         return self.metrics.get(split, {}).get("main")
@@ -156,7 +158,7 @@ class RunRecord:
 
 def _trial_record(t: TrialRow) -> TrialRecord:
     rec = TrialRecord(t.number, t.role, t.recipe, t.recipe_hash, t.status, t.error, t.seconds, t.size_mb,
-                      t.n_params, dict(t.params or {}), t.node)
+                      t.n_params, dict(t.params or {}), t.node, size_zip_mb=t.size_zip_mb)
     for m in t.metrics:
         rec.metrics.setdefault(m.split, {"n": m.n_examples})[m.name] = m.value
     for lat in t.latencies:
@@ -365,12 +367,14 @@ class Store:
             return t.id
 
     def finish_trial(self, trial_id: int, status: str, *, error: str | None = None, seconds: float | None = None,
-                     size_mb: float | None = None, n_params: int | None = None) -> None:
+                     size_mb: float | None = None, size_zip_mb: float | None = None,
+                     n_params: int | None = None) -> None:
         with self._session() as s, s.begin():
             t = s.get(TrialRow, trial_id)
             t.status, t.error, t.finished = status, error, _now()
             t.seconds = seconds if seconds is not None else t.seconds
             t.size_mb = size_mb if size_mb is not None else t.size_mb
+            t.size_zip_mb = size_zip_mb if size_zip_mb is not None else t.size_zip_mb
             t.n_params = n_params if n_params is not None else t.n_params
 
     def record_failed(self, run: str, number: int, params: dict, error: str) -> None:

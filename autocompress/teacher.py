@@ -121,7 +121,7 @@ def _subset(n_rows: int, n: int, seed: int) -> list[int]:
 def finetune(model, transfer: TransferSet, settings: TeacherSettings,
              progress: Callable[[int, int, float], None] | None = None):
     """Plain fine-tuning with length-bucketed batches and linear warm-up/decay."""
-    emb = arch.word_embeddings(model).weight
+    emb = arch.vocab_weight(model)
     emb.requires_grad_(False)   # its 30k x H gradient and Adam state cost more time than they help
     try:
         return _train(model, transfer, settings, progress)

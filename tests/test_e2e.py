@@ -70,7 +70,7 @@ def test_relative_data_folder_reaches_the_trials(run):
 def test_search_prints_a_front_per_device(run):
     out = run["out"]
     assert "laptop-cpu (target, budget 500 ms)" in out and "mobile-cpu" in out
-    assert "teacher fp32 ONNX" in out
+    assert "teacher fp32 ONNX" in out and "MB zipped)" in out and "zip MB" in out
     assert "*" in out            # the best model within budget is marked
 
 
@@ -83,6 +83,7 @@ def test_front_json_holds_teacher_and_members(run):
         assert teacher["recipe"] == "fp32 (unchanged)" and teacher["speedup"] == 1.0
         assert teacher["val"]["n"] == 200 and teacher["dev"]["n"] == 872   # val carved from train; GLUE dev
         assert 0.5 < teacher["dev"]["main"] <= 1.0
+        assert 0 < teacher["size_zip_mb"] < teacher["size_mb"]       # the zipped file, for every candidate too
         assert d["front"], name
         for m in d["front"]:
             lat = m["latency"]
@@ -90,6 +91,7 @@ def test_front_json_holds_teacher_and_members(run):
             assert lat["p10_ms"] <= lat["median_ms"] <= lat["p90_ms"]
             assert m["dev"] is not None and m["dev"]["n"] == 872      # fronts are re-scored on dev
             assert Path(m["onnx"]).is_file()
+            assert 0 < m["size_zip_mb"] <= m["size_mb"]
         lats = [m["latency"]["median_ms"] for m in d["front"]]
         accs = [m["val"]["main"] for m in d["front"]]
         assert lats == sorted(lats) and accs == sorted(accs)          # a front: slower only if more accurate

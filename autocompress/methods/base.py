@@ -11,6 +11,12 @@ sits in a recipe, which always runs the stages in this order:
 
 Each config is a validated dataclass; the recipe stores it as a dict. Each method also gives its own
 short label for tables (``label(config) -> str``).
+
+Some methods leave training aids in the model that must not reach a checkpoint or an ONNX file
+(unstructured pruning keeps masks so that recovery training cannot revive pruned weights). They
+register a *finalizer*; ``finalize(model)`` runs them all once training is over, and
+``check_final(model)`` (called by ``checkpoint.save_model`` and ``export.export_onnx``) refuses a
+model that still needs one.
 """
 from __future__ import annotations
 
@@ -144,3 +150,63 @@ class Context:
     seed: int = 0
     progress: Callable[[str], None] | None = None
     teacher: Callable[[], Any] | None = None
+
+
+# ---------------------------------------------------------------- finalizers
+@dataclass(frozen=True)
+class Finalizer:
+    name: str
+    needed: Callable[[Any], bool]      # does this model still carry what the finalizer removes?
+    fn: Callable[[Any], Any]           # model -> model, with it removed for good
+
+
+FINALIZERS: dict[str, Finalizer] = {}
+
+
+def register_finalizer(name: str, needed: Callable[[Any], bool]):
+    """Decorator: ``@register_finalizer("magnitude_prune", needed=is_pruned)`` on ``fn(model) -> model``."""
+
+    def wrap(fn):
+        if name in FINALIZERS:
+            raise RuntimeError(f"finalizer {name!r} registered twice")
+        FINALIZERS[name] = Finalizer(name, needed, fn)
+        return fn
+
+    return wrap
+
+
+def _finalizers() -> list[Finalizer]:
+    import autocompress.methods  # noqa: F401  (fills the registries)
+
+    return list(FINALIZERS.values())
+
+
+def finalize(model):
+    """Make what the methods left for training permanent (e.g. pruning masks become plain zeros).
+    Run once after the recovery steps, before the model is saved or exported."""
+    for f in _finalizers():
+        if f.needed(model):
+            model = f.fn(model)
+    return model
+
+
+def pending_finalizers(model) -> list[str]:
+    """Names of the finalizers this model still needs."""
+    return [f.name for f in _finalizers() if f.needed(model)]
+
+
+def refuse_after_finalizers(model, method: str) -> None:
+    """For structure methods that replace modules: refuse to run on a model still holding another
+    method's training state (it would be lost with the replaced modules)."""
+    pending = pending_finalizers(model)
+    if pending:
+        raise RecipeError(f"{method} cannot follow {', '.join(pending)} (its masks would be lost): "
+                          f"put {', '.join(pending)} last among the structure steps")
+
+
+def check_final(model, what: str) -> None:
+    """Refuse to ``what`` (save, export) a model that still needs a finalizer."""
+    pending = pending_finalizers(model)
+    if pending:
+        raise ValueError(f"cannot {what} a model that still carries {', '.join(pending)}'s training state: "
+                         "call autocompress.methods.base.finalize(model) first")

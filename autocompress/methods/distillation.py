@@ -43,7 +43,7 @@ def kd_loss(student_logits, teacher_logits, labels, temperature: float, alpha: f
 @register("distill", "recovery", Distillation, label=lambda c: f"kd {c.steps}")
 def distill(model, cfg: Distillation, ctx: Context):
     """Recover accuracy by distilling the teacher's logits into the model."""
-    embeddings = arch.word_embeddings(model).weight
+    embeddings = arch.vocab_weight(model)
     was_trainable = embeddings.requires_grad
     embeddings.requires_grad_(False)          # a 30k x H matrix: updating it costs more than it helps here
     try:

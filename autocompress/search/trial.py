@@ -17,7 +17,7 @@ from .. import checkpoint, export
 from ..evaluate import EVAL_MAX_LENGTH, encode, predict_onnx, score
 from ..hardware.latency import measure_latency, shared_machine
 from ..hardware.profiles import HardwareProfile
-from ..methods.base import Context
+from ..methods.base import Context, finalize
 from ..recipe import Recipe
 from ..store import Store
 from ..tasks import load_task_data
@@ -65,6 +65,7 @@ def evaluate_candidate(setup: TrialSetup, number: int, recipe: Recipe, role: str
             if recipe.torch_steps:
                 ctx = Context(teacher.transfer_set(data), seed=setup.seed + number)
                 model = recipe.apply_torch(model, ctx)
+            model = finalize(model)      # e.g. pruning masks become plain zeros
             checkpoint.save_model(model, teacher.tokenizer, out_dir / "checkpoint")
             fp32 = export.export_onnx(model, out_dir / "model.fp32.onnx")
             final = recipe.apply_onnx(fp32, out_dir)
@@ -80,7 +81,7 @@ def evaluate_candidate(setup: TrialSetup, number: int, recipe: Recipe, role: str
         store.add_artifact(trial_id, "checkpoint", out_dir / "checkpoint")
         size = checkpoint.size_mb(final)
         store.finish_trial(trial_id, "done", seconds=time.time() - t0, size_mb=size,
-                           n_params=checkpoint.count_params(model))
+                           size_zip_mb=checkpoint.zipped_mb(final), n_params=checkpoint.count_params(model))
     except BaseException as e:
         store.finish_trial(trial_id, "failed", error=_reason(e), seconds=time.time() - t0)
         raise
