@@ -174,8 +174,9 @@ def default_url(runs_dir: str | os.PathLike = "runs") -> str:
     return f"sqlite:///{Path(runs_dir).resolve() / 'autocompress.db'}"
 
 
-def sqlite_file(url: str) -> Path | None:
-    """The database file of a SQLite URL (None for other databases); ':memory:' is refused."""
+def sqlite_file(url: str, allow_memory: bool = False) -> Path | None:
+    """The database file of a SQLite URL (None for other databases, and for an in-memory SQLite
+    database where ``allow_memory``; otherwise that is refused: trial workers cannot share it)."""
     try:
         u = make_url(url)
     except ArgumentError:
@@ -184,6 +185,8 @@ def sqlite_file(url: str) -> Path | None:
     if not u.drivername.startswith("sqlite"):
         return None
     if not u.database or u.database == ":memory:":
+        if allow_memory:
+            return None
         raise StoreError(f"--storage {url!r} is an in-memory database, which trial workers cannot share: "
                          "give a file, e.g. sqlite:///runs/autocompress.db")
     return Path(u.database)
@@ -192,7 +195,7 @@ def sqlite_file(url: str) -> Path | None:
 def absolute_url(url: str) -> str:
     """The same URL with a relative SQLite path resolved against the current working directory, and
     ``postgresql://`` given the driver that is installed (psycopg 3; SQLAlchemy's default is psycopg2)."""
-    file = sqlite_file(url)
+    file = sqlite_file(url, allow_memory=True)
     u = make_url(url)
     if file is None:
         if u.drivername == "postgresql" and importlib.util.find_spec("psycopg2") is None:

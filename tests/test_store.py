@@ -17,8 +17,11 @@ def run_fields(**over):
     return d
 
 
-@pytest.fixture(params=["file", "memory"])
+@pytest.fixture(params=["file", "memory", "postgresql"])
 def store(request, tmp_path):
+    """The same contract on every database the store supports (PostgreSQL where .ci/run started one)."""
+    if request.param == "postgresql":
+        return Store(request.getfixturevalue("postgres_url"))
     url = f"sqlite:///{tmp_path}/s.db" if request.param == "file" else "sqlite://"
     return Store(url)
 

@@ -44,6 +44,8 @@ class Method:
     fn: Callable[..., Any]
     doc: str
     label: Callable[[Any], str]
+    size_only: bool = False                 # buys size, never speed on a dense runtime (the front says so)
+    not_followed_by: tuple[str, ...] = ()   # methods that may not come after it in a recipe ("*": none may)
 
     @property
     def kind(self) -> str:
@@ -64,10 +66,13 @@ class Method:
 REGISTRY: dict[str, Method] = {}
 
 
-def register(name: str, stage: Stage, config_cls: type, label: Callable[[Any], str] | None = None):
+def register(name: str, stage: Stage, config_cls: type, label: Callable[[Any], str] | None = None, *,
+             size_only: bool = False, not_followed_by: tuple[str, ...] = ()):
     """Decorator: ``@register("prune_heads", "structure", HeadPruning, label=lambda c: ...)`` on
     ``fn(model, cfg, ctx)`` (``fn(src, dst, cfg, ctx)`` for the onnx stage). Without a label, the
-    method's name is its label."""
+    method's name is its label. ``size_only``: the method makes models smaller but no faster on a
+    dense runtime. ``not_followed_by``: methods of the same stage that must not come after it (``"*"``:
+    it must be the stage's last), checked when a recipe is built, before any work."""
     if stage not in STAGES:
         raise ValueError(f"method {name!r}: stage must be one of {', '.join(STAGES)}, got {stage!r}")
 
@@ -75,7 +80,8 @@ def register(name: str, stage: Stage, config_cls: type, label: Callable[[Any], s
         if name in REGISTRY:
             raise RuntimeError(f"method {name!r} registered twice")
         doc = (fn.__doc__ or name).strip().splitlines()[0]
-        REGISTRY[name] = Method(name, stage, config_cls, fn, doc, label or (lambda cfg: name))
+        REGISTRY[name] = Method(name, stage, config_cls, fn, doc, label or (lambda cfg: name), size_only,
+                                tuple(not_followed_by))
         return fn
 
     return wrap

@@ -180,7 +180,8 @@ class EmbeddingFactorization:
               "factorize_embeddings", f"dim must be an int >= 1, got {self.dim!r}")
 
 
-@register("factorize_embeddings", "structure", EmbeddingFactorization, label=lambda c: f"emb {c.dim}")
+@register("factorize_embeddings", "structure", EmbeddingFactorization, label=lambda c: f"emb {c.dim}",
+          size_only=True)
 def factorize_embeddings(model, cfg: EmbeddingFactorization, ctx: Context | None = None):
     """Factorize the word-embedding matrix V x H into V x E and E x H (ALBERT-style, by SVD)."""
     module = arch.word_embeddings(model)

@@ -36,6 +36,9 @@ class LayerDrop:
     def is_identity(self, num_layers: int) -> bool:
         return self.keep >= num_layers
 
+    def layers_after(self, num_layers: int) -> int:
+        return min(self.keep, num_layers)
+
 
 def layers_to_keep(n: int, keep: int, strategy: str) -> list[int]:
     if keep >= n:

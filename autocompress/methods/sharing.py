@@ -74,7 +74,8 @@ def _mean(modules: list[torch.nn.Module]) -> torch.nn.Module:
 
 
 @register("share_layers", "structure", LayerSharing,
-          label=lambda c: f"share {c.what} in {c.groups}" + ("" if c.init == "first" else " mean"))
+          label=lambda c: f"share {c.what} in {c.groups}" + ("" if c.init == "first" else " mean"),
+          size_only=True, not_followed_by=("prune_heads", "prune_ffn", "drop_layers"))   # they would undo the sharing
 def share_layers(model, cfg: LayerSharing, ctx: Context | None = None):
     """Share attention and/or FFN weights across runs of consecutive layers (ALBERT-style)."""
     layers = arch.layers(model)

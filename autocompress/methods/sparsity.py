@@ -52,7 +52,8 @@ def sparsity(model) -> float:
     return zeros / sum(w.numel() for w in weights)
 
 
-@register("magnitude_prune", "structure", MagnitudePruning, label=lambda c: f"sparse {c.sparsity:.0%}")
+@register("magnitude_prune", "structure", MagnitudePruning, label=lambda c: f"sparse {c.sparsity:.0%}",
+          size_only=True, not_followed_by=("*",))     # later structure steps would drop or bypass its masks
 def magnitude_prune(model, cfg: MagnitudePruning, ctx: Context | None = None):
     """Zero the smallest-magnitude encoder weights, globally, behind masks that hold during recovery."""
     if cfg.sparsity == 0:
