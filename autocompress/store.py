@@ -288,9 +288,9 @@ class Store:
                 self.engine = create_engine(url, pool_pre_ping=True)
             if create:
                 Base.metadata.create_all(self.engine)
-                self._add_new_columns()
             elif not inspect(self.engine).has_table(RunRow.__tablename__):
                 raise StoreError(f"the store {url} holds no autocompress runs")
+            self._add_new_columns()
         except (ArgumentError, OperationalError, ImportError) as e:
             raise StoreError(f"cannot open store {url!r}: {str(e).splitlines()[0]}") from None
 

@@ -204,14 +204,17 @@ def ray_cluster(tmp_path):
         address = f"127.0.0.1:{port}"
         common = ["--node-ip-address", "127.0.0.1", f"--num-cpus={cpus}", "--disable-usage-stats",
                   f"--temp-dir={temp}"]
-        subprocess.run([ray_exe, "start", "--head", f"--port={port}", "--include-dashboard=false", *common],
-                       env=env, check=True, capture_output=True, timeout=120)
+        run([ray_exe, "start", "--head", f"--port={port}", "--include-dashboard=false", *common])
         started.append(True)
         worker = [ray_exe, "start", f"--address={address}", *common]
         if worker_resources:
             worker.append(f"--resources={json.dumps(worker_resources)}")
-        subprocess.run(worker, env=env, check=True, capture_output=True, timeout=120)
+        run(worker)
         return address, env
+
+    def run(cmd):
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, f"{' '.join(cmd[1:3])} failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
 
     yield start
     if started:      # stop this cluster's processes only (`ray stop` would stop every Ray on the machine)
