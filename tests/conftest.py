@@ -6,6 +6,16 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _shared_calibration():
+    """Predictor calibrations are a property of this machine (cached per host key): tests share the user's
+    calibration folder even where they move AUTOCOMPRESS_CACHE, so a machine calibrates once, not per test."""
+    if not os.environ.get("AUTOCOMPRESS_CALIBRATION_DIR"):
+        base = Path(os.environ.get("AUTOCOMPRESS_CACHE") or Path.home() / ".cache" / "autocompress")
+        os.environ["AUTOCOMPRESS_CALIBRATION_DIR"] = str(base / "calibration")
+    yield
+
+
 @pytest.fixture(scope="session")
 def glue_dir() -> Path:
     """The real GLUE folder (SST-2, CoLA): $AUTOCOMPRESS_GLUE_DIR, else shared/glue beside the repo."""
@@ -148,3 +158,101 @@ def tiny_ctx(tiny_transfer):
 def feature_rows():
     """``make_features`` as a fixture: ``feature_rows(n, seed, min_len=3, max_len=24)``."""
     return make_features
+
+
+# ---------------------------------------------------------------- a real Ray cluster of two nodes on this machine
+def _ray_processes(mark: str) -> set[int]:
+    """Processes whose command line names ``mark`` (the cluster's own temp folder), and their children."""
+    def cmdline(pid: int) -> str:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return ""
+
+    def parent(pid: int) -> int:
+        try:
+            return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return -1
+
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    found = {p for p in pids if mark in cmdline(p) and p != os.getpid()}
+    grew = True
+    while grew:
+        more = {p for p in pids if p not in found and parent(p) in found}
+        found |= more
+        grew = bool(more)
+    return found
+
+
+def _stop_ray(mark: str) -> None:
+    """Stop one test cluster by its processes' ids (never `ray stop`, which stops every Ray on the machine)."""
+    import signal
+    import time
+
+    pids = _ray_processes(mark)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.time() + 10
+        while time.time() < deadline and any(Path(f"/proc/{p}").exists() and "Z" not in _state(p) for p in pids):
+            time.sleep(0.2)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
+
+
+@pytest.fixture
+def ray_cluster(monkeypatch):
+    """``ray_cluster(worker_resources={...}, head_cpus=1, worker_cpus=1) -> address``: a real Ray cluster of
+    two nodes on this machine, started with ``ray start`` (a head, then a worker offering the given custom
+    resources), node addresses 127.0.0.1, dashboard off, token authentication with a fresh token (this
+    process gets the token too, so ``ray.init(address=...)`` connects). Stopped at teardown by the ids of
+    its own processes. Several clusters may be started in one test."""
+    import json
+    import secrets
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    ray_exe = str(Path(sys.executable).with_name("ray"))
+    env_vars = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1",
+                "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    for k, v in env_vars.items():
+        monkeypatch.setenv(k, v)
+    started: list[str] = []
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    def run(args: list[str]) -> None:
+        r = subprocess.run([ray_exe, *args, "--disable-usage-stats"], capture_output=True, text=True, timeout=180,
+                           env={**os.environ, **env_vars})
+        if r.returncode != 0:
+            raise RuntimeError(f"ray {' '.join(args[:2])} failed: {(r.stderr or r.stdout)[-2000:]}")
+
+    def start(worker_resources: dict | None = None, head_cpus: int = 1, worker_cpus: int = 1) -> str:
+        temp = tempfile.mkdtemp(prefix="acray-", dir="/tmp")    # short: Ray's socket paths must stay short
+        started.append(temp)
+        port = free_port()
+        run(["start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--temp-dir", temp,
+             "--include-dashboard", "false", "--num-cpus", str(head_cpus)])
+        run(["start", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1",
+             "--num-cpus", str(worker_cpus), "--resources", json.dumps(worker_resources or {})])
+        return f"127.0.0.1:{port}"
+
+    yield start
+    for temp in started:
+        _stop_ray(temp)
+        shutil.rmtree(temp, ignore_errors=True)

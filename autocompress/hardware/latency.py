@@ -77,14 +77,16 @@ def describe(lat: dict) -> str:
             text += f", median ±{100 * d['ci95_rel']:.1f}% (95% CI)"
         if d.get("precision") == "fp16":
             text += ", fp16 conversion of the fp32 graph"
-        if d.get("timed_before_training"):
-            text += ", timed on the untrained structure (same graph as shipped)"
-        return text + others
+        return text + _before_training(d) + others
     model = d.get("predictor", "an unnamed model")
     labels = {"device": "device", "input": "from", "calibrated_on": "calibrated on", "heldout_error": "held-out error",
               "note": "note"}
     extra = "".join(f", {label} {d[k]}" for k, label in labels.items() if d.get(k))
-    return f"predicted by {model}{extra}{others}"
+    return f"predicted by {model}{extra}{_before_training(d)}{others}"
+
+
+def _before_training(d: dict) -> str:
+    return ", obtained on the untrained structure (same graph as shipped)" if d.get("timed_before_training") else ""
 
 
 def ratio(baseline: Latency, other: Latency) -> float:

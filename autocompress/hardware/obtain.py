@@ -49,6 +49,37 @@ def route(profile: HardwareProfile) -> Route:
                        + "and it names no predictor")
 
 
+def graph_signature(onnx_path: str | os.PathLike) -> str:
+    """What an ONNX graph's latency depends on, as a hash: its operators in order with their domains and
+    attributes, how tensors connect, and every weight's type and shape, but no weight values (tensor
+    attributes count by type and shape too). Two files with the same signature differ only in weights:
+    a recovered (trained) candidate and its untrained structure, say."""
+    import hashlib
+
+    import onnx
+    from onnx import helper
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    weights = {i.name: f"w{i.data_type}{tuple(i.dims)}" for i in graph.initializer}
+    ids: dict[str, str] = {}
+
+    def ref(name: str) -> str:
+        return "-" if not name else weights.get(name) or ids.setdefault(name, f"t{len(ids)}")
+
+    def attr(a) -> object:
+        if a.type == onnx.AttributeProto.TENSOR:
+            return ("tensor", a.t.data_type, tuple(a.t.dims))
+        if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+            return "graph"
+        return helper.get_attribute_value(a)
+
+    parts: list[object] = [(i.name, str(i.type)) for i in graph.input]
+    for node in graph.node:
+        parts.append((node.op_type, node.domain, [ref(i) for i in node.input],
+                      sorted((a.name, repr(attr(a))) for a in node.attribute), [ref(o) for o in node.output]))
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
 def _is_quantized(onnx_path: str | os.PathLike) -> bool:
     import onnx
 
@@ -169,3 +200,35 @@ def _on_ray_node(srcs: dict[Any, Path], profile: HardwareProfile, *, side_by_sid
         for lat in lats.values():
             lat.detail["precision"] = "fp16"
     return lats
+
+
+# ------------------------------------------------------------------ before a search, and in words
+def prepare(profiles, *, log=None, fresh: bool = False) -> None:
+    """Calibrate on this host the predictors these profiles will use here (once per host, then cached;
+    ``fresh`` calibrates again), so that no trial pays for it."""
+    from .predictor import calibrate_host_operators
+
+    for p in map(load_profile, profiles):
+        if p.predictor and p.predictor["kind"] == "host-operators" and route(p).kind == PREDICTED:
+            calibrate_host_operators(p, log=log, fresh=fresh)
+
+
+def describe_route(profile: HardwareProfile) -> str:
+    """How ``profile``'s latency is obtained here, in words, with the predictor's state where it predicts."""
+    try:
+        r = route(profile)
+    except ProfileError as e:
+        return str(e)
+    if r.kind != PREDICTED:
+        return r.text
+    spec = profile.predictor
+    if spec["kind"] == "roofline":
+        return f"{r.text}; calibrated on {spec.get('calibrated_on')}; held-out error {spec.get('heldout_error')}"
+    from .predictor import cached_calibration
+
+    cal = cached_calibration(profile)
+    if cal is None:
+        return f"{r.text}; not yet calibrated on this host (done on first use, a few minutes, then cached)"
+    return (f"{r.text}; calibrated on this host on {cal['date']} on {len(cal['anchors'])} published figures, "
+            f"leave-one-out mean |error| {100 * cal['loo_mean_abs_error']:.0f}% "
+            f"(max {100 * cal['loo_max_abs_error']:.0f}%)")
