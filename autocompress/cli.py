@@ -269,8 +269,12 @@ def cmd_search(args) -> int:
     again = f"autocompress front {name}" + (f" --storage {args.storage}" if args.storage else
                                             f" --runs-dir {args.runs_dir}" if args.runs_dir != _abs(_default_runs_dir()) else "")
     if status == "done" and not _candidates_done(store, name):
+        over = store.trials(name, status="over_budget")
         reason, count = failure_summary(store.trials(name, status=None)) or ("no trial ran", 0)
         error = f"no candidate finished: {count} trial(s) failed, most often with: {reason}"
+        if over and not count:
+            error = (f"no candidate within the {budget:g} ms budget on {target.name}: all {len(over)} were over it "
+                     f"and not trained; raise --budget or search smaller models")
         store.finish_run(name, "failed", error=error)
         print(tables(front_data(store, name)))
         _log(f"autocompress search: {error}\nsee the details with: {again}")

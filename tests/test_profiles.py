@@ -307,3 +307,27 @@ def test_bench_bad_input_is_one_line_exit_2(args, expected, tmp_path, capsys):
     code = main(["bench", *[a.format(tmp=tmp_path) for a in args]])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and expected in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_the_roofline_constants_in_the_yaml_are_its_fit():
+    """The server-gpu YAML's constants and held-out error are what fitting the published figures gives."""
+    spec = load_profile("server-gpu").predictor
+    fit = P.calibrate_roofline(spec)
+    for k, v in spec["constants"].items():
+        assert fit["constants"][k] == pytest.approx(v, rel=0.02), k
+    assert f"mean |error| {100 * fit['heldout_mean_abs_error']:.1f}%" in spec["heldout_error"]
+    assert f"max {100 * fit['heldout_max_abs_error']:.0f}%" in spec["heldout_error"]
+
+
+@pytest.mark.slow
+def test_mobile_calibration_from_scratch(tmp_path, monkeypatch):
+    """The whole calibration on this host: four anchors built from their configs, profiled, fitted."""
+    monkeypatch.setenv("AUTOCOMPRESS_CALIBRATION_DIR", str(tmp_path))
+    profile = load_profile("mobile-cpu")
+    cal = P.calibrate_host_operators(profile)
+    assert [a["name"] for a in cal["anchors"]] == ["BERT-base", "MobileBERT", "MobileBERT-tiny", "MobileBERT w/o OPT"]
+    by = {a["name"]: a for a in cal["anchors"]}
+    assert by["BERT-base"]["host_ms"] > 2 * by["MobileBERT"]["host_ms"]        # 22.5 vs 5.7 GFLOPs
+    assert by["MobileBERT w/o OPT"]["host_classes_ms"]["norm_act"] > 10 * by["MobileBERT"]["host_classes_ms"]["norm_act"]
+    assert all(v >= 0 for v in cal["constants"].values()) and P.calibration_path(profile).is_file()

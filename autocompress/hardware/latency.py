@@ -34,7 +34,7 @@ _ORT_DTYPES = {
     "tensor(double)": np.float64,
     "tensor(bool)": np.bool_,
 }
-INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "asimddp", "i8mm")  # x86 and ARM (dot product)
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")  # x86 and ARM (dot product)
 
 
 @dataclass
@@ -70,7 +70,8 @@ def describe(lat: dict) -> str:
         where = d.get("host", "?") + (f" ({chip})" if chip else "")
         if d.get("ray_node_id"):
             where += f", Ray node {d['ray_node_id'][:12]} offering {d.get('ray_resource', '?')}"
-        text = (f"measured on {where}, {d.get('provider', '?')}, {d.get('threads', '?')} thread(s), "
+        threads = "" if d.get("gpu") else f"{d.get('threads', '?')} thread(s), "
+        text = (f"measured on {where}, {d.get('provider', '?')}, {threads}"
                 f"batch {d.get('batch_size', '?')} x seq {d.get('seq_len', '?')}, n={lat.get('n')}, "
                 f"IQR {lat.get('spread_ms', 0):.2f} ms")
         if d.get("ci95_rel") is not None:

@@ -219,6 +219,11 @@ def describe_route(profile: HardwareProfile) -> str:
         r = route(profile)
     except ProfileError as e:
         return str(e)
+    if r.kind == HERE and profile.provider == "CPUExecutionProvider":
+        from .latency import cpu_info
+
+        isa = cpu_info()["int8_isa"]
+        return f"{r.text}; int8 dot-product instructions: {', '.join(isa) if isa else 'none (int8 brings no speed-up)'}"
     if r.kind != PREDICTED:
         return r.text
     spec = profile.predictor
