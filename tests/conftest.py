@@ -214,8 +214,10 @@ def ray_cluster(monkeypatch):
     """``ray_cluster(worker_resources={...}, head_cpus=1, worker_cpus=1) -> address``: a real Ray cluster of
     two nodes on this machine, started with ``ray start`` (a head, then a worker offering the given custom
     resources), node addresses 127.0.0.1, dashboard off, token authentication with a fresh token (this
-    process gets the token too, so ``ray.init(address=...)`` connects). Stopped at teardown by the ids of
-    its own processes. Several clusters may be started in one test."""
+    process gets the token too, so ``ray.init(address=...)`` connects) unless this process has imported
+    Ray already, whose authentication settings the cluster then follows. Stopped at teardown by the ids
+    of its own processes. Several clusters may be started in one test. (In Ray's cluster mode its servers
+    listen on every interface whatever --node-ip-address says: the token is what keeps others out.)"""
     import json
     import secrets
     import shutil
@@ -225,8 +227,15 @@ def ray_cluster(monkeypatch):
     import tempfile
 
     ray_exe = str(Path(sys.executable).with_name("ray"))
-    env_vars = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1",
-                "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env_vars = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
+    if "ray" in sys.modules:
+        # Ray read its authentication settings when it was imported: the cluster must use this process's
+        mode = os.environ.get("RAY_AUTH_MODE", "disabled")
+        env_vars["RAY_AUTH_MODE"] = mode
+        if mode == "token" and os.environ.get("RAY_AUTH_TOKEN"):
+            env_vars["RAY_AUTH_TOKEN"] = os.environ["RAY_AUTH_TOKEN"]
+    else:
+        env_vars.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     for k, v in env_vars.items():
         monkeypatch.setenv(k, v)
     started: list[str] = []
