@@ -1,4 +1,4 @@
-"""The ``autocompress`` command: search, front, finetune, profiles.
+"""The ``autocompress`` command: search, front, finetune, profiles, bench.
 
 User mistakes end with one line on stderr and exit code 2, never a traceback.
 """
@@ -65,7 +65,7 @@ def resolve_paths(args) -> None:
     from .tasks import ENV_DATA_DIR
     from .teacher import DEFAULT_MODEL
 
-    for env in ("AUTOCOMPRESS_CACHE", "AUTOCOMPRESS_LOCK_FILE", ENV_DATA_DIR):
+    for env in ("AUTOCOMPRESS_CACHE", "AUTOCOMPRESS_LOCK_FILE", "AUTOCOMPRESS_CALIBRATION_DIR", ENV_DATA_DIR):
         if os.environ.get(env):
             os.environ[env] = _abs(os.environ[env])     # what workers inherit is absolute too
     if hasattr(args, "data_dir"):
@@ -310,6 +310,9 @@ def _search(args, store, name: str, settings: dict, data, teacher, time_limit: f
                       profiles=profiles, device=run.device, budget_ms=run.budget_ms, ray_address=args.ray_address,
                       seed=settings["seed"], parallel=args.parallel, time_limit_s=time_limit,
                       attempt=settings.get("attempt", 0))
+    from .hardware.obtain import prepare
+
+    prepare(profiles, log=_log)      # predictors calibrated on this host (once, cached) before any trial
     t0 = time.time()
     status = "done"
     try:
@@ -325,20 +328,26 @@ def _search(args, store, name: str, settings: dict, data, teacher, time_limit: f
             rescore_fronts(store, name, profiles, data, teacher)
     except KeyboardInterrupt:
         status = "interrupted"
-    from .report import front_data, tables
+    from .report import front_data, over_budget_line, tables
     from .store import failure_summary
 
     again = f"autocompress front {name}" + _store_option(args)
     if status == "done" and not _candidates_done(store, name):
+        over = store.trials(name, status="over_budget")
         reason, count = failure_summary(store.trials(name, status=None)) or ("no trial ran", 0)
         error = f"no candidate finished: {count} trial(s) failed, most often with: {reason}"
+        if over and not count:
+            error = (f"no candidate within the {budget:g} ms budget on {target.name}: all {len(over)} were over it "
+                     f"and not trained; raise --budget or search smaller models")
         store.finish_run(name, "failed", error=error)
         print(tables(front_data(store, name)))
         _log(f"autocompress search: {error}\nsee the details with: {again}")
         return 1
     store.finish_run(name, status)
-    print(tables(front_data(store, name)))
-    _log(f"search took {time.time() - t0:.0f} s; see it again with: {again}")
+    data = front_data(store, name)
+    print(tables(data))
+    saved = over_budget_line(data)
+    _log(f"search took {time.time() - t0:.0f} s" + (f"; {saved}" if saved else "") + f"; see it again with: {again}")
     if status == "interrupted":
         _log(f"the search was interrupted: the trials finished so far are kept; continue it with: "
              f"autocompress search --resume {name}{_store_option(args)}")
@@ -450,13 +459,87 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_profiles(args) -> int:
+    from .hardware.obtain import describe_route, prepare
     from .hardware.profiles import list_profiles, load_profile
 
-    for name in list_profiles():
-        p = load_profile(name)
-        print(f"{p.name:12} {p.provider}, {p.threads} thread(s), batch {p.batch_size}, seq {p.seq_len}"
-              f"{'' if p.available() else ' (provider not available here)'}  {p.description}")
+    _join_cluster_checked(args.ray_address)
+    profiles = [load_profile(name) for name in list_profiles()]
+    with _ray(args.ray_address):
+        if args.calibrate:
+            prepare(profiles, log=_log, fresh=True)
+        for p in profiles:
+            shapes = ", ".join(f"batch {b} x seq {s}" for b, s in p.shapes)
+            print(f"{p.name}: {p.device or p.description}\n  {shapes}; {describe_route(p)}")
     return 0
+
+
+def cmd_bench(args) -> int:
+    """Latency of a model folder or ONNX file on one profile, with how it was obtained."""
+    import tempfile
+
+    from .hardware.latency import describe
+    from .hardware.profiles import ProfileError, load_profile
+
+    path = Path(args.model).expanduser()
+    if not path.exists():
+        raise UserError(f"{args.model}: no such file or folder; give an ONNX file or a model folder")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise UserError(f"{args.model}: a folder without config.json; give an ONNX file or a saved model folder")
+    if path.is_file() and path.suffix != ".onnx":
+        raise UserError(f"{args.model}: not an .onnx file; give an ONNX file or a model folder")
+    if path.is_file():
+        import onnx
+
+        try:
+            onnx.load(str(path), load_external_data=False)
+        except Exception as e:
+            raise UserError(f"{args.model}: not a readable ONNX model ({str(e).splitlines()[0][:120]})") from None
+    try:
+        profile = load_profile(_abs(args.device) if args.device.endswith((".yaml", ".yml")) else args.device)
+    except ProfileError as e:
+        raise UserError(f"--device: {e}") from None
+    _join_cluster_checked(args.ray_address)
+    from .hardware.obtain import obtain_latency
+
+    with tempfile.TemporaryDirectory(prefix="autocompress-bench-") as tmp, _ray(args.ray_address):
+        onnx_path = path
+        if path.is_dir():
+            from . import checkpoint, export
+
+            onnx_path = export.export_onnx(checkpoint.load_model(path), Path(tmp) / "model.fp32.onnx")
+        lat = obtain_latency(onnx_path, profile, log=_log)
+    d = lat.to_dict()
+    if args.json:
+        print(json.dumps({**d, "obtained": describe(d)}, indent=2, default=str))
+    else:
+        print(f"{profile.name}: {lat.median_ms:.3f} ms ({lat.how}) — {describe(d)}")
+    return 0
+
+
+def _join_cluster_checked(address: str | None) -> None:
+    """Ray's environment for a cluster (token auth) set before Ray is imported, and the address checked."""
+    from .search import cluster
+
+    if address:
+        cluster.configure_environment(address)
+        cluster.check_ray_address(address)
+
+
+@contextlib.contextmanager
+def _ray(address: str | None):
+    """A connection to the Ray cluster at ``address`` for the duration (nothing without one)."""
+    if not address:
+        yield
+        return
+    import ray
+
+    from .search import cluster
+
+    cluster.start(address, 0)
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 # ------------------------------------------------------------------ parser
@@ -532,8 +615,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--fresh", action="store_true", help="fine-tune again even if a cached teacher exists")
     t.set_defaults(func=cmd_finetune)
 
-    pr = sub.add_parser("profiles", help="list the hardware profiles")
+    pr = sub.add_parser("profiles", help="list the hardware profiles and how each latency is obtained here")
+    pr.add_argument("--calibrate", action="store_true", help="calibrate the predictors on this host again "
+                    "(otherwise done once per host, on first use, and cached)")
+    pr.add_argument("--ray-address", help="also look for Ray nodes offering a profile's resource in this cluster")
     pr.set_defaults(func=cmd_profiles)
+
+    b = sub.add_parser("bench", help="latency of a model folder or ONNX file on one profile, with how it was obtained")
+    b.add_argument("model", metavar="MODEL", help="an ONNX file, or a saved model folder (exported to ONNX first)")
+    b.add_argument("--device", required=True, help="the profile: a bundled name (see `autocompress profiles`) "
+                   "or a profile .yaml")
+    b.add_argument("--ray-address", help="a Ray cluster whose nodes may offer the profile's resource")
+    b.add_argument("--json", action="store_true", help="the whole figure as JSON")
+    b.set_defaults(func=cmd_bench)
     return parser
 
 
