@@ -238,7 +238,7 @@ def cmd_search(args) -> int:
         teacher_path = _teacher_for_workers(teacher.path, run_dir, args.ray_address)
         settings = {"trials": trials, "space": space.name, "val_size": args.val_size, "seed": args.seed,
                     "teacher": teacher_path, "data": data.source, "data_path": data_path, "num_layers": num_layers,
-                    "profiles": [dataclasses.asdict(p) for p in profiles], "attempt": 0}
+                    "profiles": [p.to_dict() for p in profiles], "attempt": 0}
         store.create_run(name, task=spec.name, model=args.teacher or args.model, device=target.name,
                          budget_ms=budget, space=space.text, run_dir=str(run_dir), settings=settings)
         _log(f"run {name}: {trials} trials of space '{space.name}' on {spec.name}, target {target.name}"

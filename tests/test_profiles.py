@@ -331,3 +331,14 @@ def test_mobile_calibration_from_scratch(tmp_path, monkeypatch):
     assert by["BERT-base"]["host_ms"] > 2 * by["MobileBERT"]["host_ms"]        # 22.5 vs 5.7 GFLOPs
     assert by["MobileBERT w/o OPT"]["host_classes_ms"]["norm_act"] > 10 * by["MobileBERT"]["host_classes_ms"]["norm_act"]
     assert all(v >= 0 for v in cal["constants"].values()) and P.calibration_path(profile).is_file()
+
+
+@pytest.mark.parametrize("name", ["laptop-cpu", "mobile-cpu", "server-gpu"])
+def test_a_profile_round_trips_through_json(name):
+    """A run keeps its profiles in the store as JSON, and --resume rebuilds them from there."""
+    import json
+
+    from autocompress.hardware.profiles import HardwareProfile, load_profile
+
+    p = load_profile(name)
+    assert HardwareProfile.from_dict(json.loads(json.dumps(p.to_dict()))) == p

@@ -81,6 +81,14 @@ class HardwareProfile:
         providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
         return ort.InferenceSession(str(onnx_path), sess_options=opts, providers=providers)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values; ``from_dict`` reads it back (the store keeps a run's profiles this way)."""
+        import dataclasses
+
+        d = dataclasses.asdict(self)
+        d["extra_shapes"] = [list(s) for s in self.extra_shapes]
+        return d
+
     @classmethod
     def from_dict(cls, d: Any) -> "HardwareProfile":
         if not isinstance(d, dict):
@@ -111,8 +119,8 @@ class HardwareProfile:
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high):
                 raise ProfileError(f"profile field '{key}' must be a number in [{low}, {high}], got {v!r}")
         shapes = d.get("extra_shapes") or []
-        if not isinstance(shapes, list) or not all(
-                isinstance(s, list) and len(s) == 2 and all(isinstance(x, int) and not isinstance(x, bool) and x > 0
+        if not isinstance(shapes, (list, tuple)) or not all(
+                isinstance(s, (list, tuple)) and len(s) == 2 and all(isinstance(x, int) and not isinstance(x, bool) and x > 0
                                                             for x in s) for s in shapes):
             raise ProfileError(f"profile field 'extra_shapes' must be a list of [batch, seq] pairs, got {shapes!r}")
         if not d.get("measure_here", True) and not d.get("resource") and not d.get("predictor"):
@@ -123,10 +131,19 @@ class HardwareProfile:
             from .predictor import PredictorError, check_spec
 
             try:
-                values["predictor"] = check_spec(d["predictor"])
+                values["predictor"] = check_spec(_int_keys(d["predictor"]))
             except PredictorError as e:
                 raise ProfileError(f"profile field 'predictor': {e}") from None
         return cls(**values)
+
+
+def _int_keys(spec: Any) -> Any:
+    """JSON turns the anchors' integer keys (sequence length, batch size) into strings: turn them back."""
+    if isinstance(spec, dict):
+        return {int(k) if isinstance(k, str) and k.isdigit() else k: _int_keys(v) for k, v in spec.items()}
+    if isinstance(spec, list):
+        return [_int_keys(v) for v in spec]
+    return spec
 
 
 def _bundled() -> dict[str, Any]:
