@@ -316,15 +316,23 @@ def ray_cluster(monkeypatch):
     ray_exe = str(Path(sys.executable).with_name("ray"))
     env_vars = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
     if "ray" in sys.modules:
-        # Ray read its authentication settings when it was imported: the cluster must use this process's
-        mode = os.environ.get("RAY_AUTH_MODE", "disabled")
-        env_vars["RAY_AUTH_MODE"] = mode
-        if mode == "token" and os.environ.get("RAY_AUTH_TOKEN"):
-            env_vars["RAY_AUTH_TOKEN"] = os.environ["RAY_AUTH_TOKEN"]
+        # Ray fixed its authentication mode when it was imported (a search run in this process may have
+        # changed RAY_AUTH_MODE since): ask Ray itself, and start the cluster in that mode.
+        from ray._raylet import AuthenticationMode, get_authentication_mode
+
+        if get_authentication_mode() == AuthenticationMode.TOKEN:
+            token = secrets.token_hex(32)
+            env_vars.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+        else:
+            env_vars["RAY_AUTH_MODE"] = "disabled"
     else:
         env_vars.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     for k, v in env_vars.items():
         monkeypatch.setenv(k, v)
+    if "ray" in sys.modules:
+        from ray._raylet import AuthenticationTokenLoader
+
+        AuthenticationTokenLoader.instance().reset_cache()     # this process's token is the cluster's
     started: list[str] = []
 
     def free_port() -> int:
