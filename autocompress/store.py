@@ -148,6 +148,19 @@ class RunRecord:
     error: str | None
 
 
+@dataclass
+class ArtifactRecord:
+    kind: str
+    path: str
+    sha256: str | None        # of the file when the trial recorded it (None for folders)
+    size_bytes: int | None
+
+
+def _run_record(r: RunRow) -> RunRecord:
+    return RunRecord(r.name, r.status, r.created, r.finished, r.task, r.model, r.device, r.budget_ms,
+                     r.space, dict(r.settings or {}), r.run_dir, r.error)
+
+
 def _trial_record(t: TrialRow) -> TrialRecord:
     rec = TrialRecord(t.number, t.role, t.recipe, t.recipe_hash, t.status, t.error, t.seconds, t.size_mb,
                       t.n_params, dict(t.params or {}))
@@ -247,7 +260,7 @@ def first_line(error: str | None) -> str:
     return (error or "unknown error").strip().splitlines()[0] if (error or "").strip() else "unknown error"
 
 
-def _sha256(path: str | os.PathLike) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -309,9 +322,12 @@ class Store:
 
     def get_run(self, name: str) -> RunRecord:
         with self._session() as s:
-            r = self._run(s, name)
-            return RunRecord(r.name, r.status, r.created, r.finished, r.task, r.model, r.device, r.budget_ms,
-                             r.space, dict(r.settings or {}), r.run_dir, r.error)
+            return _run_record(self._run(s, name))
+
+    def runs(self) -> list[RunRecord]:
+        """Every run in the store, oldest first."""
+        with self._session() as s:
+            return [_run_record(r) for r in s.scalars(select(RunRow).order_by(RunRow.created)).all()]
 
     def run_names(self) -> list[str]:
         with self._session() as s:
@@ -371,7 +387,7 @@ class Store:
         p = Path(path)
         with self._session() as s, s.begin():
             s.add(ArtifactRow(trial_id=trial_id, kind=kind, path=str(p.resolve()),
-                              sha256=_sha256(p) if p.is_file() else None,
+                              sha256=file_sha256(p) if p.is_file() else None,
                               size_bytes=p.stat().st_size if p.is_file() else None))
 
     def trials(self, run: str, status: str | None = "done") -> list[TrialRecord]:
@@ -390,6 +406,14 @@ class Store:
     def find_done(self, run: str, recipe_hash: str) -> TrialRecord | None:
         """The first finished trial of ``run`` with this recipe, if any (duplicates reuse its figures)."""
         return next((t for t in self.trials(run) if t.recipe_hash == recipe_hash), None)
+
+    def artifact(self, run: str, number: int, kind: str) -> ArtifactRecord | None:
+        """A trial's artifact of this kind (path, and its sha256 and size as recorded), or None."""
+        with self._session() as s:
+            r = self._run(s, run)
+            row = s.scalar(select(ArtifactRow).join(TrialRow).where(TrialRow.run_id == r.id, TrialRow.number == number,
+                                                                   ArtifactRow.kind == kind).order_by(ArtifactRow.id.desc()))
+            return ArtifactRecord(row.kind, row.path, row.sha256, row.size_bytes) if row is not None else None
 
     def trial_id(self, run: str, number: int) -> int:
         with self._session() as s:

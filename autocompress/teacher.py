@@ -66,10 +66,13 @@ class TeacherSettings:
     transfer_examples: int = 16000  # rows whose teacher logits are cached for distillation
     val_size: int = 1000
     seed: int = 0
+    data: str = ""      # fingerprint of your own data files (FileTask.fingerprint); empty for GLUE tasks
 
     @property
     def key(self) -> str:
         d = dataclasses.asdict(self)
+        if not d["data"]:
+            del d["data"]       # GLUE teachers keep the cache keys they had before own data existed
         if self.model != DEFAULT_MODEL and Path(self.model).is_dir():
             d["model"] = str(Path(self.model).resolve())
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
@@ -150,8 +153,10 @@ def get_teacher(settings: TeacherSettings, data: TaskData, *, log: Callable[[str
     source = resolve_model(settings.model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
+        names = data.spec.label_names
         model = AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=data.spec.num_labels, attn_implementation="sdpa")
+            source, num_labels=len(names), id2label=dict(enumerate(names)),
+            label2id={name: i for i, name in enumerate(names)}, attn_implementation="sdpa")
     except OSError as e:
         raise TeacherError(f"cannot load model {settings.model!r} ({str(e).splitlines()[0][:120]}): "
                            f"offline, give --model a local model folder (default: the packaged MiniLM)") from None

@@ -204,3 +204,11 @@ def measure_side_by_side(
                 del session
     extra = {"warmup": warmup, "protocol": f"side by side with {len(onnx_paths)} models, {rounds} interleaved rounds"}
     return {k: _latency(profile, t, extra) for k, t in times.items()}
+
+
+def time_call(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    """Run ``fn`` once: (its result, wall-clock milliseconds). The latency of one call as a user meets it
+    (``autocompress predict``), not a measurement under the protocol above."""
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, (time.perf_counter() - t0) * 1e3

@@ -19,7 +19,7 @@ from ..hardware.profiles import HardwareProfile
 from ..methods.base import Context
 from ..recipe import Recipe
 from ..store import Store
-from ..tasks import load_task
+from ..tasks import FileTask, load_task
 from ..teacher import load_teacher
 
 OBJECTIVES = ("val_accuracy", "latency_ms")
@@ -32,9 +32,9 @@ class TrialSetup:
     store_url: str
     run: str
     run_dir: str
-    task: str
+    task: str | FileTask          # a GLUE task name, or your own files (absolute paths, columns, metric)
     data_dir: str | None
-    val_size: int
+    val_size: int                 # the rows carved from train for validation (the same split everywhere)
     teacher_path: str
     profiles: tuple[HardwareProfile, ...]  # every profile is measured: each device gets its own front
     device: str                   # the target profile's name (the searcher's latency objective)
