@@ -168,7 +168,7 @@ def plot_png(data: dict[str, Any], path: str | Path) -> Path:
                 ax.annotate(f"#{m['trial']}", (xi, _score(m, "val")), textcoords="offset points", xytext=(4, 4),
                             fontsize=7, color="C0")
             best = next((m for m in front if m["trial"] == d["best_within_budget"]), None)
-            if best:
+            if best and d["budget_ms"]:
                 ax.plot(best["latency"]["median_ms"], _score(best, "val"), "*", color="C1", ms=16, zorder=5,
                         label="best within budget")
         for m in series["teacher"]:
@@ -178,16 +178,19 @@ def plot_png(data: dict[str, Any], path: str | Path) -> Path:
                     label=f"teacher + {m['recipe']} (val)")
         if d["budget_ms"]:
             ax.axvline(d["budget_ms"], ls="--", color="r", label=f"budget {d['budget_ms']:g} ms")
-        handles, labels = ax.get_legend_handles_labels()
-        unique = dict(zip(labels, handles))
-        ax.legend(unique.values(), unique.keys(), fontsize=8, loc="lower right")
         ax.set_title(f"{name}" + (" (target)" if d["target"] else ""))
         note = _latency_note(d)
         ax.set_xlabel("latency, ms (batch 1, median)" + ("" if note == "measured" else f"\n{note}"), fontsize=9)
         ax.set_ylabel(f"{metric}, % (val; dashed: dev)")
         ax.grid(alpha=0.3)
+    legend = {}                                  # one legend for all devices, below the plots
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=min(4, max(1, len(legend))), fontsize=8,
+               frameon=False)
     fig.suptitle(f"run {data['run']}: {data['task']}", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05 + 0.035 * ((len(legend) + 3) // 4), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
