@@ -442,7 +442,7 @@ def _read_examples(path: str, pair: bool) -> list[tuple[str, ...]]:
         if not line.strip():
             continue
         parts = tuple(line.split("\t")) if pair else (line,)
-        if len(parts) != len(examples[0] if examples else parts) or (pair and len(parts) != 2):
+        if len(parts) != (2 if pair else 1):
             raise UserError(f"--file {path} line {number}: this model classifies text pairs: write "
                             "text<TAB>second text on each line")
         examples.append(parts)
