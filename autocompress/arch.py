@@ -88,8 +88,23 @@ def num_layers(config: Any) -> int:
     return int(config.num_hidden_layers)
 
 
-def word_embeddings(model) -> torch.nn.Embedding:
+def word_embeddings(model) -> torch.nn.Module:
+    """The word-embedding module: an ``nn.Embedding``, or a factorized one (V x E table, E x H projection)."""
     return model.base_model.embeddings.word_embeddings
+
+
+def set_word_embeddings(model, module: torch.nn.Module) -> None:
+    model.base_model.embeddings.word_embeddings = module
+
+
+def vocab_weight(model) -> torch.nn.Parameter:
+    """The vocabulary-sized matrix of the word embeddings (V x H, or V x E once factorized): the
+    parameter that training keeps frozen (its gradient and optimiser state cost more than they help)."""
+    vocab = int(model.config.vocab_size)
+    found = [p for p in word_embeddings(model).parameters() if p.dim() == 2 and p.shape[0] == vocab]
+    if len(found) != 1:
+        raise ValueError(f"the word embeddings hold {len(found)} matrices with {vocab} rows; expected one")
+    return found[0]
 
 
 def input_names(model_or_config: Any) -> tuple[str, ...]:

@@ -13,7 +13,9 @@ Parameters shared between layers are saved once and tied again on load (``config
 """
 from __future__ import annotations
 
+import io
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,7 +40,7 @@ def module_kind(name: str) -> Callable[[type], type]:
     return wrap
 
 
-def _spec(module: torch.nn.Module) -> dict[str, Any]:
+def module_spec(module: torch.nn.Module) -> dict[str, Any]:
     if isinstance(module, torch.nn.Linear):
         return {"kind": "linear", "in": module.in_features, "out": module.out_features,
                 "bias": module.bias is not None}
@@ -68,12 +70,12 @@ def _build(spec: dict[str, Any], like: torch.nn.Module) -> torch.nn.Module:
 def structure_record(model) -> dict[str, Any]:
     layers = []
     for layer in arch.layers(model):
-        rec = {role: _spec(arch.get(layer, path)) for role, path in arch.linear_paths(model).items()}
+        rec = {role: module_spec(arch.get(layer, path)) for role, path in arch.linear_paths(model).items()}
         holder = arch.heads_module(model, layer)
         rec["heads"] = list(getattr(holder, "kept_heads", range(arch.num_heads(model, layer))))
         layers.append(rec)
     return {"version": STRUCTURE_VERSION, "layers": layers,
-            "word_embeddings": _spec(arch.word_embeddings(model))}
+            "word_embeddings": module_spec(arch.word_embeddings(model))}
 
 
 def rebuild(model, record: dict[str, Any]) -> None:
@@ -87,8 +89,7 @@ def rebuild(model, record: dict[str, Any]) -> None:
             arch.put(layer, path, _build(rec[role], arch.get(layer, path)))
         arch.set_num_heads(model, layer, len(rec["heads"]))
         arch.heads_module(model, layer).kept_heads = list(rec["heads"])
-    emb = model.base_model.embeddings
-    emb.word_embeddings = _build(record["word_embeddings"], emb.word_embeddings)
+    arch.set_word_embeddings(model, _build(record["word_embeddings"], arch.word_embeddings(model)))
 
 
 def _tied(model) -> dict[str, str]:
@@ -104,6 +105,9 @@ def _tied(model) -> dict[str, str]:
 
 
 def save_model(model, tokenizer, path: str | os.PathLike) -> Path:
+    from .methods.base import check_final   # (methods import this module for @module_kind)
+
+    check_final(model, "save")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model.config.autocompress_structure = structure_record(model)
@@ -126,6 +130,8 @@ def load_model(path: str | os.PathLike, attn_implementation: str = "sdpa"):
     if not record:
         return AutoModelForSequenceClassification.from_pretrained(path, attn_implementation=attn_implementation).eval()
     arch.check_config(config)
+    import autocompress.methods  # noqa: F401  (registers the module kinds that methods put into models)
+
     config.num_hidden_layers = len(record["layers"])
     model = AutoModelForSequenceClassification.from_config(config, attn_implementation=attn_implementation)
     rebuild(model, record)
@@ -156,6 +162,31 @@ def load_tokenizer(path: str | os.PathLike):
 
 def size_mb(path: str | os.PathLike) -> float:
     return os.path.getsize(path) / 1e6
+
+
+class _Count(io.RawIOBase):
+    """A write-only sink that only counts the bytes written to it."""
+
+    def __init__(self):
+        self.n = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        self.n += len(b)
+        return len(b)
+
+
+def zipped_mb(path: str | os.PathLike, level: int = 6) -> float:
+    """Size in MB of ``path`` inside a zip archive (deflate, zlib level ``level``; 6 is zip's default):
+    what downloading it as a compressed archive costs. Zeros (unstructured pruning) and repeated
+    values compress; dense random-looking float weights hardly do. The archive is counted as it is
+    written, never stored."""
+    sink = _Count()
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=level) as zf:
+        zf.write(path, arcname=Path(path).name)
+    return sink.n / 1e6
 
 
 def count_params(model) -> int:

@@ -1,14 +1,17 @@
-"""The ``autocompress`` command: search, front, runs, pick, predict, finetune, profiles.
+"""The ``autocompress`` command: search, front, runs, pick, predict, finetune, profiles, bench.
 
 User mistakes end with one line on stderr and exit code 2, never a traceback.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import os
 import re
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -63,7 +66,7 @@ def resolve_paths(args) -> None:
     from .tasks import ENV_DATA_DIR
     from .teacher import DEFAULT_MODEL
 
-    for env in ("AUTOCOMPRESS_CACHE", "AUTOCOMPRESS_LOCK_FILE", ENV_DATA_DIR):
+    for env in ("AUTOCOMPRESS_CACHE", "AUTOCOMPRESS_LOCK_FILE", "AUTOCOMPRESS_CALIBRATION_DIR", ENV_DATA_DIR):
         if os.environ.get(env):
             os.environ[env] = _abs(os.environ[env])     # what workers inherit is absolute too
     if hasattr(args, "data_dir"):
@@ -103,37 +106,12 @@ def resolve_paths(args) -> None:
 def check_numbers(args) -> None:
     """Numeric options in range (argparse has checked they are numbers)."""
     checks = [("epochs", 1, "at least 1"), ("train_examples", 0, "0 (all rows) or more"),
-              ("val_size", 1, "at least 1"), ("seed", 0, "0 or more"), ("trials", 1, "at least 1")]
+              ("val_size", 1, "at least 1"), ("seed", 0, "0 or more"), ("trials", 1, "at least 1"),
+              ("parallel", 1, "at least 1")]
     for attr, low, what in checks:
         value = getattr(args, attr, None)
         if value is not None and value < low:
             raise UserError(f"--{attr.replace('_', '-')} must be {what}, got {value}")
-
-
-def check_ray_address(address: str | None) -> None:
-    """The cluster at ``--ray-address`` answers (a TCP connection within 3 s), before any work."""
-    if not address:
-        return
-    import socket
-
-    from ray._private.services import canonicalize_bootstrap_address
-
-    hint = "start its head with `ray start --head`, or leave --ray-address out for a local Ray"
-    target = address[len("ray://"):] if address.startswith("ray://") else address
-    try:
-        resolved = canonicalize_bootstrap_address(target)
-    except ConnectionError:       # "auto" and no cluster on this machine
-        resolved = None
-    except Exception as e:
-        raise UserError(f"--ray-address {address!r} is not an address like HOST:PORT or auto ({e})") from None
-    if resolved is None:
-        raise UserError(f"--ray-address {address}: no running Ray cluster was found on this machine; {hint}")
-    host, _, port = resolved.rpartition(":")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=3).close()
-    except (OSError, ValueError) as e:
-        raise UserError(f"--ray-address {address}: nothing answers there ({getattr(e, 'strerror', None) or e}); "
-                        f"{hint}") from None
 
 
 _FILE_OPTIONS = ("text_column", "text_pair_column", "label_column", "metric")
@@ -234,12 +212,33 @@ def _teacher(args, data, source):
 
 
 # ------------------------------------------------------------------ commands
+def parse_duration(text: str) -> float:
+    """'2h', '30m', '90s', '1.5h' (or plain seconds) -> seconds (> 0)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(h|m|min|s)?\s*", text or "")
+    if not m or float(m.group(1)) <= 0:
+        raise UserError(f"--time-limit {text!r} is not a duration: give e.g. 2h, 30m or 90s")
+    return float(m.group(1)) * {"h": 3600, "m": 60, "min": 60, "s": 1, None: 1}[m.group(2)]
+
+
+# Options a resumed search takes from the stored run (giving them again with --resume is refused).
+_FIXED_ON_RESUME = ("budget", "device", "space", "trials", "name", "task", "data_dir", "val_size", "seed", "model",
+                    "teacher", "train_examples", "epochs", "train", "dev", "text_column", "text_pair_column",
+                    "label_column", "metric")
+
+
 def cmd_search(args) -> int:
+    from .search import cluster
+
+    signal.signal(signal.SIGTERM, _interrupt)      # a stop (systemd, kill) ends the search like Ctrl-C
+    if args.resume:
+        return _resume(args)
     # Everything the user gave is checked before anything is trained or written.
     budget = parse_budget(args.budget) if args.budget is not None else None
+    time_limit = parse_duration(args.time_limit) if args.time_limit else None
     check_numbers(args)
     check_task_options(args)
     resolve_paths(args)
+    cluster.configure_environment(args.ray_address)
     from .hardware.profiles import ProfileError, list_profiles, load_profile
     from .search.space import load_space
     from .tasks import get_task, load_task
@@ -258,7 +257,7 @@ def cmd_search(args) -> int:
         _check_name(args.name)
     num_layers = model_config(args).num_hidden_layers
     space.validate(num_layers)
-    check_ray_address(args.ray_address)
+    cluster.check_ray_address(args.ray_address)
     url = check_output_places(args)
     data = load_task(source, args.data_dir, val_size=args.val_size, seed=args.seed)   # bad files fail here
     spec = data.spec
@@ -270,62 +269,187 @@ def cmd_search(args) -> int:
         raise UserError(f"a run named {name!r} exists already: choose another --name")
 
     # ---- from here on, work is done and written
-    Path(args.runs_dir).mkdir(parents=True, exist_ok=True)
-    store = Store(url)
-    teacher = _teacher(args, data, source)
+    with _exclusive_use(args, url, name):
+        Path(args.runs_dir).mkdir(parents=True, exist_ok=True)
+        store = Store(url)
+        teacher = _teacher(args, data, source)
+        from .teacher import check_learned
 
+        if not args.force:
+            check_learned(teacher)      # stop before an hour of compressing a model that learned nothing
+        from .tasks import save_task_data
+
+        run_dir = Path(args.runs_dir) / name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        data_path = save_task_data(data, run_dir / "data")
+        teacher_path = _teacher_for_workers(teacher.path, run_dir, args.ray_address)
+        settings = {"trials": trials, "space": space.name, "val_size": len(data.val), "seed": args.seed,
+                    "teacher": teacher_path, "data": data.source, "data_path": data_path, "num_layers": num_layers,
+                    "profiles": [dataclasses.asdict(p) for p in profiles], "attempt": 0,
+                    "labels": list(spec.label_names), "metric": spec.metric, "pair": spec.text_b is not None,
+                    "command": args.command_line, "cwd": os.getcwd()}
+        store.create_run(name, task=spec.name, model=args.teacher or args.model, device=target.name,
+                         budget_ms=budget, space=space.text, run_dir=str(run_dir), settings=settings)
+        _log(f"run {name}: {trials} trials of space '{space.name}' on {spec.name}, target {target.name}"
+             + (f", budget {budget:g} ms" if budget else "") + f"; store {store.url}")
+        return _search(args, store, name, settings, data, teacher, time_limit)
+
+
+def _resume(args) -> int:
+    """``search --resume RUN``: continue an interrupted (or crashed) run from the store."""
+    from .search import cluster
+
+    defaults = vars(build_parser().parse_args(["search"]))
+    given = [o for o in _FIXED_ON_RESUME if getattr(args, o) != defaults[o]]
+    if given:
+        raise UserError(f"--resume continues the run as it was started: leave out --{given[0].replace('_', '-')}")
+    time_limit = parse_duration(args.time_limit) if args.time_limit else None
+    check_numbers(args)
+    resolve_paths(args)
+    cluster.configure_environment(args.ray_address)
+    from .hardware.profiles import HardwareProfile
+    from .search.runner import GRACE_S
+    from .store import Store, sqlite_file
+    from .tasks import load_task_data
+    from .teacher import load_teacher
+
+    url = _store_url(args)
+    store = Store(url, create=False)
+    run = store.get_run(args.resume)
+    if run.status == "done":
+        raise UserError(f"run {run.name} is done: there is nothing to resume (see autocompress front {run.name})")
+    idle = store.seconds_since_heartbeat(run.name)
+    # a SQLite store: the store lock (taken below) tells for sure whether a search still holds it;
+    # a shared database: the run's heartbeat tells whether its search is alive somewhere
+    if sqlite_file(url) is None and run.status == "running" and idle is not None and idle < 2 * GRACE_S:
+        raise UserError(f"run {run.name} is still running (its search gave a sign of life {idle:.0f} s ago): "
+                        "stop that search first, or wait")
+    cluster.check_ray_address(args.ray_address)
+    settings = dict(run.settings)
+    if "data_path" not in settings:
+        raise UserError(f"run {run.name} was made by an earlier version of autocompress and cannot be resumed")
+    data = load_task_data(settings["data_path"])
+    teacher = load_teacher(settings["teacher"])
+    with _exclusive_use(args, url, run.name):
+        settings["attempt"] = settings.get("attempt", 0) + 1
+        store.restart_run(run.name, settings)
+        _log(f"resuming run {run.name} (attempt {settings['attempt']}): {settings['trials']} trials in all; "
+             f"store {store.url}")
+        return _search(args, store, run.name, settings, data, teacher, time_limit,
+                       profiles=tuple(HardwareProfile.from_dict(p) for p in settings["profiles"]))
+
+
+def _search(args, store, name: str, settings: dict, data, teacher, time_limit: float | None,
+            profiles=None) -> int:
+    """Run (or continue) the trials, then re-time and re-score the fronts and print them."""
+    from .hardware.profiles import HardwareProfile
     from .search.runner import SearchPlan, remeasure_fronts, rescore_fronts, run_search
+    from .search.space import parse_space
     from .search.trial import TrialSetup
 
-    run_dir = Path(args.runs_dir) / name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    threads = min(4, os.cpu_count() or 1)
-    store.create_run(name, task=spec.name, model=args.teacher or args.model, device=target.name,
-                     budget_ms=budget, space=space.text, run_dir=str(run_dir),
-                     settings={"trials": trials, "space": space.name, "val_size": len(data.val), "seed": args.seed,
-                               "teacher": str(teacher.path), "data": data.source,
-                               "profiles": [p.name for p in profiles], "labels": list(spec.label_names),
-                               "metric": spec.metric, "pair": spec.text_b is not None,
-                               "command": args.command_line, "cwd": os.getcwd()})
-    _log(f"run {name}: {trials} trials of space '{space.name}' on {spec.name}, target {target.name}"
-         + (f", budget {budget:g} ms" if budget else "") + f"; store {store.url}")
-    setup = TrialSetup(store_url=store.url, run=name, run_dir=str(run_dir), task=source,
-                       data_dir=args.data_dir, val_size=len(data.val),
-                       teacher_path=str(teacher.path), profiles=profiles, device=target.name, budget_ms=budget,
-                       space_text=space.text, num_layers=num_layers, threads=threads, seed=args.seed)
-    plan = SearchPlan(run=name, store_url=store.url, run_dir=run_dir, space=space, trials=trials,
-                      profiles=profiles, device=target.name, budget_ms=budget, ray_address=args.ray_address,
-                      seed=args.seed)
+    run = store.get_run(name)
+    profiles = profiles or tuple(HardwareProfile.from_dict(p) for p in settings["profiles"])
+    space = parse_space(run.space, settings["space"])
+    run_dir = Path(run.run_dir)
+    setup = TrialSetup(store_url=store.url, run=name, run_dir=str(run_dir), data_path=settings["data_path"],
+                       teacher_path=settings["teacher"], profiles=profiles, device=run.device, budget_ms=run.budget_ms,
+                       space_text=run.space, num_layers=settings["num_layers"], threads=min(4, os.cpu_count() or 1),
+                       seed=settings["seed"])
+    plan = SearchPlan(run=name, store_url=store.url, run_dir=run_dir, space=space, trials=settings["trials"],
+                      profiles=profiles, device=run.device, budget_ms=run.budget_ms, ray_address=args.ray_address,
+                      seed=settings["seed"], parallel=args.parallel, time_limit_s=time_limit,
+                      attempt=settings.get("attempt", 0))
+    from .hardware.obtain import prepare
+
+    prepare(profiles, log=_log)      # predictors calibrated on this host (once, cached) before any trial
     t0 = time.time()
     status = "done"
     try:
-        status = run_search(plan, setup, data, teacher)
-        if _candidates_done(store, name):
-            remeasure_fronts(store, name, profiles)
-            rescore_fronts(store, name, profiles, data, teacher)
+        status = run_search(plan, setup, data, teacher, log=_log)
     except KeyboardInterrupt:
         status = "interrupted"
     except BaseException as e:
         store.finish_run(name, "failed", error=f"{type(e).__name__}: {e}")
         raise
-    from .report import front_data, tables
+    try:
+        if _candidates_done(store, name):
+            remeasure_fronts(store, name, profiles)
+            rescore_fronts(store, name, profiles, data, teacher)
+    except KeyboardInterrupt:
+        status = "interrupted"
+    from .report import front_data, over_budget_line, tables
     from .store import failure_summary
 
-    again = f"autocompress front {name}" + (f" --storage {args.storage}" if args.storage else
-                                            f" --runs-dir {args.runs_dir}" if args.runs_dir != _abs(_default_runs_dir()) else "")
+    again = f"autocompress front {name}" + _store_option(args)
     if status == "done" and not _candidates_done(store, name):
+        over = store.trials(name, status="over_budget")
         reason, count = failure_summary(store.trials(name, status=None)) or ("no trial ran", 0)
         error = f"no candidate finished: {count} trial(s) failed, most often with: {reason}"
+        if over and not count:
+            error = (f"no candidate within the {budget:g} ms budget on {target.name}: all {len(over)} were over it "
+                     f"and not trained; raise --budget or search smaller models")
         store.finish_run(name, "failed", error=error)
         print(tables(front_data(store, name)))
         _log(f"autocompress search: {error}\nsee the details with: {again}")
         return 1
     store.finish_run(name, status)
-    print(tables(front_data(store, name)))
-    _log(f"search took {time.time() - t0:.0f} s; see it again with: {again}")
+    data = front_data(store, name)
+    print(tables(data))
+    saved = over_budget_line(data)
+    _log(f"search took {time.time() - t0:.0f} s" + (f"; {saved}" if saved else "") + f"; see it again with: {again}")
     if status == "interrupted":
-        _log("the search was interrupted: the trials finished so far are kept in the store")
-    return 0 if status == "done" else 130
+        _log(f"the search was interrupted: the trials finished so far are kept; continue it with: "
+             f"autocompress search --resume {name}{_store_option(args)}")
+        return 130
+    if time_limit is not None and sum(1 for t in store.trials(name, status=None) if t.status == "stopped"):
+        _log("the time limit stopped the trials that were running; the fronts hold the trials finished in time")
+    return 0
+
+
+def _store_option(args) -> str:
+    if args.storage:
+        return f" --storage {args.storage}"
+    return f" --runs-dir {args.runs_dir}" if args.runs_dir != _abs(_default_runs_dir()) else ""
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _exclusive_use(args, url: str, run: str):
+    """One search per SQLite store (a second is refused: two writers on one file would stall each
+    other), and, for a local search, one search per machine (a second waits its turn rather than
+    fighting the first for the cores)."""
+    from .locks import StoreBusy, search_slot, store_lock
+    from .store import sqlite_file
+
+    who = f"pid {os.getpid()}, run {run}"
+    with contextlib.ExitStack() as stack:
+        db = sqlite_file(url)
+        if db is not None:
+            try:
+                stack.enter_context(store_lock(db, who))
+            except StoreBusy as e:
+                raise UserError(f"the store {db} is in use by another search ({e}): wait for it to finish, "
+                                "or give this search its own --runs-dir or --storage") from None
+        if not args.ray_address:
+            stack.enter_context(search_slot(who, wait=lambda holder: _log(
+                f"another search is using this machine ({holder}): waiting for it to finish (Ctrl-C to stop)")))
+        yield
+
+
+def _teacher_for_workers(path: Path, run_dir: Path, ray_address: str | None) -> str:
+    """Local trials read the cached teacher; on a cluster, trials on other machines read it from the run
+    folder (which the README asks to be shared storage), so it is copied there once."""
+    if not ray_address:
+        return str(path)
+    import shutil
+
+    dst = run_dir / "teacher"
+    if not (dst / "teacher.json").exists():
+        shutil.copytree(path, dst, dirs_exist_ok=True)
+    return str(dst)
 
 
 def _check_name(name: str) -> str:
@@ -495,22 +619,108 @@ def cmd_finetune(args) -> int:
     data = load_task(source, args.data_dir, val_size=args.val_size, seed=args.seed)
     cached = (not args.teacher and not args.fresh
               and (_teacher_settings(args, data, source).cache_dir() / "teacher.json").exists())
-    teacher = _teacher(args, data, source)
+    from .locks import search_slot
+
+    with search_slot(f"pid {os.getpid()}, finetune", wait=lambda holder: _log(
+            f"a search is using this machine ({holder}): waiting for it to finish (Ctrl-C to stop)")):
+        teacher = _teacher(args, data, source)
     info = teacher.info
     print(json.dumps({"path": str(teacher.path), "task": info["task"], "labels": list(data.spec.label_names),
-                      "train_rows": info["train_rows"], "train_seconds": info["train_seconds"], "val": info["val"],
-                      "dev": info["dev"], "cached": cached}, indent=2))
+                      "train_rows": info["train_rows"],
+                      "epochs": info.get("epochs"), "train_seconds": info["train_seconds"], "val": info["val"],
+                      "dev": info["dev"], "baseline": info.get("baseline"), "cached": cached}, indent=2))
+    from .teacher import UselessTeacher, check_learned
+
+    try:
+        check_learned(teacher)
+    except UselessTeacher as e:
+        _log(f"autocompress finetune: warning: {e}")
+        return 1
     return 0
 
 
 def cmd_profiles(args) -> int:
+    from .hardware.obtain import describe_route, prepare
     from .hardware.profiles import list_profiles, load_profile
 
-    for name in list_profiles():
-        p = load_profile(name)
-        print(f"{p.name:12} {p.provider}, {p.threads} thread(s), batch {p.batch_size}, seq {p.seq_len}"
-              f"{'' if p.available() else ' (provider not available here)'}  {p.description}")
+    _join_cluster_checked(args.ray_address)
+    profiles = [load_profile(name) for name in list_profiles()]
+    with _ray(args.ray_address):
+        if args.calibrate:
+            prepare(profiles, log=_log, fresh=True)
+        for p in profiles:
+            shapes = ", ".join(f"batch {b} x seq {s}" for b, s in p.shapes)
+            print(f"{p.name}: {p.device or p.description}\n  {shapes}; {describe_route(p)}")
     return 0
+
+
+def cmd_bench(args) -> int:
+    """Latency of a model folder or ONNX file on one profile, with how it was obtained."""
+    import tempfile
+
+    from .hardware.latency import describe
+    from .hardware.profiles import ProfileError, load_profile
+
+    path = Path(args.model).expanduser()
+    if not path.exists():
+        raise UserError(f"{args.model}: no such file or folder; give an ONNX file or a model folder")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise UserError(f"{args.model}: a folder without config.json; give an ONNX file or a saved model folder")
+    if path.is_file() and path.suffix != ".onnx":
+        raise UserError(f"{args.model}: not an .onnx file; give an ONNX file or a model folder")
+    if path.is_file():
+        import onnx
+
+        try:
+            onnx.load(str(path), load_external_data=False)
+        except Exception as e:
+            raise UserError(f"{args.model}: not a readable ONNX model ({str(e).splitlines()[0][:120]})") from None
+    try:
+        profile = load_profile(_abs(args.device) if args.device.endswith((".yaml", ".yml")) else args.device)
+    except ProfileError as e:
+        raise UserError(f"--device: {e}") from None
+    _join_cluster_checked(args.ray_address)
+    from .hardware.obtain import obtain_latency
+
+    with tempfile.TemporaryDirectory(prefix="autocompress-bench-") as tmp, _ray(args.ray_address):
+        onnx_path = path
+        if path.is_dir():
+            from . import checkpoint, export
+
+            onnx_path = export.export_onnx(checkpoint.load_model(path), Path(tmp) / "model.fp32.onnx")
+        lat = obtain_latency(onnx_path, profile, log=_log)
+    d = lat.to_dict()
+    if args.json:
+        print(json.dumps({**d, "obtained": describe(d)}, indent=2, default=str))
+    else:
+        print(f"{profile.name}: {lat.median_ms:.3f} ms ({lat.how}) — {describe(d)}")
+    return 0
+
+
+def _join_cluster_checked(address: str | None) -> None:
+    """Ray's environment for a cluster (token auth) set before Ray is imported, and the address checked."""
+    from .search import cluster
+
+    if address:
+        cluster.configure_environment(address)
+        cluster.check_ray_address(address)
+
+
+@contextlib.contextmanager
+def _ray(address: str | None):
+    """A connection to the Ray cluster at ``address`` for the duration (nothing without one)."""
+    if not address:
+        yield
+        return
+    import ray
+
+    from .search import cluster
+
+    cluster.start(address, 0)
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 # ------------------------------------------------------------------ parser
@@ -540,9 +750,10 @@ def _add_teacher_args(p) -> None:
     p.add_argument("--model", default="minilm", help="base model: 'minilm' (the packaged all-MiniLM-L6-v2, "
                    "default), a local model folder or a hub id")
     p.add_argument("--teacher", help="an already fine-tuned model folder to use as the teacher (skips fine-tuning)")
-    p.add_argument("--train-examples", type=int, default=20000,
-                   help="train rows used to fine-tune the teacher (0 = all; default 20000)")
-    p.add_argument("--epochs", type=int, default=2, help="teacher fine-tuning epochs (default 2)")
+    p.add_argument("--train-examples", type=int, default=0,
+                   help="train rows used to fine-tune the teacher (default 0: all of them)")
+    p.add_argument("--epochs", type=int, help="teacher fine-tuning epochs (default: from the row count: one pass "
+                   "over large data sets, enough passes for 600 optimiser steps on small ones, at most 20)")
 
 
 def _add_store_args(p) -> None:
@@ -569,7 +780,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--space", default="default", help="search space: quick, default or a .yaml file (default: default)")
     s.add_argument("--trials", type=int, help="number of trials (default: the space's own, 14 for default)")
     s.add_argument("--name", help="name of the run (default: generated and printed)")
-    s.add_argument("--ray-address", help="address of a running Ray cluster (default: a local Ray)")
+    s.add_argument("--ray-address", help="address of a running Ray cluster, e.g. HEAD:6379 (default: a local Ray "
+                   "that listens on 127.0.0.1 only); see the README for token authentication")
+    s.add_argument("--parallel", type=int, help="trials at once (default: one per node of the cluster, one on a "
+                   "single machine); the cores are split between trials side by side")
+    s.add_argument("--time-limit", help="stop the search after this long, e.g. 2h or 30m: running trials are "
+                   "stopped and the fronts of what finished are still re-timed, re-scored and printed")
+    s.add_argument("--force", action="store_true", help="search even if the teacher is no better than always "
+                   "answering one class (by default the search stops there)")
+    s.add_argument("--resume", metavar="RUN", help="continue an interrupted run (same --storage/--runs-dir): "
+                   "finished trials are kept, trials left running are failed as stale and their recipes re-run")
     _add_data_args(s)
     _add_teacher_args(s)
     _add_store_args(s)
@@ -610,14 +830,26 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="one JSON object per example")
     d.set_defaults(func=cmd_predict)
 
+
     t = sub.add_parser("finetune", help="fine-tune and cache the teacher only (what search does first)")
     _add_data_args(t)
     _add_teacher_args(t)
     t.add_argument("--fresh", action="store_true", help="fine-tune again even if a cached teacher exists")
     t.set_defaults(func=cmd_finetune)
 
-    pr = sub.add_parser("profiles", help="list the hardware profiles")
+    pr = sub.add_parser("profiles", help="list the hardware profiles and how each latency is obtained here")
+    pr.add_argument("--calibrate", action="store_true", help="calibrate the predictors on this host again "
+                    "(otherwise done once per host, on first use, and cached)")
+    pr.add_argument("--ray-address", help="also look for Ray nodes offering a profile's resource in this cluster")
     pr.set_defaults(func=cmd_profiles)
+
+    b = sub.add_parser("bench", help="latency of a model folder or ONNX file on one profile, with how it was obtained")
+    b.add_argument("model", metavar="MODEL", help="an ONNX file, or a saved model folder (exported to ONNX first)")
+    b.add_argument("--device", required=True, help="the profile: a bundled name (see `autocompress profiles`) "
+                   "or a profile .yaml")
+    b.add_argument("--ray-address", help="a Ray cluster whose nodes may offer the profile's resource")
+    b.add_argument("--json", action="store_true", help="the whole figure as JSON")
+    b.set_defaults(func=cmd_bench)
     return parser
 
 
@@ -641,6 +873,7 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()
     from .hardware.profiles import ProfileError
     from .methods.base import RecipeError
+    from .search.cluster import ClusterError
     from .search.space import SpaceError
     from .ship import IntegrityError, PickError
     from .store import StoreError
@@ -649,7 +882,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (UserError, DataError, ProfileError, SpaceError, StoreError, TeacherError, RecipeError, PickError) as e:
+    except (UserError, DataError, ProfileError, SpaceError, StoreError, TeacherError, RecipeError, ClusterError,
+            PickError) as e:
         print(f"autocompress {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except IntegrityError as e:          # not a usage mistake: the store and the files disagree

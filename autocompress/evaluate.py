@@ -35,11 +35,12 @@ def _batches(features, batch_size: int, pad_id: int):
         yield idx, arrays
 
 
-def predict_onnx(path: str | os.PathLike, features, *, pad_id: int = 0, batch_size: int = 64) -> np.ndarray:
+def predict_onnx(path: str | os.PathLike, features, *, pad_id: int = 0, batch_size: int = 64,
+                 threads: int | None = None) -> np.ndarray:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = min(4, os.cpu_count() or 1)
+    opts.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}

@@ -10,8 +10,12 @@ from pathlib import Path
 
 import onnx
 import torch
+import onnx_ir as ir
+from onnx_ir.passes.common import DeduplicateInitializersPass, LiftConstantsToInitializersPass, RemoveUnusedNodesPass
+from onnxscript.optimizer import fold_constants
 
 from . import arch
+from .methods.base import check_final
 
 
 class _Logits(torch.nn.Module):
@@ -27,17 +31,22 @@ class _Logits(torch.nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
 
 
-def export_onnx(model, path: str | os.PathLike) -> Path:
+def export_onnx(model, path: str | os.PathLike, input_names: tuple[str, ...] | None = None) -> Path:
     """Export ``model`` to a single self-contained ONNX file with dynamic batch and sequence axes.
 
     Eager attention is used for the export: ONNX Runtime fuses its pattern into its own attention kernel.
+    Weights that several layers share are stored once, each as the initializer its MatMuls read
+    (``_store_shared_weights_once``).
+    ``input_names`` defaults to what the layout adapter says the model takes (give them for models the
+    methods do not know, such as the latency predictors' reference architectures).
     """
+    check_final(model, "export")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     impl = model.config._attn_implementation
     model.set_attn_implementation("eager")
     model.eval()
-    names = arch.input_names(model)
+    names = input_names or arch.input_names(model)
     ids = torch.randint(0, model.config.vocab_size, (2, 16))
     example = (ids, torch.ones_like(ids), torch.zeros_like(ids))[: len(names)]
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
@@ -46,12 +55,28 @@ def export_onnx(model, path: str | os.PathLike) -> Path:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-            torch.onnx.export(_Logits(model).eval(), example, str(path), input_names=list(names),
-                              output_names=["logits"], dynamic_shapes=dims, dynamo=True,
-                              external_data=False, optimize=True)
+            program = torch.onnx.export(_Logits(model).eval(), example, input_names=list(names),
+                                        output_names=["logits"], dynamic_shapes=dims, dynamo=True, optimize=True)
     finally:
         model.set_attn_implementation(impl)
+    _store_shared_weights_once(program.model)
+    program.save(str(path), external_data=False)
     return path
+
+
+def _store_shared_weights_once(model: ir.Model) -> None:
+    """The exporter folds ``Transpose(W)`` into a transposed initializer only where W has one consumer
+    (or is small): a weight shared by several layers stays fp32 behind a Transpose per layer, which
+    int8 quantization cannot quantize (its MatMuls no longer read an initializer). Fold those
+    transposes too, then merge identical initializers whatever their size (the exporter's own
+    de-duplication stops at 1,024 elements): one transposed copy per shared weight remains."""
+    def weight_transpose(node: ir.Node) -> bool | None:
+        return True if node.op_type == "Transpose" and node.inputs[0].is_initializer() else None
+
+    fold_constants(model, output_size_limit=2**62, should_fold=weight_transpose)
+    ir.passes.Sequential(LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+                         RemoveUnusedNodesPass(),
+                         DeduplicateInitializersPass(size_limit=2**62))(model)   # compares bytes: exact
 
 
 def save(model_proto: onnx.ModelProto, path: str | os.PathLike) -> Path:
@@ -59,3 +84,14 @@ def save(model_proto: onnx.ModelProto, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(model_proto, str(path))
     return path
+
+
+def to_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """An fp16 copy of an fp32 ONNX graph (ONNX Runtime's converter; inputs and outputs keep their
+    types), as a GPU would run it."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    return save(model, dst)

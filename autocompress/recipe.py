@@ -45,6 +45,14 @@ class Recipe:
             if sb < sa:
                 raise RecipeError(f"{b.method} ({STAGES[sb]}) cannot come after {a.method} ({STAGES[sa]}): "
                                   "a recipe runs structure steps, then recovery, then ONNX steps (quantization)")
+        for i, a in enumerate(self.steps):          # combinations a method itself rules out
+            forbidden = get_method(a.method).not_followed_by
+            for b in self.steps[i + 1:]:
+                if get_method(b.method).stage == get_method(a.method).stage and (
+                        "*" in forbidden and b.method != a.method or b.method in forbidden):
+                    raise RecipeError(f"{b.method} cannot come after {a.method}: "
+                                      + ("it must be the last step of its stage" if "*" in forbidden
+                                         else f"it would undo {a.method}"))
 
     # ---- serialisation
     def to_dict(self) -> dict[str, Any]:

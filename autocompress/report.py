@@ -6,6 +6,8 @@ import collections
 from pathlib import Path
 from typing import Any
 
+from .hardware.latency import describe
+from .methods.base import get_method
 from .recipe import Recipe
 from .search import pareto
 from .store import RunRecord, Store, TrialRecord, first_line
@@ -18,13 +20,16 @@ def _member(t: TrialRecord, profile: str, teacher: TrialRecord | None) -> dict[s
         "trial": t.number,
         "role": t.role,
         "recipe": Recipe.from_json(t.recipe).short(),
+        "size_only_steps": [s.method for s in Recipe.from_json(t.recipe).steps if get_method(s.method).size_only],
         "recipe_json": t.recipe,
         "recipe_hash": t.recipe_hash,
         "val": t.metrics.get("val"),
         "dev": t.metrics.get("dev"),
         "latency": lat,
+        "latency_obtained": describe(lat),
         "speedup": round(base["median_ms"] / lat["median_ms"], 3) if base else None,
         "size_mb": round(t.size_mb, 2) if t.size_mb is not None else None,
+        "size_zip_mb": round(t.size_zip_mb, 2) if t.size_zip_mb is not None else None,
         "n_params": t.n_params,
         "onnx": t.artifacts.get("onnx"),
     }
@@ -45,6 +50,7 @@ def front_data(store: Store, run: str) -> dict[str, Any]:
     trials = store.trials(run)
     failed = store.trials(run, status="failed")
     duplicates = store.trials(run, status="duplicate")
+    over = store.trials(run, status="over_budget")
     teacher = next((t for t in trials if t.role == "teacher"), None)
     profiles = sorted({p for t in trials for p in t.latencies})
     devices = {}
@@ -59,6 +65,7 @@ def front_data(store: Store, run: str) -> dict[str, Any]:
             "best_within_budget": best.number if best else None,
             "teacher_quantized": [_member(t, p, teacher) for t in trials if _teacher_quantized(t) and p in t.latencies],
             "candidates": [_member(t, p, teacher) for t in trials if t.role == "candidate" and p in t.latencies],
+            "obtained": _how(trials, p),
         }
     return {
         "run": r.name, "status": r.status, "task": r.task, "metric": stored_task(r.task, r.settings)[1],
@@ -66,14 +73,65 @@ def front_data(store: Store, run: str) -> dict[str, Any]:
         "budget_ms": r.budget_ms, "created": r.created.isoformat(timespec="seconds"),
         "trials_done": len([t for t in trials if t.role == "candidate"]), "trials_failed": len(failed),
         "trials_duplicate": len(duplicates),
+        "over_budget": _over_budget(r, over, trials),
         "error": r.error,
         "failures": [{"trial": t.number, "error": first_line(t.error)} for t in failed],
         "devices": devices,
     }
 
 
+def _how(trials: list[TrialRecord], profile: str) -> dict[str, Any]:
+    """How a device's figures were obtained: measured / predicted / both, and the teacher's figure in words."""
+    lats = [t.latencies[profile] for t in trials if profile in t.latencies]
+    kinds = sorted({lat["how"] for lat in lats})
+    teacher = next((t.latencies[profile] for t in trials if t.role == "teacher" and profile in t.latencies), None)
+    return {"how": kinds[0] if len(kinds) == 1 else " and ".join(kinds),
+            "example": describe(teacher or lats[0]) if lats else None}
+
+
+def _over_budget(r: RunRecord, over: list[TrialRecord], trials: list[TrialRecord]) -> dict[str, Any] | None:
+    """Candidates over the budget on the target device, not trained, and the recovery time that saved:
+    for each one whose recipe has recovery steps, the mean recovery time of the trained candidates."""
+    if r.budget_ms is None:
+        return None
+    rec = [t.recovery_seconds for t in trials if t.role == "candidate" and t.recovery_seconds]
+    spared = [t for t in over if Recipe.from_json(t.recipe).recovery_steps]
+    mean = sum(rec) / len(rec) if rec else None
+    return {"count": len(over), "trials": [t.number for t in over],
+            "with_recovery_steps": len(spared),
+            "recovery_seconds_mean": round(mean, 1) if mean is not None else None,
+            "estimated_from": len(rec),
+            "training_saved_seconds": round(mean * len(spared), 1) if mean is not None else None}
+
+
+def over_budget_line(data: dict[str, Any]) -> str | None:
+    """One line on the candidates the budget spared from training, or None."""
+    o = data.get("over_budget")
+    if not o or not o["count"]:
+        return None
+    line = (f"{o['count']} candidate(s) over the {data['budget_ms']:g} ms budget on {data['device']} were not "
+            f"trained (trials {', '.join(map(str, o['trials']))})")
+    if o["training_saved_seconds"] is not None:
+        line += (f": about {o['training_saved_seconds']:.0f} s of recovery training saved ({o['with_recovery_steps']} "
+                 f"x the mean recovery of {o['estimated_from']} trained candidate(s), {o['recovery_seconds_mean']:.0f} s)")
+    elif o["with_recovery_steps"]:
+        line += ": no trained candidate had recovery steps to estimate the time saved from"
+    return line
+
+
+def _tag(lat: dict) -> str:
+    """The short provenance of one figure in a table row."""
+    if lat.get("how") != "measured":
+        return "predicted"
+    return "measured, Ray node" if (lat.get("detail") or {}).get("ray_node_id") else "measured"
+
+
 def _pct(m: dict | None) -> str:
     return f"{100 * m['main']:.2f}" if m else "-"
+
+
+def _mb(v: float | None) -> str:
+    return "-" if v is None else f"{v:g}"
 
 
 def tables(data: dict[str, Any]) -> str:
@@ -88,6 +146,9 @@ def tables(data: dict[str, Any]) -> str:
         lines.append(f"  failed ({count}x): {reason}")
     if len(reasons) > 5:
         lines.append(f"  ... and {len(reasons) - 5} other reasons (autocompress front RUN --json lists them all)")
+    over = over_budget_line(data)
+    if over:
+        lines.append(f"  {over}")
     if not data["trials_done"]:
         lines.append("  no candidate finished, so there is no front")
         return "\n".join(lines)
@@ -96,24 +157,33 @@ def tables(data: dict[str, Any]) -> str:
         head = f"\n{name}" + (" (target" + (f", budget {d['budget_ms']:g} ms" if d["budget_ms"] else "") + ")"
                               if d["target"] else "")
         lines.append(head)
+        if d.get("obtained", {}).get("example"):
+            lines.append(f"  latency {d['obtained']['how']}: {d['obtained']['example']}")
         if t:
             lines.append(f"  teacher fp32 ONNX: val {_pct(t['val'])}  dev {_pct(t['dev'])}  "
-                         f"{t['latency']['median_ms']:.2f} ms  {t['size_mb']} MB")
-        hdr = f"  {'':1} {'trial':>5} {'val %':>6} {'dev %':>6} {'latency ms':>16} {'speedup':>7} {'MB':>6}  recipe"
+                         f"{t['latency']['median_ms']:.2f} ms ({_tag(t['latency'])})  {t['size_mb']} MB "
+                         f"({_mb(t['size_zip_mb'])} MB zipped)")
+        hdr = (f"  {'':1} {'trial':>5} {'val %':>6} {'dev %':>6} {'latency ms':>16} {'obtained':>17} {'speedup':>7} "
+               f"{'MB':>6} {'zip MB':>6}  recipe")
         lines.append(hdr)
         for m in d["front"]:
             mark = "*" if m["trial"] == d["best_within_budget"] else ""
             lat = m["latency"]
             lat_s = f"{lat['median_ms']:.2f} ±{lat['spread_ms'] / 2:.2f}"
             sp = f"{m['speedup']:.2f}x" if m["speedup"] else "-"
+            dagger = " †" if m["size_only_steps"] else ""
             lines.append(f"  {mark:1} {m['trial']:>5} {_pct(m['val']):>6} {_pct(m['dev']):>6} {lat_s:>16} "
-                         f"{sp:>7} {m['size_mb']:>6}  {m['recipe']}")
+                         f"{_tag(lat):>17} {sp:>7} {m['size_mb']:>6} {_mb(m['size_zip_mb']):>6}  {m['recipe']}{dagger}")
         if d["budget_ms"] and d["best_within_budget"] is None:
             lines.append(f"  no model is within {d['budget_ms']:g} ms")
-    lines.append("\nval = validation split carved from train (search decisions); dev = held-out dev set, GLUE's or your "
-                 "--dev file (fronts only);\n"
-                 "latency = median ± half the interquartile range, batch 1, measured (fronts and teacher re-timed"
-                 " side by side, so speed-ups are ratios from one measurement); * = best within budget")
+    lines.append("\nval = validation split carved from train (search decisions); dev = held-out dev set, GLUE's or\n"
+                 "your --dev file (fronts only);\n"
+                 "MB = the shipped ONNX file; zip MB = that file zipped (deflate): what a download costs;\n"
+                 "† = has a size-only step (sparsity, shared weights, factorized embeddings): a dense runtime runs it\n"
+                 "    no faster (latency unchanged by that step); it is on the front for its zipped size;\n"
+                 "latency = median ± half the interquartile range at the device's shape (its line above says how it\n"
+                 "was obtained: measured, or predicted and by what; fronts and teacher re-timed side by side where\n"
+                 "measured or host-predicted, so speed-ups are ratios from one measurement); * = best within budget")
     return "\n".join(lines)
 
 
@@ -178,9 +248,12 @@ def plot_png(data: dict[str, Any], path: str | Path) -> Path:
                     label=f"teacher + {m['recipe']} (val)")
         if d["budget_ms"]:
             ax.axvline(d["budget_ms"], ls="--", color="r", label=f"budget {d['budget_ms']:g} ms")
-        ax.set_title(f"{name}" + (" (target)" if d["target"] else ""))
+        how = (d.get("obtained") or {}).get("how", "")
+        shape = (d["teacher"] or (d["front"] or [{}])[0]).get("latency", {}).get("detail", {})
+        ax.set_title(f"{name}" + (" (target)" if d["target"] else "") + (f", {how}" if how else ""))
         note = _latency_note(d)
-        ax.set_xlabel("latency, ms (batch 1, median)" + ("" if note == "measured" else f"\n{note}"), fontsize=9)
+        ax.set_xlabel(f"latency, ms (batch {shape.get('batch_size', '?')} x seq {shape.get('seq_len', '?')}, median)"
+                      + ("" if note == "measured" else f"\n{note}"), fontsize=9)
         ax.set_ylabel(f"{metric}, % (val; dashed: dev)")
         ax.grid(alpha=0.3)
     legend = {}                                  # one legend for all devices, below the plots

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import hashlib
+import importlib.util
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class RunRow(Base):
     settings: Mapped[dict] = mapped_column(JSON, default=dict)
     run_dir: Mapped[str] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
+    heartbeat: Mapped[dt.datetime | None]                     # last sign of life of the run's search process
     trials: Mapped[list["TrialRow"]] = relationship(back_populates="run", cascade="all, delete-orphan")
 
 
@@ -61,14 +63,18 @@ class TrialRow(Base):
     role: Mapped[str] = mapped_column(String(20))               # teacher | candidate
     recipe: Mapped[str] = mapped_column(Text)                   # Recipe JSON
     recipe_hash: Mapped[str] = mapped_column(String(32))
-    status: Mapped[str] = mapped_column(String(20), default="running")  # running | done | failed | duplicate
+    # running | done | failed | duplicate | over_budget | interrupted | stopped (at the time limit)
+    status: Mapped[str] = mapped_column(String(20), default="running")
     error: Mapped[str | None] = mapped_column(Text)
     started: Mapped[dt.datetime] = mapped_column(default=_now)
     finished: Mapped[dt.datetime | None]
     seconds: Mapped[float | None] = mapped_column(Float)
     size_mb: Mapped[float | None] = mapped_column(Float)
+    size_zip_mb: Mapped[float | None] = mapped_column(Float)   # the final ONNX file zipped (deflate)
     n_params: Mapped[int | None] = mapped_column(Integer)
     params: Mapped[dict] = mapped_column(JSON, default=dict)    # the searcher's raw suggestions
+    node: Mapped[str | None] = mapped_column(String(200))       # where it ran: host/Ray node
+    recovery_seconds: Mapped[float | None] = mapped_column(Float)   # time the recovery (training) steps took
     run: Mapped[RunRow] = relationship(back_populates="trials")
     metrics: Mapped[list["MetricRow"]] = relationship(cascade="all, delete-orphan")
     latencies: Mapped[list["LatencyRow"]] = relationship(cascade="all, delete-orphan")
@@ -124,9 +130,12 @@ class TrialRecord:
     size_mb: float | None
     n_params: int | None
     params: dict
+    node: str | None = None
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)   # split -> {name: value, "n": n}
     latencies: dict[str, dict[str, Any]] = field(default_factory=dict)  # profile -> latency dict
     artifacts: dict[str, str] = field(default_factory=dict)            # kind -> path
+    size_zip_mb: float | None = None                                    # the final ONNX file zipped (deflate)
+    recovery_seconds: float | None = None                               # time its recovery training took
 
     def accuracy(self, split: str) -> float | None:
         return self.metrics.get(split, {}).get("main")
@@ -146,6 +155,7 @@ class RunRecord:
     settings: dict
     run_dir: str
     error: str | None
+    heartbeat: dt.datetime | None = None
 
 
 @dataclass
@@ -158,12 +168,13 @@ class ArtifactRecord:
 
 def _run_record(r: RunRow) -> RunRecord:
     return RunRecord(r.name, r.status, r.created, r.finished, r.task, r.model, r.device, r.budget_ms,
-                     r.space, dict(r.settings or {}), r.run_dir, r.error)
+                     r.space, dict(r.settings or {}), r.run_dir, r.error, r.heartbeat)
 
 
 def _trial_record(t: TrialRow) -> TrialRecord:
     rec = TrialRecord(t.number, t.role, t.recipe, t.recipe_hash, t.status, t.error, t.seconds, t.size_mb,
-                      t.n_params, dict(t.params or {}))
+                      t.n_params, dict(t.params or {}), t.node, size_zip_mb=t.size_zip_mb,
+                      recovery_seconds=t.recovery_seconds)
     for m in t.metrics:
         rec.metrics.setdefault(m.split, {"n": m.n_examples})[m.name] = m.value
     for lat in t.latencies:
@@ -179,8 +190,9 @@ def default_url(runs_dir: str | os.PathLike = "runs") -> str:
     return f"sqlite:///{Path(runs_dir).resolve() / 'autocompress.db'}"
 
 
-def sqlite_file(url: str) -> Path | None:
-    """The database file of a SQLite URL (None for other databases); ':memory:' is refused."""
+def sqlite_file(url: str, allow_memory: bool = False) -> Path | None:
+    """The database file of a SQLite URL (None for other databases, and for an in-memory SQLite
+    database where ``allow_memory``; otherwise that is refused: trial workers cannot share it)."""
     try:
         u = make_url(url)
     except ArgumentError:
@@ -189,17 +201,25 @@ def sqlite_file(url: str) -> Path | None:
     if not u.drivername.startswith("sqlite"):
         return None
     if not u.database or u.database == ":memory:":
+        if allow_memory:
+            return None
         raise StoreError(f"--storage {url!r} is an in-memory database, which trial workers cannot share: "
                          "give a file, e.g. sqlite:///runs/autocompress.db")
     return Path(u.database)
 
 
 def absolute_url(url: str) -> str:
-    """The same URL with a relative SQLite path resolved against the current working directory."""
-    file = sqlite_file(url)
-    if file is None or file.is_absolute():
+    """The same URL with a relative SQLite path resolved against the current working directory, and
+    ``postgresql://`` given the driver that is installed (psycopg 3; SQLAlchemy's default is psycopg2)."""
+    file = sqlite_file(url, allow_memory=True)
+    u = make_url(url)
+    if file is None:
+        if u.drivername == "postgresql" and importlib.util.find_spec("psycopg2") is None:
+            return u.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
         return url
-    return make_url(url).set(database=str(file.expanduser().resolve())).render_as_string(hide_password=False)
+    if file.is_absolute():
+        return url
+    return u.set(database=str(file.expanduser().resolve())).render_as_string(hide_password=False)
 
 
 def writable_folder(path: Path) -> str | None:
@@ -260,7 +280,7 @@ def first_line(error: str | None) -> str:
     return (error or "unknown error").strip().splitlines()[0] if (error or "").strip() else "unknown error"
 
 
-def file_sha256(path: str | os.PathLike) -> str:
+def _sha256(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -270,6 +290,7 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 class Store:
     def __init__(self, url: str, create: bool = True):
+        url = absolute_url(url)
         self.url = url
         try:
             if url.startswith("sqlite:///"):
@@ -283,9 +304,9 @@ class Store:
                 self.engine = create_engine(url, pool_pre_ping=True)
             if create:
                 Base.metadata.create_all(self.engine)
-                self._add_new_columns()
             elif not inspect(self.engine).has_table(RunRow.__tablename__):
                 raise StoreError(f"the store {url} holds no autocompress runs")
+            self._add_new_columns()
         except (ArgumentError, OperationalError, ImportError) as e:
             raise StoreError(f"cannot open store {url!r}: {str(e).splitlines()[0]}") from None
 
@@ -338,9 +359,23 @@ class Store:
             r = self._run(s, name)
             r.status, r.error, r.finished = status, error, _now()
 
+    def restart_run(self, name: str, settings: dict) -> None:
+        """A resumed run is running again (its settings record the attempt)."""
+        with self._session() as s, s.begin():
+            r = self._run(s, name)
+            r.status, r.error, r.finished, r.heartbeat, r.settings = "running", None, None, _now(), settings
+
+    def touch_run(self, name: str) -> None:
+        with self._session() as s, s.begin():
+            self._run(s, name).heartbeat = _now()
+
+    def seconds_since_heartbeat(self, name: str) -> float | None:
+        r = self.get_run(name)
+        return None if r.heartbeat is None else (_now() - r.heartbeat).total_seconds()
+
     # ---- trials
     def start_trial(self, run: str, number: int, role: str, recipe_json: str, recipe_hash: str,
-                    params: dict | None = None) -> int:
+                    params: dict | None = None, node: str | None = None) -> int:
         with self._session() as s, s.begin():
             r = self._run(s, run)
             old = s.scalar(select(TrialRow).where(TrialRow.run_id == r.id, TrialRow.number == number))
@@ -348,19 +383,35 @@ class Store:
                 s.delete(old)
                 s.flush()
             t = TrialRow(run_id=r.id, number=number, role=role, recipe=recipe_json, recipe_hash=recipe_hash,
-                         params=params or {})
+                         params=params or {}, node=node)
             s.add(t)
             s.flush()
             return t.id
 
     def finish_trial(self, trial_id: int, status: str, *, error: str | None = None, seconds: float | None = None,
-                     size_mb: float | None = None, n_params: int | None = None) -> None:
+                     size_mb: float | None = None, size_zip_mb: float | None = None,
+                     n_params: int | None = None, recovery_seconds: float | None = None) -> None:
         with self._session() as s, s.begin():
             t = s.get(TrialRow, trial_id)
             t.status, t.error, t.finished = status, error, _now()
+            t.recovery_seconds = recovery_seconds if recovery_seconds is not None else t.recovery_seconds
             t.seconds = seconds if seconds is not None else t.seconds
             t.size_mb = size_mb if size_mb is not None else t.size_mb
+            t.size_zip_mb = size_zip_mb if size_zip_mb is not None else t.size_zip_mb
             t.n_params = n_params if n_params is not None else t.n_params
+
+    def record_failed(self, run: str, number: int, params: dict, error: str) -> None:
+        """A failed trial that never got as far as building its recipe."""
+        self.finish_trial(self.start_trial(run, number, "candidate", "{}", "", params), "failed", error=error)
+
+    def mark_trials(self, run: str, statuses: tuple[str, ...], status: str, error: str) -> list[int]:
+        """Give every trial of ``run`` in one of ``statuses`` the new status and reason; returns their numbers."""
+        with self._session() as s, s.begin():
+            r = self._run(s, run)
+            rows = s.scalars(select(TrialRow).where(TrialRow.run_id == r.id, TrialRow.status.in_(statuses))).all()
+            for t in rows:
+                t.status, t.error, t.finished = status, error, _now()
+            return [t.number for t in rows]
 
     def add_metrics(self, trial_id: int, split: str, metrics: dict[str, float], n_examples: int) -> None:
         with self._session() as s, s.begin():
@@ -387,8 +438,17 @@ class Store:
         p = Path(path)
         with self._session() as s, s.begin():
             s.add(ArtifactRow(trial_id=trial_id, kind=kind, path=str(p.resolve()),
-                              sha256=file_sha256(p) if p.is_file() else None,
+                              sha256=_sha256(p) if p.is_file() else None,
                               size_bytes=p.stat().st_size if p.is_file() else None))
+
+    def verify_artifact(self, trial_id: int, kind: str) -> tuple[str, bool]:
+        """(path, whether the file's sha256 is the one recorded) of a trial's artifact."""
+        with self._session() as s:
+            a = s.scalar(select(ArtifactRow).where(ArtifactRow.trial_id == trial_id, ArtifactRow.kind == kind))
+        if a is None:
+            raise StoreError(f"trial has no {kind} artifact")
+        p = Path(a.path)
+        return a.path, p.is_file() and a.sha256 is not None and _sha256(p) == a.sha256
 
     def trials(self, run: str, status: str | None = "done") -> list[TrialRecord]:
         with self._session() as s:
@@ -404,8 +464,10 @@ class Store:
         return next((t for t in self.trials(run, status=None) if t.number == number), None)
 
     def find_done(self, run: str, recipe_hash: str) -> TrialRecord | None:
-        """The first finished trial of ``run`` with this recipe, if any (duplicates reuse its figures)."""
-        return next((t for t in self.trials(run) if t.recipe_hash == recipe_hash), None)
+        """The first finished trial of ``run`` with this recipe, trained or found over budget, if any
+        (duplicates reuse its figures)."""
+        return next((t for t in self.trials(run, status=None)
+                     if t.recipe_hash == recipe_hash and t.status in ("done", "over_budget")), None)
 
     def artifact(self, run: str, number: int, kind: str) -> ArtifactRecord | None:
         """A trial's artifact of this kind (path, and its sha256 and size as recorded), or None."""

@@ -126,6 +126,48 @@ class FileTask:
         return f"files:train={self.train},dev={self.dev} ({cols}, label={self.label_column})"
 
 
+def save_task_data(data: TaskData, folder: str | os.PathLike) -> str:
+    """Keep the task's splits (as carved) in the run folder: trial workers, possibly on other machines
+    sharing the folder, and resumed searches read exactly these rows, not the original files."""
+    import dataclasses
+    import json
+    import shutil
+    import tempfile
+
+    folder = os.path.abspath(os.fspath(folder))
+    if os.path.isfile(os.path.join(folder, "task.json")):
+        return folder
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(folder), prefix=".tmp-data-")
+    datasets.disable_progress_bars()
+    try:
+        for split in ("train", "val", "dev"):
+            getattr(data, split).save_to_disk(os.path.join(tmp, split))
+        with open(os.path.join(tmp, "task.json"), "w") as f:
+            json.dump({"spec": dataclasses.asdict(data.spec), "source": data.source}, f, indent=2)
+        os.rename(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def load_task_data(folder: str | os.PathLike) -> TaskData:
+    """The splits saved by ``save_task_data``."""
+    import json
+
+    folder = os.fspath(folder)
+    try:
+        with open(os.path.join(folder, "task.json")) as f:
+            meta = json.load(f)
+    except OSError as e:
+        raise DataError(f"the run's task data is missing ({e.strerror}: {folder}); is the run folder shared "
+                        "with every machine of the cluster?") from None
+    splits = [datasets.load_from_disk(os.path.join(folder, split)) for split in ("train", "val", "dev")]
+    spec = dict(meta["spec"], labels=tuple(meta["spec"].get("labels") or ()))     # JSON keeps tuples as lists
+    return TaskData(TaskSpec(**spec), *splits, meta["source"])
+
+
 def get_task(name: str) -> TaskSpec:
     """Look a task up by name, case-insensitively ("SST-2", "sst-2" and "sst2" all work)."""
     key = name.strip().lower().replace("-", "").replace("_", "")

@@ -58,21 +58,32 @@ def resolve_model(name: str) -> str:
 class TeacherSettings:
     model: str = DEFAULT_MODEL
     task: str = "sst2"
-    train_examples: int = 20000   # rows of the train split used for fine-tuning (0 = all)
-    epochs: int = 2
+    train_examples: int = 0       # rows of the train split used for fine-tuning (0 = all)
+    epochs: int | None = None     # None: from the row count (see ``plan_epochs``)
     lr: float = 1e-4
     batch_size: int = 32
     max_length: int = TRAIN_MAX_LENGTH
     transfer_examples: int = 16000  # rows whose teacher logits are cached for distillation
-    val_size: int = 1000
+    val_size: int = 1000            # rows carved from train for validation (they are not trained on)
     seed: int = 0
-    data: str = ""      # fingerprint of your own data files (FileTask.fingerprint); empty for GLUE tasks
+    min_steps: int = 600          # small data sets: at least this many optimiser steps ...
+    max_epochs: int = 20          # ... within this many passes over the rows
+    version: int = 2              # the training recipe; a change retrains cached teachers
+    data: str = ""                # fingerprint of your own data files (FileTask.fingerprint); empty for GLUE
+
+    def plan_epochs(self, rows: int) -> int:
+        """Epochs for ``rows`` training rows: as asked, else one pass over large data sets and, for small
+        ones, enough passes for ``min_steps`` optimiser steps (a few hundred steps teach a classifier
+        head and the top layers; two passes over 1,500 rows are 94 steps, which leave the model at
+        the majority class)."""
+        if self.epochs:
+            return self.epochs
+        steps_per_epoch = max(1, -(-rows // self.batch_size))
+        return max(1, min(self.max_epochs, -(-self.min_steps // steps_per_epoch)))
 
     @property
     def key(self) -> str:
         d = dataclasses.asdict(self)
-        if not d["data"]:
-            del d["data"]       # GLUE teachers keep the cache keys they had before own data existed
         if self.model != DEFAULT_MODEL and Path(self.model).is_dir():
             d["model"] = str(Path(self.model).resolve())
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
@@ -111,7 +122,7 @@ def _subset(n_rows: int, n: int, seed: int) -> list[int]:
 def finetune(model, transfer: TransferSet, settings: TeacherSettings,
              progress: Callable[[int, int, float], None] | None = None):
     """Plain fine-tuning with length-bucketed batches and linear warm-up/decay."""
-    emb = arch.word_embeddings(model).weight
+    emb = arch.vocab_weight(model)
     emb.requires_grad_(False)   # its 30k x H gradient and Adam state cost more time than they help
     try:
         return _train(model, transfer, settings, progress)
@@ -122,7 +133,7 @@ def finetune(model, transfer: TransferSet, settings: TeacherSettings,
 def _train(model, transfer: TransferSet, settings: TeacherSettings, progress) -> object:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.01)
-    steps = settings.epochs * ((len(transfer) + settings.batch_size - 1) // settings.batch_size)
+    steps = settings.plan_epochs(len(transfer)) * ((len(transfer) + settings.batch_size - 1) // settings.batch_size)
     warm = max(1, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / (steps - warm))))
     model.train()
@@ -167,7 +178,8 @@ def get_teacher(settings: TeacherSettings, data: TaskData, *, log: Callable[[str
     labels = torch.tensor(list(rows["label"]), dtype=torch.long)
     train_set = TransferSet(encode(tokenizer, rows, settings.max_length), labels,
                             torch.zeros(len(rows), data.spec.num_labels), pad_id=pad)
-    log(f"fine-tuning teacher {settings.model} on {len(rows)} {data.spec.name} rows, {settings.epochs} epoch(s)")
+    log(f"fine-tuning teacher {settings.model} on {len(rows)} {data.spec.name} rows, "
+        f"{settings.plan_epochs(len(rows))} epoch(s)")
     finetune(model, train_set, settings, progress)
     train_seconds = time.time() - t0
     return _finish(model, tokenizer, settings, data, train_idx, final, train_seconds, log)
@@ -190,9 +202,10 @@ def _finish(model, tokenizer, settings: TeacherSettings, data: TaskData, train_i
                    "labels": torch.tensor(list(rows["label"]), dtype=torch.long)}, str(tmp / "transfer.safetensors"))
         export.export_onnx(model, tmp / "model.fp32.onnx")
         info = {"settings": dataclasses.asdict(settings), "task": data.spec.name, "source": data.source,
-                "train_rows": len(train_idx), "train_seconds": round(train_seconds, 1),
+                "train_rows": len(train_idx), "epochs": settings.plan_epochs(len(train_idx)),
+                "train_seconds": round(train_seconds, 1),
                 "val": dataclasses.asdict(val), "dev": dataclasses.asdict(dev),
-                "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+                "baseline": trivial_baseline(data), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
         (tmp / "teacher.json").write_text(json.dumps(info, indent=2))
         if final.exists():
             shutil.rmtree(final)
@@ -202,6 +215,39 @@ def _finish(model, tokenizer, settings: TeacherSettings, data: TaskData, train_i
         raise
     log(f"teacher ready in {train_seconds:.0f}s: val {val.main:.4f} ({val.n} rows), dev {dev.main:.4f} ({dev.n} rows)")
     return load_teacher(final)
+
+
+def trivial_baseline(data: TaskData) -> dict:
+    """The best a model that learned nothing can do on the validation split: always answering one
+    class (the best such class, judged on the task's own metric)."""
+    from .tasks import compute_metrics
+
+    labels = list(data.val["label"])
+    best = None
+    for c in range(data.spec.num_labels):
+        m = compute_metrics(data.spec, [c] * len(labels), labels)
+        if best is None or m["main"] > best["main"]:
+            best = {"answer": c, "main": m["main"], "metric": data.spec.metric}
+    return best
+
+
+class UselessTeacher(TeacherError):
+    """The fine-tuned teacher is no better than a trivial baseline."""
+
+
+def check_learned(teacher: "Teacher", margin: float = 0.01) -> None:
+    """Raise ``UselessTeacher`` when the teacher's validation score does not beat always answering one
+    class by ``margin``: compressing such a model would spend an hour on nothing."""
+    info = teacher.info
+    base = info.get("baseline")
+    if base is None or info["val"]["metrics"]["main"] > base["main"] + margin:
+        return
+    metric = base["metric"]
+    raise UselessTeacher(
+        f"the teacher learned nothing: its val {metric} is {100 * info['val']['metrics']['main']:.1f}, and always "
+        f"answering class {base['answer']} scores {100 * base['main']:.1f} ({info['train_rows']} rows, "
+        f"{info.get('epochs', '?')} epoch(s)); give it more rows or epochs (--train-examples, --epochs), "
+        "or pass --force to search anyway")
 
 
 def adopt_teacher(path: str, settings: TeacherSettings, data: TaskData, log: Callable[[str], None] = print) -> Teacher:

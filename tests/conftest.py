@@ -6,6 +6,16 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _shared_calibration():
+    """Predictor calibrations are a property of this machine (cached per host key): tests share the user's
+    calibration folder even where they move AUTOCOMPRESS_CACHE, so a machine calibrates once, not per test."""
+    if not os.environ.get("AUTOCOMPRESS_CALIBRATION_DIR"):
+        base = Path(os.environ.get("AUTOCOMPRESS_CACHE") or Path.home() / ".cache" / "autocompress")
+        os.environ["AUTOCOMPRESS_CALIBRATION_DIR"] = str(base / "calibration")
+    yield
+
+
 @pytest.fixture(scope="session")
 def glue_dir() -> Path:
     """The real GLUE folder (SST-2, CoLA): $AUTOCOMPRESS_GLUE_DIR, else shared/glue beside the repo."""
@@ -148,6 +158,200 @@ def tiny_ctx(tiny_transfer):
 def feature_rows():
     """``make_features`` as a fixture: ``feature_rows(n, seed, min_len=3, max_len=24)``."""
     return make_features
+
+
+# ---------------------------------------------------------------- PostgreSQL
+@pytest.fixture
+def postgres_url():
+    """A fresh database on the PostgreSQL server that `.ci/run` starts (AUTOCOMPRESS_TEST_POSTGRES: a URL
+    of a role that may create databases); dropped afterwards. Skipped where no server is given."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    base = os.environ.get("AUTOCOMPRESS_TEST_POSTGRES")
+    if not base:
+        pytest.skip("no PostgreSQL server: set AUTOCOMPRESS_TEST_POSTGRES (.ci/run starts one)")
+    name = f"ac_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield sa.engine.make_url(base).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as c:
+        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory) -> Path:
+    """One autocompress cache for the end-to-end tests of a session: the small teacher they share is
+    fine-tuned once."""
+    return tmp_path_factory.mktemp("autocompress-cache")
+
+
+def listening_addresses(pids: set[int]) -> list[str]:
+    """The local addresses (``ip:port``) of the TCP sockets that processes ``pids`` listen on (from /proc)."""
+    import ipaddress
+
+    inodes: dict[str, int] = {}
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes[target[8:-1]] = pid
+        except OSError:
+            continue
+    out = []
+    for table, v6 in (("tcp", False), ("tcp6", True)):
+        try:
+            lines = Path(f"/proc/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if parts[3] != "0A" or parts[9] not in inodes:       # 0A: LISTEN
+                continue
+            hexaddr, hexport = parts[1].split(":")
+            raw = bytes.fromhex(hexaddr)
+            # /proc prints each 32-bit word in host (little-endian) order
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            addr = ipaddress.ip_address(raw)
+            out.append(f"{addr}:{int(hexport, 16)}")
+    return out
+
+
+def process_tree(root: int) -> set[int]:
+    """``root`` and all its descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(proc.name))
+    tree, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        if pid not in tree:
+            tree.add(pid)
+            todo.extend(children.get(pid, []))
+    return tree
+
+
+def is_loopback(address: str) -> bool:
+    import ipaddress
+
+    ip = ipaddress.ip_address(address.rsplit(":", 1)[0])
+    return ip.is_loopback or (ip.version == 6 and ip.ipv4_mapped is not None and ip.ipv4_mapped.is_loopback)
+
+
+# ---------------------------------------------------------------- a real Ray cluster of two nodes on this machine
+def _ray_processes(mark: str) -> set[int]:
+    """Processes whose command line names ``mark`` (the cluster's own temp folder), and their children."""
+    def cmdline(pid: int) -> str:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return ""
+
+    def parent(pid: int) -> int:
+        try:
+            return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return -1
+
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    found = {p for p in pids if mark in cmdline(p) and p != os.getpid()}
+    grew = True
+    while grew:
+        more = {p for p in pids if p not in found and parent(p) in found}
+        found |= more
+        grew = bool(more)
+    return found
+
+
+def _stop_ray(mark: str) -> None:
+    """Stop one test cluster by its processes' ids (never `ray stop`, which stops every Ray on the machine)."""
+    import signal
+    import time
+
+    pids = _ray_processes(mark)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.time() + 10
+        while time.time() < deadline and any(Path(f"/proc/{p}").exists() and "Z" not in _state(p) for p in pids):
+            time.sleep(0.2)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
+
+
+@pytest.fixture
+def ray_cluster(monkeypatch):
+    """``ray_cluster(worker_resources={...}, head_cpus=1, worker_cpus=1) -> address``: a real Ray cluster of
+    two nodes on this machine, started with ``ray start`` (a head, then a worker offering the given custom
+    resources), node addresses 127.0.0.1, dashboard off, token authentication with a fresh token (this
+    process gets the token too, so ``ray.init(address=...)`` connects) unless this process has imported
+    Ray already, whose authentication settings the cluster then follows. Stopped at teardown by the ids
+    of its own processes. Several clusters may be started in one test. (In Ray's cluster mode its servers
+    listen on every interface whatever --node-ip-address says: the token is what keeps others out.)"""
+    import json
+    import secrets
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    ray_exe = str(Path(sys.executable).with_name("ray"))
+    env_vars = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
+    if "ray" in sys.modules:
+        # Ray read its authentication settings when it was imported: the cluster must use this process's
+        mode = os.environ.get("RAY_AUTH_MODE", "disabled")
+        env_vars["RAY_AUTH_MODE"] = mode
+        if mode == "token" and os.environ.get("RAY_AUTH_TOKEN"):
+            env_vars["RAY_AUTH_TOKEN"] = os.environ["RAY_AUTH_TOKEN"]
+    else:
+        env_vars.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    for k, v in env_vars.items():
+        monkeypatch.setenv(k, v)
+    started: list[str] = []
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    def run(args: list[str]) -> None:
+        r = subprocess.run([ray_exe, *args, "--disable-usage-stats"], capture_output=True, text=True, timeout=180,
+                           env={**os.environ, **env_vars})
+        if r.returncode != 0:
+            raise RuntimeError(f"ray {' '.join(args[:2])} failed: {(r.stderr or r.stdout)[-2000:]}")
+
+    def start(worker_resources: dict | None = None, head_cpus: int = 1, worker_cpus: int = 1) -> str:
+        temp = tempfile.mkdtemp(prefix="acray-", dir="/tmp")    # short: Ray's socket paths must stay short
+        started.append(temp)
+        port = free_port()
+        run(["start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--temp-dir", temp,
+             "--include-dashboard", "false", "--num-cpus", str(head_cpus)])
+        run(["start", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1",
+             "--num-cpus", str(worker_cpus), "--resources", json.dumps(worker_resources or {})])
+        return f"127.0.0.1:{port}"
+
+    yield start
+    for temp in started:
+        _stop_ray(temp)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- the consumer virtual environment

@@ -254,3 +254,16 @@ def test_registry_stages():
         == {"drop_layers": "structure", "prune_heads": "structure", "prune_ffn": "structure", "distill": "recovery",
             "quantize_int8": "onnx"}
     assert get_method("distill").kind == "torch" and get_method("quantize_int8").kind == "onnx"
+
+
+def test_distillation_stops_on_a_non_finite_loss(tiny_bert, tiny_transfer):
+    """A NaN loss is an error with its reason (the trial fails and the search goes on), not a model of NaNs."""
+    import dataclasses
+
+    import torch
+
+    from autocompress.methods.base import Context
+
+    broken = dataclasses.replace(tiny_transfer, teacher_logits=torch.full_like(tiny_transfer.teacher_logits, float("nan")))
+    with pytest.raises(FloatingPointError, match="distill: the loss became nan at step 1 of 5"):
+        get_method("distill").fn(tiny_bert, get_method("distill").config({"steps": 5}), Context(broken))

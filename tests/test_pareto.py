@@ -103,3 +103,17 @@ def test_hypervolume_grows_with_a_better_point():
     ref = (0.5, 30.0)
     base = hypervolume([(0.8, 5.0), (0.9, 10.0)], ref)
     assert hypervolume([(0.8, 5.0), (0.9, 10.0), (0.85, 7.0)], ref) > base
+
+
+def test_zipped_size_is_the_third_objective():
+    """A sparse model (same latency, a little less accurate, a much smaller download) is on the front
+    once zipped sizes are known; a model bigger, slower and less accurate is not."""
+    dense = trial(1, 0.90, 20.0)
+    sparse = trial(2, 0.89, 20.0)
+    worse = trial(3, 0.88, 21.0)
+    dense.size_zip_mb, sparse.size_zip_mb, worse.size_zip_mb = 80.0, 40.0, 45.0
+    assert [t.number for t in front([dense, sparse, worse], "laptop")] == [1, 2]
+    assert dominates((0.9, 10, 5), (0.9, 10, 6)) and not dominates((0.9, 10, 6), (0.8, 10, 5))
+    worse.size_zip_mb = None          # a trial without the figure: the front falls back to two objectives
+    assert [t.number for t in front([dense, sparse, worse], "laptop")] == [1]
+    assert best_within([dense, sparse], "laptop", 25.0).number == 1      # the budget pick: most accurate

@@ -19,7 +19,9 @@ def space(text: str):
 def test_bundled_spaces_load_and_validate(name):
     s = load_space(name)
     assert s.name == name
-    assert [st["method"] for st in s.steps] == ["drop_layers", "prune_heads", "prune_ffn", "distill", "quantize_int8"]
+    structure = ["drop_layers", "prune_heads", "prune_ffn"] + (
+        ["share_layers", "low_rank", "factorize_embeddings", "magnitude_prune"] if name == "default" else [])
+    assert [st["method"] for st in s.steps] == structure + ["distill", "quantize_int8"]
     assert s.trials == {"quick": 12, "default": 14}[name]
     assert s.seeds and yaml.safe_load(s.text)["name"] == name
     s.validate(6)
@@ -218,3 +220,30 @@ def test_constant_and_optional_steps():
     assert r.short() == "layers 3 alt · kd 10 · int8"
     assert r.steps[-1].config.per_channel is False
     assert s.recipe_from_params({"quantize_int8": False}, 6).short() == "layers 3 alt · kd 10"
+
+
+def test_identity_is_judged_on_the_layers_left():
+    """Sharing in 4 groups changes nothing once only 4 layers are left: it is dropped from the recipe."""
+    s = space("""
+        steps:
+          - method: drop_layers
+            params: {keep: {int: [2, 6]}}
+          - method: share_layers
+            params: {groups: 4}
+    """)
+    assert s.recipe_from_params({"drop_layers.keep": 4}, 6).short() == "layers 4"
+    assert s.recipe_from_params({"drop_layers.keep": 6}, 6).short() == "share all in 4"
+    assert s.recipe_from_params({"drop_layers.keep": 5}, 6).short() == "layers 5 · share all in 4"
+
+
+def test_combinations_a_method_rules_out_are_rejected_before_any_work():
+    s = space("""
+        name: clash
+        steps:
+          - method: magnitude_prune
+            params: {sparsity: 0.5}
+          - method: prune_ffn
+            params: {ratio: {float: [0.0, 0.5], step: 0.25}}
+    """)
+    with pytest.raises(SpaceError, match="upper corner: prune_ffn cannot come after magnitude_prune: it must be the last"):
+        s.validate(6)

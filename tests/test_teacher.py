@@ -57,3 +57,43 @@ def test_hub_model_offline_fails_fast_naming_the_alternative(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(TeacherError, match="local model folder"):
         resolve_model("bert-base-uncased")
+
+
+@pytest.mark.parametrize("rows,epochs", [(66349, 1), (20000, 1), (8000, 3), (1500, 13), (400, 20), (64, 20)])
+def test_epochs_scale_with_the_data(rows, epochs):
+    """One pass over large data sets; small ones get enough passes for 600 optimiser steps (at most 20)."""
+    assert TeacherSettings().plan_epochs(rows) == epochs
+    assert TeacherSettings(epochs=2).plan_epochs(rows) == 2          # asked for: as asked
+
+
+def _teacher_with(val: float, baseline: float, metric: str = "accuracy"):
+    from autocompress.teacher import Teacher
+
+    return Teacher(path=None, tokenizer=None, info={
+        "val": {"metrics": {"main": val}}, "train_rows": 1500, "epochs": 2,
+        "baseline": {"answer": 1, "main": baseline, "metric": metric}})
+
+
+def test_a_teacher_no_better_than_one_answer_is_refused():
+    from autocompress.teacher import UselessTeacher, check_learned
+
+    with pytest.raises(UselessTeacher, match=r"learned nothing: its val accuracy is 55.0, and always answering "
+                                             r"class 1 scores 55.8 .*--force"):
+        check_learned(_teacher_with(0.55, 0.558))
+    with pytest.raises(UselessTeacher):
+        check_learned(_teacher_with(0.565, 0.558))          # within a point of the baseline: still nothing
+    check_learned(_teacher_with(0.85, 0.558))               # learned: no error
+    check_learned(_teacher_with(0.30, 0.0, "matthews"))     # MCC 0.30 beats answering one class (0)
+
+
+def test_trivial_baseline_is_the_best_single_answer(glue_dir):
+    from autocompress.tasks import load_task
+    from autocompress.teacher import trivial_baseline
+
+    data = load_task("sst2", glue_dir, val_size=500)
+    base = trivial_baseline(data)
+    ones = sum(data.val["label"]) / len(data.val)
+    assert base["metric"] == "accuracy" and base["answer"] == int(ones > 0.5)
+    assert base["main"] == pytest.approx(max(ones, 1 - ones))
+    cola = trivial_baseline(load_task("cola", glue_dir, val_size=500))
+    assert cola["metric"] == "matthews" and cola["main"] == 0.0

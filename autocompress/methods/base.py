@@ -11,6 +11,12 @@ sits in a recipe, which always runs the stages in this order:
 
 Each config is a validated dataclass; the recipe stores it as a dict. Each method also gives its own
 short label for tables (``label(config) -> str``).
+
+Some methods leave training aids in the model that must not reach a checkpoint or an ONNX file
+(unstructured pruning keeps masks so that recovery training cannot revive pruned weights). They
+register a *finalizer*; ``finalize(model)`` runs them all once training is over, and
+``check_final(model)`` (called by ``checkpoint.save_model`` and ``export.export_onnx``) refuses a
+model that still needs one.
 """
 from __future__ import annotations
 
@@ -38,6 +44,8 @@ class Method:
     fn: Callable[..., Any]
     doc: str
     label: Callable[[Any], str]
+    size_only: bool = False                 # buys size, never speed on a dense runtime (the front says so)
+    not_followed_by: tuple[str, ...] = ()   # methods that may not come after it in a recipe ("*": none may)
 
     @property
     def kind(self) -> str:
@@ -58,10 +66,13 @@ class Method:
 REGISTRY: dict[str, Method] = {}
 
 
-def register(name: str, stage: Stage, config_cls: type, label: Callable[[Any], str] | None = None):
+def register(name: str, stage: Stage, config_cls: type, label: Callable[[Any], str] | None = None, *,
+             size_only: bool = False, not_followed_by: tuple[str, ...] = ()):
     """Decorator: ``@register("prune_heads", "structure", HeadPruning, label=lambda c: ...)`` on
     ``fn(model, cfg, ctx)`` (``fn(src, dst, cfg, ctx)`` for the onnx stage). Without a label, the
-    method's name is its label."""
+    method's name is its label. ``size_only``: the method makes models smaller but no faster on a
+    dense runtime. ``not_followed_by``: methods of the same stage that must not come after it (``"*"``:
+    it must be the stage's last), checked when a recipe is built, before any work."""
     if stage not in STAGES:
         raise ValueError(f"method {name!r}: stage must be one of {', '.join(STAGES)}, got {stage!r}")
 
@@ -69,7 +80,8 @@ def register(name: str, stage: Stage, config_cls: type, label: Callable[[Any], s
         if name in REGISTRY:
             raise RuntimeError(f"method {name!r} registered twice")
         doc = (fn.__doc__ or name).strip().splitlines()[0]
-        REGISTRY[name] = Method(name, stage, config_cls, fn, doc, label or (lambda cfg: name))
+        REGISTRY[name] = Method(name, stage, config_cls, fn, doc, label or (lambda cfg: name), size_only,
+                                tuple(not_followed_by))
         return fn
 
     return wrap
@@ -144,3 +156,63 @@ class Context:
     seed: int = 0
     progress: Callable[[str], None] | None = None
     teacher: Callable[[], Any] | None = None
+
+
+# ---------------------------------------------------------------- finalizers
+@dataclass(frozen=True)
+class Finalizer:
+    name: str
+    needed: Callable[[Any], bool]      # does this model still carry what the finalizer removes?
+    fn: Callable[[Any], Any]           # model -> model, with it removed for good
+
+
+FINALIZERS: dict[str, Finalizer] = {}
+
+
+def register_finalizer(name: str, needed: Callable[[Any], bool]):
+    """Decorator: ``@register_finalizer("magnitude_prune", needed=is_pruned)`` on ``fn(model) -> model``."""
+
+    def wrap(fn):
+        if name in FINALIZERS:
+            raise RuntimeError(f"finalizer {name!r} registered twice")
+        FINALIZERS[name] = Finalizer(name, needed, fn)
+        return fn
+
+    return wrap
+
+
+def _finalizers() -> list[Finalizer]:
+    import autocompress.methods  # noqa: F401  (fills the registries)
+
+    return list(FINALIZERS.values())
+
+
+def finalize(model):
+    """Make what the methods left for training permanent (e.g. pruning masks become plain zeros).
+    Run once after the recovery steps, before the model is saved or exported."""
+    for f in _finalizers():
+        if f.needed(model):
+            model = f.fn(model)
+    return model
+
+
+def pending_finalizers(model) -> list[str]:
+    """Names of the finalizers this model still needs."""
+    return [f.name for f in _finalizers() if f.needed(model)]
+
+
+def refuse_after_finalizers(model, method: str) -> None:
+    """For structure methods that replace modules: refuse to run on a model still holding another
+    method's training state (it would be lost with the replaced modules)."""
+    pending = pending_finalizers(model)
+    if pending:
+        raise RecipeError(f"{method} cannot follow {', '.join(pending)} (its masks would be lost): "
+                          f"put {', '.join(pending)} last among the structure steps")
+
+
+def check_final(model, what: str) -> None:
+    """Refuse to ``what`` (save, export) a model that still needs a finalizer."""
+    pending = pending_finalizers(model)
+    if pending:
+        raise ValueError(f"cannot {what} a model that still carries {', '.join(pending)}'s training state: "
+                         "call autocompress.methods.base.finalize(model) first")

@@ -43,7 +43,7 @@ def kd_loss(student_logits, teacher_logits, labels, temperature: float, alpha: f
 @register("distill", "recovery", Distillation, label=lambda c: f"kd {c.steps}")
 def distill(model, cfg: Distillation, ctx: Context):
     """Recover accuracy by distilling the teacher's logits into the model."""
-    embeddings = arch.word_embeddings(model).weight
+    embeddings = arch.vocab_weight(model)
     was_trainable = embeddings.requires_grad
     embeddings.requires_grad_(False)          # a 30k x H matrix: updating it costs more than it helps here
     try:
@@ -62,6 +62,9 @@ def _train(model, cfg: Distillation, ctx: Context):
     for step, batch in enumerate(ctx.transfer.batches(cfg.batch_size, cfg.steps, seed=ctx.seed + 1)):
         logits = model(**arch.inputs(model, batch)).logits
         loss = kd_loss(logits, batch["teacher_logits"], batch["labels"], cfg.temperature, cfg.alpha)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"distill: the loss became {loss.item()} at step {step + 1} of {cfg.steps} "
+                                     f"(lr {cfg.lr:g}): the trial is stopped")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

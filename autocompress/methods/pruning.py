@@ -36,6 +36,9 @@ class LayerDrop:
     def is_identity(self, num_layers: int) -> bool:
         return self.keep >= num_layers
 
+    def layers_after(self, num_layers: int) -> int:
+        return min(self.keep, num_layers)
+
 
 def layers_to_keep(n: int, keep: int, strategy: str) -> list[int]:
     if keep >= n:
@@ -94,6 +97,11 @@ def _keep_count(total: int, ratio: float, multiple: int = 1) -> int:
     return max(min(keep, total), max(multiple, 1) if total >= multiple else 1)
 
 
+def _prune_linear(module, index: torch.Tensor, dim: int):
+    """``prune_linear_layer`` for a Linear; a module of a method's own (a factorized Linear) prunes itself."""
+    return module.pruned(index, dim) if hasattr(module, "pruned") else prune_linear_layer(module, index, dim=dim)
+
+
 # ---------------------------------------------------------------- heads
 @dataclass(frozen=True)
 class HeadPruning:
@@ -116,8 +124,8 @@ def prune_attention_heads(model, layer, keep: list[int]) -> None:
     index = torch.cat([torch.arange(h * d, (h + 1) * d) for h in keep])
     paths = arch.linear_paths(model)
     for role in ("query", "key", "value"):
-        arch.put(layer, paths[role], prune_linear_layer(arch.get(layer, paths[role]), index, dim=0))
-    arch.put(layer, paths["attn_out"], prune_linear_layer(arch.get(layer, paths["attn_out"]), index, dim=1))
+        arch.put(layer, paths[role], _prune_linear(arch.get(layer, paths[role]), index, 0))
+    arch.put(layer, paths["attn_out"], _prune_linear(arch.get(layer, paths["attn_out"]), index, 1))
     holder = arch.heads_module(model, layer)
     old = getattr(holder, "kept_heads", list(range(arch.num_heads(model, layer))))
     holder.kept_heads = [old[h] for h in keep]      # indices in the original model, for the record
@@ -160,8 +168,8 @@ class FFNPruning:
 def prune_ffn_neurons(model, layer, keep: list[int]) -> None:
     index = torch.tensor(keep)
     paths = arch.linear_paths(model)
-    arch.put(layer, paths["ffn_in"], prune_linear_layer(arch.get(layer, paths["ffn_in"]), index, dim=0))
-    arch.put(layer, paths["ffn_out"], prune_linear_layer(arch.get(layer, paths["ffn_out"]), index, dim=1))
+    arch.put(layer, paths["ffn_in"], _prune_linear(arch.get(layer, paths["ffn_in"]), index, 0))
+    arch.put(layer, paths["ffn_out"], _prune_linear(arch.get(layer, paths["ffn_out"]), index, 1))
 
 
 @register("prune_ffn", "structure", FFNPruning, label=lambda c: f"ffn -{c.ratio:.0%}")

@@ -1,33 +1,44 @@
 """Ray Tune + OptunaSearch: two objectives (validation accuracy up, target latency down), the latency
 budget as an Optuna constraint, every candidate timed on every profile, then the fronts re-scored on
-the GLUE dev set."""
+the GLUE dev set.
+
+Surviving crashes uses what Optuna offers: the study lives in the store's database (RDBStorage); the
+driver records Optuna heartbeats for the trials it runs; ``--resume`` lets Optuna's
+``fail_stale_trials`` fail the trials whose heartbeat stopped, and its
+``RetryHeartbeatStaleTrialCallback`` enqueues their parameters again, so their recipes are proposed
+again. Our own table follows Optuna's verdicts (``reconcile``). Ray Tune's own experiment restore is not
+used: a new Tuner continues the same study, and only the trials still owed are run.
+
+Import ``cluster.configure_environment`` first: this module imports Ray.
+"""
 from __future__ import annotations
 
 import logging
-import os
 import sys
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-# local runs: no auth token, no usage reporting, no result-file loggers (the store keeps the results)
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-
-from ray import tune  # noqa: E402
-from ray.tune.search.optuna import OptunaSearch  # noqa: E402
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
 
 from ..evaluate import EVAL_MAX_LENGTH, encode, predict_onnx, score
-from ..hardware.latency import measure_side_by_side
+from ..hardware.obtain import obtain_side_by_side
 from ..hardware.profiles import HardwareProfile
 from ..recipe import Recipe
-from ..store import Store, TrialRecord, first_line
+from ..store import Store, StoreError, TrialRecord, first_line
 from ..tasks import TaskData
 from ..teacher import Teacher
-from . import pareto
+from . import cluster, pareto
 from .space import Space
 from .trial import OBJECTIVES, TrialSetup, evaluate_candidate, trainable
+
+HEARTBEAT_S = 10       # the driver records an Optuna heartbeat for each running trial this often
+GRACE_S = 30           # a running trial whose heartbeat is older than this is stale (its search is gone)
+FINISHED = ("done", "duplicate", "over_budget", "failed", "stopped")   # statuses that use up the trial budget
+STATE_OF = {"done": "COMPLETE", "duplicate": "COMPLETE", "over_budget": "COMPLETE", "failed": "FAIL",
+            "stopped": "PRUNED"}     # our status -> the Optuna state the same trial must have
 
 
 @dataclass
@@ -42,16 +53,77 @@ class SearchPlan:
     budget_ms: float | None
     ray_address: str | None = None
     seed: int = 0
+    parallel: int | None = None          # trials at once (None: one per node of the cluster)
+    time_limit_s: float | None = None
+    attempt: int = 0                      # 0: the first start; k: the k-th --resume
+
+
+def heartbeat_storage(url: str):
+    """The study's storage with Optuna's heartbeat settings and retry of stale trials (used to record
+    heartbeats and to fail stale trials; the searcher itself asks and tells through a plain one)."""
+    import warnings
+
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    return optuna.storages.RDBStorage(
+        url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
 
 
 class ConstrainedOptunaSearch(OptunaSearch):
     """OptunaSearch that sets the trial's latency-budget constraint (``Trial.set_constraint``, <= 0 is
-    feasible) before ``tell``, so Optuna's sampler steers away from recipes over the budget."""
+    feasible) before ``tell``, so Optuna's sampler steers away from recipes over the budget; and keeps
+    the list of Optuna trials under way, for the heartbeats."""
+
+    live: dict[str, int]
+
+    def suggest(self, trial_id):
+        params = super().suggest(trial_id)
+        if not hasattr(self, "live"):
+            self.live = {}
+        if trial_id in self._ot_trials:
+            self.live[trial_id] = self._ot_trials[trial_id]._trial_id
+        return params
 
     def on_trial_complete(self, trial_id, result=None, error=False):
         if result and "constraint" in result and trial_id in self._ot_trials:
             self._ot_trials[trial_id].set_constraint("latency_budget", float(result["constraint"]))
+        getattr(self, "live", {}).pop(trial_id, None)
         super().on_trial_complete(trial_id, result, error)
+
+
+class Heartbeat:
+    """A driver thread: every HEARTBEAT_S, an Optuna heartbeat for each trial under way (so a resumed
+    search can tell which trials were left running by a search that died) and the run's own heartbeat
+    in the store (so --resume can tell whether the run's search is still alive)."""
+
+    def __init__(self, searcher: ConstrainedOptunaSearch, store: Store, run: str, url: str):
+        self.searcher, self.store, self.run = searcher, store, run
+        self.storage = heartbeat_storage(url)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True, name="autocompress-heartbeat")
+
+    def beat(self) -> None:
+        for trial_id in list(getattr(self.searcher, "live", {}).values()):
+            self.storage.record_heartbeat(trial_id)
+        self.store.touch_run(self.run)
+
+    def _loop(self) -> None:
+        while not self.stop.wait(HEARTBEAT_S):
+            try:
+                self.beat()
+            except Exception:          # a busy database: try again at the next beat
+                pass
+
+    def __enter__(self):
+        self.beat()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=5)
 
 
 @dataclass
@@ -73,15 +145,19 @@ class Progress(tune.Callback):
     def __init__(self, bar, store: Store, plan: SearchPlan):
         self.bar, self.store, self.plan = bar, store, plan
         self.failed = 0
+        self.over_budget = 0
         self.best: tuple[float, float, int] | None = None    # (val, latency, trial) within budget
 
     def __getstate__(self):   # Ray Tune pickles its callbacks with the experiment state: keep only numbers
-        return {"failed": self.failed, "best": self.best, "bar": None, "store": None, "plan": None}
+        return {"failed": self.failed, "over_budget": self.over_budget, "best": self.best, "bar": None,
+                "store": None, "plan": None}
 
     def _postfix(self, last: str) -> None:
         parts = [last]
         if self.failed:
             parts.append(f"{self.failed} failed")
+        if self.over_budget:
+            parts.append(f"{self.over_budget} over budget")
         if self.best:
             parts.append(f"best within budget: #{self.best[2]} {100 * self.best[0]:.1f}% {self.best[1]:.1f} ms")
         self.bar.set_postfix_str(" · ".join(parts))
@@ -91,7 +167,10 @@ class Progress(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = trial.last_result or {}
-        if "val_accuracy" in r:
+        if "val_accuracy" in r and not r.get("trained", True):
+            self.over_budget += 1
+            self._postfix(f"trial {r['number']}: {r['latency_ms']:.1f} ms, over budget, not trained")
+        elif "val_accuracy" in r:
             within = self.plan.budget_ms is None or r["latency_ms"] <= self.plan.budget_ms
             if within and (self.best is None or r["val_accuracy"] > self.best[0]):
                 self.best = (r["val_accuracy"], r["latency_ms"], r["number"])
@@ -116,51 +195,166 @@ class Progress(tune.Callback):
             return "unknown error (see the Ray logs)"
 
 
-def run_search(plan: SearchPlan, setup: TrialSetup, data: TaskData, teacher: Teacher) -> str:
-    """Run the trials; returns the run's final status (done | interrupted)."""
+# ------------------------------------------------------------------ resuming
+def fail_stale_trials(plan: SearchPlan, store: Store, log=print) -> list[tuple[int, int | None]]:
+    """Before a resumed search: let Optuna fail the trials the interrupted search left running (their
+    heartbeats stopped) and enqueue their parameters again; mirror that in our table. Returns
+    (stale trial, the trial that will retry it) pairs."""
     import optuna
-    import ray
+    from optuna.trial import TrialState
+
+    storage = heartbeat_storage(plan.store_url)
+    study = optuna.load_study(study_name=plan.run, storage=storage)
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if running:
+        log(f"waiting up to {GRACE_S + HEARTBEAT_S} s for the heartbeats of {len(running)} trial(s) the "
+            "interrupted search left running to go stale")
+        deadline = time.time() + GRACE_S + HEARTBEAT_S + 5
+        while running and time.time() < deadline:
+            optuna.storages.fail_stale_trials(study)
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if running:
+                time.sleep(2)
+        for t in running:     # never got a heartbeat (the search died between asking and recording one)
+            if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(t._trial_id))
+    return reconcile(plan, store)
+
+
+def reconcile(plan: SearchPlan, store: Store, why: str = "the search stopped while it ran") -> list[tuple[int, int | None]]:
+    """Make our table agree with the Optuna study: a trial Optuna failed as stale (or never saw
+    finish) is failed here too, with the reason and the trial that retries its recipe; a trial Optuna
+    asked for but that never reached a worker gets a row. Returns (stale, retry) pairs."""
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name=plan.run, storage=optuna.storages.RDBStorage(plan.store_url))
+    trials = study.get_trials(deepcopy=False)
+    retry_of = {t.system_attrs.get("failed_trial"): t.number for t in trials
+                if t.state == TrialState.WAITING and "failed_trial" in t.system_attrs}
+    ours = {t.number: t for t in store.trials(plan.run, status=None)}
+    pairs = []
+    for t in trials:
+        number = t.number + 1
+        if t.state == TrialState.WAITING:
+            continue
+        row = ours.get(number)
+        if t.state == TrialState.FAIL and (row is None or row.status not in FINISHED):
+            retry = retry_of.get(t.number)
+            error = (f"stale: {why}; " + (f"its recipe is proposed again as trial {retry + 1}" if retry is not None
+                                          else "not retried (retried too often)"))
+            if row is None:
+                store.record_failed(plan.run, number, t.params, error)
+            else:
+                store.finish_trial(store.trial_id(plan.run, number), "failed", error=error)
+            pairs.append((number, None if retry is None else retry + 1))
+    return pairs
+
+
+def finished_count(store: Store, run: str) -> int:
+    return sum(1 for t in store.trials(run, status=None) if t.role == "candidate" and t.status in FINISHED
+               and not (t.error or "").startswith("stale:"))
+
+
+def study_agrees(store: Store, run: str, url: str) -> tuple[dict[int, str], dict[int, str]]:
+    """(our candidate trials -> the Optuna state their status means, the study's trials -> state), for
+    checking that the two agree after a search (WAITING trials, proposed but never started, excluded)."""
+    import optuna
+
+    study = optuna.load_study(study_name=run, storage=optuna.storages.RDBStorage(url))
+    theirs = {t.number + 1: t.state.name for t in study.get_trials(deepcopy=False) if t.state.name != "WAITING"}
+    ours = {t.number: STATE_OF.get(t.status, t.status.upper()) for t in store.trials(run, status=None)
+            if t.role == "candidate"}
+    return ours, theirs
+
+
+# ------------------------------------------------------------------ the search
+def run_search(plan: SearchPlan, setup: TrialSetup, data: TaskData, teacher: Teacher,
+               log=print) -> str:
+    """Run the trials still owed; returns the run's status: done, or interrupted (Ctrl-C / SIGTERM)."""
+    import optuna
     from tqdm import tqdm
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    bar = tqdm(total=plan.trials + 1, desc="trials", unit="trial", dynamic_ncols=True)
-    bar.set_postfix_str("teacher baseline")
-    evaluate_candidate(setup, 0, Recipe(), role="teacher", data=data, teacher=teacher)
-    bar.update(1)
-    progress = Progress(bar, Store(plan.store_url, create=False), plan)
+    store = Store(plan.store_url, create=False)
+    if plan.attempt == 0:
+        evaluate_candidate(setup, 0, Recipe(), role="teacher", data=data, teacher=teacher)
+    else:
+        for stale, retry in fail_stale_trials(plan, store, log):
+            log(f"trial {stale} was running when the search stopped: failed as stale"
+                + (f", its recipe is proposed again as trial {retry}" if retry else ""))
+    done_before = finished_count(store, plan.run)
+    todo = max(0, plan.trials - done_before)
+    if todo == 0:
+        return "done"
+    bar = tqdm(total=plan.trials, initial=done_before, desc="trials", unit="trial", dynamic_ncols=True)
+    progress = Progress(bar, store, plan)
 
     # seeds first, then random start-up trials, then multi-objective TPE (feasible trials preferred)
     startup = max(len(plan.space.seeds) + 2, plan.trials // 3)
-    sampler = optuna.samplers.TPESampler(seed=plan.seed, n_startup_trials=startup)
+    sampler = optuna.samplers.TPESampler(seed=plan.seed + plan.attempt, n_startup_trials=startup)
+    seeds = plan.space.seeds[: plan.trials] if plan.attempt == 0 else []   # a resumed study holds its own queue
     searcher = ConstrainedOptunaSearch(space=DefineByRun(plan.space, setup.num_layers), metric=list(OBJECTIVES),
                                        mode=["max", "min"], sampler=sampler,
                                        storage=optuna.storages.RDBStorage(plan.store_url), study_name=plan.run,
-                                       points_to_evaluate=plan.space.seeds[: plan.trials] or None)
+                                       points_to_evaluate=seeds or None)
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)   # failures are reported by Progress, from the store
-    ray.init(address=plan.ray_address, num_cpus=None if plan.ray_address else setup.threads,
-             include_dashboard=False, log_to_driver=False, logging_level="ERROR", configure_logging=True)
-    status = "done"
+    status, started = "done", time.time()
+    cluster.start(plan.ray_address, setup.threads)
     try:
+        import ray
+
+        parallel, per_trial = cluster.plan_parallel(plan.parallel, setup.threads)
+        setup = replace(setup, threads=per_trial)
         tuner = tune.Tuner(
-            tune.with_resources(tune.with_parameters(trainable, setup=setup), {"cpu": setup.threads}),
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=plan.trials, max_concurrent_trials=1),
-            run_config=tune.RunConfig(name=plan.run, storage_path=str((plan.run_dir / "ray").resolve()),
+            tune.with_resources(tune.with_parameters(trainable, setup=setup), {"cpu": per_trial}),
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=todo, max_concurrent_trials=parallel,
+                                        time_budget_s=plan.time_limit_s),
+            run_config=tune.RunConfig(name=f"{plan.run}-{plan.attempt}",
+                                      storage_path=str((plan.run_dir / "ray").resolve()),
                                       verbose=0, callbacks=[progress],
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
-        try:
-            tuner.fit()
-        except KeyboardInterrupt:
-            status = "interrupted"
-    finally:
+        log(f"{todo} trial(s) to run, {parallel} at a time with {per_trial} CPU(s) each, on "
+            f"{len(cluster.alive_nodes())} node(s)" + (f" ({plan.ray_address})" if plan.ray_address else " (local Ray, 127.0.0.1)"))
+        with Heartbeat(searcher, store, plan.run, plan.store_url):
+            try:
+                tuner.fit()
+            except KeyboardInterrupt:
+                status = "interrupted"
+        timed_out = plan.time_limit_s is not None and time.time() - started >= plan.time_limit_s
+        if status == "interrupted":
+            store.mark_trials(plan.run, ("running",), "interrupted", "the search was interrupted while this trial ran")
+        elif timed_out:
+            store.mark_trials(plan.run, ("running",), "stopped", "stopped at the search's time limit")
         ray.shutdown()
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
         bar.close()
+    if status == "done":
+        reconcile(plan, store, why="its search ended before it finished")
     return status
+
+
+# ------------------------------------------------------------------ after the search
+def verified(store: Store, run: str, number: int, kind: str = "onnx") -> str:
+    """The path of a trial's artifact after checking its sha256 against the store (shared run folders
+    can be written by several machines: nothing is read that is not the file that was recorded)."""
+    path, ok = store.verify_artifact(store.trial_id(run, number), kind)
+    if not ok:
+        raise StoreError(f"run {run}, trial {number}: {path} does not match the sha256 recorded in the store")
+    return path
 
 
 def remeasure_fronts(store: Store, run: str, profiles: tuple[HardwareProfile, ...]) -> None:
     """Time the teacher and each device's front again, side by side (interleaved rounds), so that the
-    speed-ups shown are ratios from one measurement; repeated if the front changes (at most 3 times)."""
+    speed-ups shown are ratios from one measurement; repeated if the front changes (at most 3 times).
+    Where the profile is measured, that happens where it is measured (here, or on the Ray node); a
+    host-operators prediction is made again from a side-by-side host measurement; a roofline prediction
+    has nothing to re-time and stands (``obtain_side_by_side``)."""
     from tqdm import tqdm
 
     for profile in tqdm(profiles, desc="re-time fronts side by side", unit="device", dynamic_ncols=True):
@@ -169,10 +363,16 @@ def remeasure_fronts(store: Store, run: str, profiles: tuple[HardwareProfile, ..
             trials = store.trials(run)
             members = {t.number: t for t in trials if t.role == "teacher"}
             members.update({t.number: t for t in pareto.front(trials, p)})
-            members = {n: t for n, t in members.items() if "onnx" in t.artifacts}
+            members = {n: t for n, t in members.items() if "onnx" in t.artifacts and p in t.latencies}
             if set(members) <= measured:
                 break
-            for n, lat in measure_side_by_side({n: t.artifacts["onnx"] for n, t in members.items()}, profile).items():
+            again = obtain_side_by_side({n: verified(store, run, n) for n in members}, profile,
+                                        stored={n: t.latencies[p] for n, t in members.items()},
+                                        fp32_paths={n: verified(store, run, n, "onnx_fp32") for n, t in members.items()
+                                                    if "onnx_fp32" in t.artifacts})
+            if not again:
+                break
+            for n, lat in again.items():
                 store.add_latency(store.trial_id(run, n), lat.to_dict())
             measured = set(members)
 
@@ -195,5 +395,6 @@ def rescore_dev(store: Store, run: str, trials: list[TrialRecord], data: TaskDat
     features = encode(teacher.tokenizer, data.dev, EVAL_MAX_LENGTH)
     pad = teacher.tokenizer.pad_token_id or 0
     for t in tqdm(todo, desc="dev re-score", unit="model", dynamic_ncols=True):
-        s = score(data.spec, predict_onnx(t.artifacts["onnx"], features, pad_id=pad), data.dev["label"], "dev")
+        logits = predict_onnx(verified(store, run, t.number), features, pad_id=pad)
+        s = score(data.spec, logits, data.dev["label"], "dev")
         store.add_metrics(store.trial_id(run, t.number), "dev", s.metrics, s.n)

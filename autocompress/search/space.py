@@ -49,8 +49,10 @@ class Space:
     text: str = ""
 
     def suggest(self, trial, num_layers: int) -> Recipe:
-        """Ask ``trial`` (an optuna Trial or FixedTrial) for every choice; return the recipe it makes."""
-        steps, changed = [], False
+        """Ask ``trial`` (an optuna Trial or FixedTrial) for every choice; return the recipe it makes.
+        A step that changes nothing (``is_identity``, judged on the layers left by earlier steps) is
+        left out; a ``when: changed`` step only follows a structure step that changed something."""
+        steps, changed, layers = [], False, num_layers
         for spec in self.steps:
             method = spec["method"]
             if spec.get("when") == "changed" and not changed:
@@ -59,9 +61,11 @@ class Space:
                 continue
             params = {k: _suggest(trial, f"{method}.{k}", v) for k, v in (spec.get("params") or {}).items()}
             step = Step(method, params)
-            is_identity = getattr(step.config, "is_identity", None)
-            if is_identity is not None and is_identity(num_layers):
+            cfg = step.config
+            is_identity = getattr(cfg, "is_identity", None)
+            if is_identity is not None and is_identity(layers):
                 continue
+            layers = getattr(cfg, "layers_after", lambda n: n)(layers)
             changed = changed or get_method(method).stage == "structure"
             steps.append(step)
         return Recipe(tuple(steps))

@@ -1,0 +1,165 @@
+"""Searches that survive Ctrl-C and SIGKILL, refuse a second search on their SQLite store, listen on
+loopback only, and run on a real two-node Ray cluster with the store in PostgreSQL. Each test runs the
+installed command on the packaged MiniLM with tiny budgets (the small teacher is shared)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import is_loopback, listening_addresses, process_tree
+
+SPACE = """
+name: tiny
+trials: 4
+steps:
+  - method: drop_layers
+    params: {keep: {int: [2, 5]}}
+  - method: distill
+    when: changed
+    params: {steps: {int: [10, 30], step: 10}}
+  - method: quantize_int8
+    optional: true
+"""
+TEACHER = ["--train-examples", "1600", "--epochs", "2", "--val-size", "200"]   # learns: ~85% val
+EXE = str(Path(sys.executable).with_name("autocompress"))
+
+
+@pytest.fixture
+def user(tmp_path, glue_dir, shared_cache):
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    (cwd / "tiny.yaml").write_text(SPACE)
+    env = {**os.environ, "AUTOCOMPRESS_CACHE": str(shared_cache), "AUTOCOMPRESS_GLUE_DIR": str(glue_dir),
+           "AUTOCOMPRESS_LOCK_FILE": str(tmp_path / "machine.lock"), "PYTHONUNBUFFERED": "1"}
+    return cwd, env
+
+
+def _start(cwd, env, *args):
+    """The search in its own process group (as a shell runs a foreground job)."""
+    return subprocess.Popen([EXE, "search", "--space", "tiny.yaml", *TEACHER, *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _store(cwd):
+    from autocompress.store import Store, default_url
+
+    return Store(default_url(cwd / "runs"), create=False)
+
+
+def _wait_for_finished(cwd, run, n, proc, timeout=900):
+    """Wait until ``n`` candidates of ``run`` are finished; returns the store."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        if (cwd / "runs" / "autocompress.db").exists():
+            try:
+                store = _store(cwd)
+                if sum(t.role == "candidate" for t in store.trials(run)) >= n:
+                    return store
+            except Exception:       # the store is being created
+                pass
+        time.sleep(2)
+    raise AssertionError(f"{n} trials did not finish in {timeout} s")
+
+
+def test_ctrl_c_stores_the_run_as_interrupted_and_exits_130(user):
+    cwd, env = user
+    proc = _start(cwd, env, "--name", "stopped")
+    _wait_for_finished(cwd, "stopped", 1, proc)
+    os.killpg(proc.pid, signal.SIGINT)                # what Ctrl-C sends to the foreground job
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert "the search was interrupted" in err and "autocompress search --resume stopped" in err
+    assert "run stopped (interrupted)" in out          # the fronts of what finished are still printed
+    run = _store(cwd).get_run("stopped")
+    assert run.status == "interrupted"
+
+
+def test_a_killed_search_resumes_without_losing_or_repeating_trials(user):
+    from autocompress.search.runner import study_agrees
+
+    cwd, env = user
+    proc = _start(cwd, env, "--name", "crash")
+    store = _wait_for_finished(cwd, "crash", 1, proc)
+
+    # while it runs: Ray and the search listen on loopback only ...
+    tree = process_tree(proc.pid)
+    addresses = listening_addresses(tree)
+    assert addresses, "the search's Ray processes listen on no TCP port?"
+    assert all(is_loopback(a) for a in addresses), addresses
+    # ... and a second search on the same SQLite store is refused at once
+    second = subprocess.run([EXE, "search", "--space", "tiny.yaml", "--name", "other", *TEACHER], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert second.returncode == 2 and "is in use by another search (pid" in second.stderr, second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1
+
+    store = _wait_for_finished(cwd, "crash", 2, proc)
+    before = {t.number: (t.recipe_hash, t.seconds, t.metrics["val"]["main"]) for t in store.trials("crash")
+              if t.role == "candidate"}
+    tree |= process_tree(proc.pid)
+    os.killpg(proc.pid, signal.SIGKILL)               # the whole process group, no chance to clean up
+    proc.wait(timeout=60)
+    for pid in tree:                                   # Ray workers live in process groups of their own
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert _store(cwd).get_run("crash").status == "running"      # as a crash leaves it
+
+    r = subprocess.run([EXE, "search", "--resume", "crash"], cwd=cwd, env=env, capture_output=True, text=True,
+                       timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    store = _store(cwd)
+    assert store.get_run("crash").status == "done"
+    trials = [t for t in store.trials("crash", status=None) if t.role == "candidate"]
+    finished = [t for t in trials if t.status in ("done", "duplicate") ]
+    stale = [t for t in trials if (t.error or "").startswith("stale:")]
+    assert len(finished) == 4                          # the asked number of trials, counting those before
+    after = {t.number: (t.recipe_hash, t.seconds, t.metrics["val"]["main"]) for t in finished}
+    assert all(after[n] == v for n, v in before.items())          # none lost, none re-run (same figures)
+    assert len({t.number for t in trials}) == len(trials)         # none twice
+    for t in stale:     # the trial that was running is failed as stale, and its recipe ran again
+        assert "its recipe is proposed again as trial" in t.error
+        retry = int(t.error.rsplit(" ", 1)[1])
+        assert next(x for x in trials if x.number == retry).params == t.params
+    ours, theirs = study_agrees(store, "crash", store.url)
+    assert ours == theirs                              # Optuna's study and our table: same trials, same states
+
+
+def test_cluster_search_with_the_store_in_postgresql(user, ray_cluster, postgres_url):
+    """Two nodes (`ray start --head` + `ray start --address`), token auth, trials in parallel, one per
+    node; the store and the Optuna study in PostgreSQL."""
+    from autocompress.search.runner import study_agrees
+    from autocompress.store import Store
+
+    cwd, env = user
+    address = ray_cluster(head_cpus=1, worker_cpus=1)
+    env = {**env, **{k: v for k, v in os.environ.items() if k.startswith("RAY_")}}    # the cluster's token
+    r = subprocess.run([EXE, "search", "--space", "tiny.yaml", "--trials", "3", "--name", "shared", *TEACHER,
+                        "--ray-address", address, "--storage", postgres_url, "--parallel", "2"],
+                       cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "2 at a time with 1 CPU(s) each, on 2 node(s)" in r.stderr
+    store = Store(postgres_url, create=False)
+    trials = [t for t in store.trials("shared") if t.role == "candidate"]
+    assert len(trials) == 3
+    assert len({t.node for t in trials}) == 2, [t.node for t in trials]       # both nodes trained
+    ours, theirs = study_agrees(store, "shared", store.url)
+    assert ours == theirs and len(theirs) == 3
+    assert not (cwd / "runs" / "autocompress.db").exists()                  # nothing went to SQLite
+
+
+def test_parallel_trials_split_the_cores(monkeypatch):
+    from autocompress.search import cluster
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 2.0}}]
+    monkeypatch.setattr(cluster, "alive_nodes", lambda: nodes)
+    assert cluster.plan_parallel(None) == (1, 2)            # one machine: one trial with its cores
+    assert cluster.plan_parallel(2) == (2, 1)               # two side by side: one core each, never 2 x 2
+    nodes.append({"Alive": True, "Resources": {"CPU": 8.0}})
+    assert cluster.plan_parallel(None) == (2, 2)            # one trial per node, capped by the smallest node
+    assert cluster.plan_parallel(3, max_threads=4) == (3, 2)
