@@ -111,8 +111,8 @@ class HardwareProfile:
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high):
                 raise ProfileError(f"profile field '{key}' must be a number in [{low}, {high}], got {v!r}")
         shapes = d.get("extra_shapes") or []
-        if not isinstance(shapes, list) or not all(
-                isinstance(s, list) and len(s) == 2 and all(isinstance(x, int) and not isinstance(x, bool) and x > 0
+        if not isinstance(shapes, (list, tuple)) or not all(       # tuples: a dataclasses.asdict round trip
+                isinstance(s, (list, tuple)) and len(s) == 2 and all(isinstance(x, int) and not isinstance(x, bool) and x > 0
                                                             for x in s) for s in shapes):
             raise ProfileError(f"profile field 'extra_shapes' must be a list of [batch, seq] pairs, got {shapes!r}")
         if not d.get("measure_here", True) and not d.get("resource") and not d.get("predictor"):
