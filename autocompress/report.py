@@ -204,10 +204,14 @@ def _score(m: dict[str, Any], split: str) -> float | None:
 
 
 def _series(d: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """What the plots draw: the front's members that are best on accuracy and latency alone (the line), the
+    members on the front only for their zipped size, the other candidates, the teacher, its int8."""
     front_numbers = {m["trial"] for m in d["front"]}
+    point = lambda m: (m["val"]["main"], m["latency"]["median_ms"])  # noqa: E731
+    line = [m for m in d["front"] if not any(pareto.dominates(point(o), point(m)) for o in d["front"])]
     return {"candidates": [m for m in d["candidates"] if m["trial"] not in front_numbers],
-            "front": d["front"], "teacher": [d["teacher"]] if d["teacher"] else [],
-            "teacher_quantized": d["teacher_quantized"]}
+            "front": line, "front_size": [m for m in d["front"] if m not in line],
+            "teacher": [d["teacher"]] if d["teacher"] else [], "teacher_quantized": d["teacher_quantized"]}
 
 
 def plot_png(data: dict[str, Any], path: str | Path) -> Path:
@@ -237,10 +241,15 @@ def plot_png(data: dict[str, Any], path: str | Path) -> Path:
             for xi, m in zip(x, front):
                 ax.annotate(f"#{m['trial']}", (xi, _score(m, "val")), textcoords="offset points", xytext=(4, 4),
                             fontsize=7, color="C0")
-            best = next((m for m in front if m["trial"] == d["best_within_budget"]), None)
+            best = next((m for m in d["front"] if m["trial"] == d["best_within_budget"]), None)
             if best and d["budget_ms"]:
                 ax.plot(best["latency"]["median_ms"], _score(best, "val"), "*", color="C1", ms=16, zorder=5,
                         label="best within budget")
+        for m in series["front_size"]:
+            ax.plot(m["latency"]["median_ms"], _score(m, "val"), "o", color="C0", mfc="none", ms=7,
+                    label="on the front for its zipped size (val)")
+            ax.annotate(f"#{m['trial']}", (m["latency"]["median_ms"], _score(m, "val")), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7, color="C0")
         for m in series["teacher"]:
             ax.plot(m["latency"]["median_ms"], _score(m, "val"), "s", color="k", ms=8, label="teacher fp32 (val)")
         for m in series["teacher_quantized"]:
@@ -297,6 +306,8 @@ def plot_html(data: dict[str, Any], path: str | Path) -> Path:
         n + (" (target)" if devices.get(n, {}).get("target") else "") for n in names])
     styles = {"candidates": dict(mode="markers", marker=dict(color="#aaaaaa", size=8), name="other candidates (val)"),
               "front": dict(mode="lines+markers", marker=dict(color="#1f77b4", size=9), name="front (val)"),
+              "front_size": dict(mode="markers", marker=dict(color="#1f77b4", size=9, symbol="circle-open"),
+                                 name="on the front for its zipped size (val)"),
               "teacher": dict(mode="markers", marker=dict(color="black", symbol="square", size=11),
                               name="teacher fp32 (val)"),
               "teacher_quantized": dict(mode="markers", marker=dict(color="#2ca02c", symbol="diamond", size=10),
@@ -308,7 +319,7 @@ def plot_html(data: dict[str, Any], path: str | Path) -> Path:
             fig.add_trace(go.Scatter(x=[m["latency"]["median_ms"] for m in members], y=[_score(m, "val") for m in members],
                                      hovertext=[_hover(m, metric) for m in members], hoverinfo="text",
                                      legendgroup=key, showlegend=col == 1, **styles[key]), row=1, col=col)
-        dev = [m for m in d["front"] if m.get("dev")]
+        dev = [m for m in _series(d)["front"] if m.get("dev")]
         if dev:
             fig.add_trace(go.Scatter(x=[m["latency"]["median_ms"] for m in dev], y=[_score(m, "dev") for m in dev],
                                      mode="lines+markers", line=dict(dash="dash", color="#1f77b4"),

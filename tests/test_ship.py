@@ -12,6 +12,7 @@ from autocompress.store import Store
 # trial: (val, dev, laptop ms, mobile ms); 0 is the teacher. Trial 3 is dominated on laptop-cpu by trial 1.
 FIGURES = {0: (0.90, 0.89, 50.0, 80.0), 1: (0.88, 0.86, 20.0, 30.0), 2: (0.85, 0.87, 10.0, 14.0),
            3: (0.80, 0.80, 25.0, 9.0)}
+ZIPPED = {0: 20.0, 1: 6.0, 2: 5.0, 3: 4.0}     # trial 3 is the smallest download: on the front for that alone
 RECIPES = {0: Recipe(), 1: Recipe((Step("drop_layers", {"keep": 4}),)), 2: Recipe((Step("drop_layers", {"keep": 3}),)),
            3: Recipe((Step("quantize_int8"),))}
 
@@ -40,7 +41,7 @@ def make_store(tmp_path: Path, *, dev: bool = True, mobile: str = "measured") ->
         onnx.write_bytes(f"not really onnx {n}".encode())
         store.add_artifact(tid, "onnx", onnx)
         store.add_artifact(tid, "checkpoint", tmp_path)
-        store.finish_trial(tid, "done", size_mb=1.0, n_params=1000 * (5 - n))
+        store.finish_trial(tid, "done", size_mb=1.0, size_zip_mb=ZIPPED[n], n_params=1000 * (5 - n))
     tid = store.start_trial("r", 4, "candidate", "{}", "")
     store.finish_trial(tid, "failed", error="RuntimeError: planted")
     return store
@@ -126,3 +127,16 @@ def test_runs_list(tmp_path):
     line = runs_table(rows).splitlines()[1]
     assert line.split()[:8] == ["r", "sst2", "laptop-cpu", "30", "ms", "running", "3/3", "1"]
     assert "#1 val 88.00% 20.00 ms" in line
+
+
+def test_plots_draw_the_line_through_accuracy_and_latency_only(tmp_path):
+    """With the zipped size as a third objective, trial 3 (slower and less accurate than trial 1 on
+    laptop-cpu, but the smallest download) is on the front; the plots draw it apart, not on the line."""
+    from autocompress.report import _series, front_data
+
+    d = front_data(make_store(tmp_path), "r")["devices"]["laptop-cpu"]
+    assert [m["trial"] for m in d["front"]] == [2, 1, 3, 0]
+    series = _series(d)
+    assert [m["trial"] for m in series["front"]] == [2, 1, 0]
+    assert [m["trial"] for m in series["front_size"]] == [3]
+    assert series["candidates"] == []
