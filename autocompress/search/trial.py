@@ -62,13 +62,13 @@ def evaluate_candidate(setup: TrialSetup, number: int, recipe: Recipe, role: str
             data = data or load_task_data(setup.data_path)
             teacher = teacher or load_teacher(setup.teacher_path)
             model = teacher.model()
+            ctx = Context(teacher.transfer_set(data), seed=setup.seed + number) if recipe.steps else None
             if recipe.torch_steps:
-                ctx = Context(teacher.transfer_set(data), seed=setup.seed + number)
                 model = recipe.apply_torch(model, ctx)
             model = finalize(model)      # e.g. pruning masks become plain zeros
             checkpoint.save_model(model, teacher.tokenizer, out_dir / "checkpoint")
             fp32 = export.export_onnx(model, out_dir / "model.fp32.onnx")
-            final = recipe.apply_onnx(fp32, out_dir)
+            final = recipe.apply_onnx(fp32, out_dir, ctx)   # static int8 calibrates on its rows
             pad = teacher.tokenizer.pad_token_id or 0
             logits = predict_onnx(final, encode(teacher.tokenizer, data.val, EVAL_MAX_LENGTH), pad_id=pad,
                                   threads=setup.threads)
