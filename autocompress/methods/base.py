@@ -46,6 +46,8 @@ class Method:
     label: Callable[[Any], str]
     size_only: bool = False                 # buys size, never speed on a dense runtime (the front says so)
     not_followed_by: tuple[str, ...] = ()   # methods that may not come after it in a recipe ("*": none may)
+    exclusive: str | None = None            # a group of alternatives: at most one step of the group per recipe
+    cpu_note: str | None = None             # why it does not pay on a CPU profile (fronts show it there)
 
     @property
     def kind(self) -> str:
@@ -67,12 +69,16 @@ REGISTRY: dict[str, Method] = {}
 
 
 def register(name: str, stage: Stage, config_cls: type, label: Callable[[Any], str] | None = None, *,
-             size_only: bool = False, not_followed_by: tuple[str, ...] = ()):
+             size_only: bool = False, not_followed_by: tuple[str, ...] = (), exclusive: str | None = None,
+             cpu_note: str | None = None):
     """Decorator: ``@register("prune_heads", "structure", HeadPruning, label=lambda c: ...)`` on
     ``fn(model, cfg, ctx)`` (``fn(src, dst, cfg, ctx)`` for the onnx stage). Without a label, the
     method's name is its label. ``size_only``: the method makes models smaller but no faster on a
     dense runtime. ``not_followed_by``: methods of the same stage that must not come after it (``"*"``:
-    it must be the stage's last), checked when a recipe is built, before any work."""
+    it must be the stage's last), checked when a recipe is built, before any work. ``exclusive``: the
+    name of a group of alternatives (``"precision"``: the quantization methods), of which a recipe holds
+    at most one step, also checked before any work. ``cpu_note``: one line saying why the method buys
+    nothing on a CPU profile (fp16); fronts mark such candidates on CPU devices with it."""
     if stage not in STAGES:
         raise ValueError(f"method {name!r}: stage must be one of {', '.join(STAGES)}, got {stage!r}")
 
@@ -81,7 +87,7 @@ def register(name: str, stage: Stage, config_cls: type, label: Callable[[Any], s
             raise RuntimeError(f"method {name!r} registered twice")
         doc = (fn.__doc__ or name).strip().splitlines()[0]
         REGISTRY[name] = Method(name, stage, config_cls, fn, doc, label or (lambda cfg: name), size_only,
-                                tuple(not_followed_by))
+                                tuple(not_followed_by), exclusive, cpu_note)
         return fn
 
     return wrap
