@@ -10,12 +10,19 @@ steps:                          # in the order they are applied
       strategy: top             # a constant                          | {choices: [a, b]}
   - method: distill
     when: changed               # only if an earlier step removed something
-    params: {steps: {int: [100, 300], step: 100}}
+    params:
+      steps: {int: [100, 300], step: 100}
+      attention: {float: [0.5, 4.0], log: true, optional: true}   # a conditional parameter (see below)
   - method: quantize_int8
     optional: true              # the searcher decides whether the step is in the recipe
 seeds:                          # recipes tried first, as the searcher's parameter names
   - {drop_layers.keep: 4, quantize_int8: true}
 ```
+A parameter marked ``optional: true`` exists only when the searcher switches it on: a switch named
+``method.param.on`` (true/false) comes first, and when it is off the parameter is left out, so the
+method's default applies (for distillation's loss weights, 0: that target is not used). The switch
+and the value are ordinary Optuna parameters (define-by-run: the value is asked only after the switch).
+
 The same function turns a trial into a recipe for the searcher (``optuna.Trial``) and turns stored
 parameters back into a recipe (``optuna.trial.FixedTrial``), so the two can never disagree.
 """
@@ -59,7 +66,8 @@ class Space:
                 continue
             if spec.get("optional") and not trial.suggest_categorical(method, [True, False]):
                 continue
-            params = {k: _suggest(trial, f"{method}.{k}", v) for k, v in (spec.get("params") or {}).items()}
+            params = {k: _suggest(trial, f"{method}.{k}", v) for k, v in (spec.get("params") or {}).items()
+                      if not _optional(v) or trial.suggest_categorical(switch(method, k), [True, False])}
             step = Step(method, params)
             cfg = step.config
             is_identity = getattr(cfg, "is_identity", None)
@@ -81,9 +89,16 @@ class Space:
             if spec.get("optional"):
                 out[spec["method"]] = {"choices": [True, False]}
             for k, v in (spec.get("params") or {}).items():
+                if _optional(v):
+                    out[switch(spec["method"], k)] = {"choices": [True, False]}
                 if isinstance(v, dict):
-                    out[f"{spec['method']}.{k}"] = v
+                    out[f"{spec['method']}.{k}"] = {key: x for key, x in v.items() if key != "optional"}
         return out
+
+    def switches(self) -> list[str]:
+        """The searcher names of every on/off switch: optional steps and optional parameters."""
+        return [s["method"] for s in self.steps if s.get("optional")] + [
+            switch(s["method"], k) for s in self.steps for k, v in (s.get("params") or {}).items() if _optional(v)]
 
     def validate(self, num_layers: int) -> None:
         """Reject impossible spaces before anything runs: each range must be a valid Optuna
@@ -104,8 +119,8 @@ class Space:
                         raise SpaceError(f"{where}, {spec['method']}.{k} = {value!r}: {e}") from None
         corners = [{n: _extremes(v)[0] for n, v in self.params().items()},
                    {n: _extremes(v)[-1] for n, v in self.params().items()}]
-        for c in corners:   # optional steps switched on, so every step is built
-            c.update({s["method"]: True for s in self.steps if s.get("optional")})
+        for c in corners:   # optional steps and parameters switched on, so every step and value is built
+            c.update({name: True for name in self.switches()})
         known = self.params()
         for i, seed in enumerate(self.seeds, start=1):     # seeds are numbered from 1 in messages
             for name, value in seed.items():
@@ -121,6 +136,15 @@ class Space:
                 self.recipe_from_params({**corners[0], **params}, num_layers)
             except (RecipeError, ValueError) as e:
                 raise SpaceError(f"{where}, {what}: {e}") from None
+
+
+def switch(method: str, param: str) -> str:
+    """The searcher name of an optional parameter's on/off switch."""
+    return f"{method}.{param}.on"
+
+
+def _optional(spec: Any) -> bool:
+    return isinstance(spec, dict) and spec.get("optional") is True
 
 
 def _extremes(spec: Any) -> list[Any]:
@@ -176,16 +200,21 @@ def _check_param(where: str, spec: Any) -> None:
     kinds = [k for k in ("int", "float", "choices") if k in spec]
     if len(kinds) != 1:
         raise SpaceError(f"{where}: give exactly one of int: [lo, hi], float: [lo, hi] or choices: [...]")
+    if "optional" in spec and not isinstance(spec["optional"], bool):
+        raise SpaceError(f"{where}: optional must be true or false, got {spec['optional']!r}")
     if kinds[0] == "choices":
+        if set(spec) - {"choices", "optional"}:
+            raise SpaceError(f"{where}: unknown key {sorted(set(spec) - {'choices', 'optional'})[0]!r} "
+                             "(choices take only optional)")
         if not isinstance(spec["choices"], list) or not spec["choices"]:
             raise SpaceError(f"{where}: choices must be a non-empty list")
         return
     bounds = spec[kinds[0]]
     if not (isinstance(bounds, list) and len(bounds) == 2 and bounds[0] <= bounds[1]):
         raise SpaceError(f"{where}: {kinds[0]} must be [low, high] with low <= high, got {bounds!r}")
-    unknown = set(spec) - {kinds[0], "step", "log"}
+    unknown = set(spec) - {kinds[0], "step", "log", "optional"}
     if unknown:
-        raise SpaceError(f"{where}: unknown key {sorted(unknown)[0]!r} (expected step or log)")
+        raise SpaceError(f"{where}: unknown key {sorted(unknown)[0]!r} (expected step, log or optional)")
 
 
 def parse_space(text: str, default_name: str = "custom") -> Space:

@@ -5,6 +5,7 @@ for Ray Tune. Accuracy is measured on the very ONNX file that is timed and would
 """
 from __future__ import annotations
 
+import functools
 import socket
 import time
 import traceback
@@ -63,7 +64,8 @@ def evaluate_candidate(setup: TrialSetup, number: int, recipe: Recipe, role: str
             teacher = teacher or load_teacher(setup.teacher_path)
             model = teacher.model()
             if recipe.torch_steps:
-                ctx = Context(teacher.transfer_set(data), seed=setup.seed + number)
+                ctx = Context(teacher.transfer_set(data), seed=setup.seed + number,
+                              teacher=functools.cache(teacher.model))   # loaded on first use, once per trial
                 model = recipe.apply_torch(model, ctx)
             model = finalize(model)      # e.g. pruning masks become plain zeros
             checkpoint.save_model(model, teacher.tokenizer, out_dir / "checkpoint")
