@@ -31,12 +31,14 @@ class _Logits(torch.nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
 
 
-def export_onnx(model, path: str | os.PathLike) -> Path:
+def export_onnx(model, path: str | os.PathLike, input_names: tuple[str, ...] | None = None) -> Path:
     """Export ``model`` to a single self-contained ONNX file with dynamic batch and sequence axes.
 
     Eager attention is used for the export: ONNX Runtime fuses its pattern into its own attention kernel.
     Weights that several layers share are stored once, each as the initializer its MatMuls read
     (``_store_shared_weights_once``).
+    ``input_names`` defaults to what the layout adapter says the model takes (give them for models the
+    methods do not know, such as the latency predictors' reference architectures).
     """
     check_final(model, "export")
     path = Path(path)
@@ -44,7 +46,7 @@ def export_onnx(model, path: str | os.PathLike) -> Path:
     impl = model.config._attn_implementation
     model.set_attn_implementation("eager")
     model.eval()
-    names = arch.input_names(model)
+    names = input_names or arch.input_names(model)
     ids = torch.randint(0, model.config.vocab_size, (2, 16))
     example = (ids, torch.ones_like(ids), torch.zeros_like(ids))[: len(names)]
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
@@ -82,3 +84,14 @@ def save(model_proto: onnx.ModelProto, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(model_proto, str(path))
     return path
+
+
+def to_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """An fp16 copy of an fp32 ONNX graph (ONNX Runtime's converter; inputs and outputs keep their
+    types), as a GPU would run it."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    return save(model, dst)

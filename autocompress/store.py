@@ -74,6 +74,8 @@ class TrialRow(Base):
     n_params: Mapped[int | None] = mapped_column(Integer)
     params: Mapped[dict] = mapped_column(JSON, default=dict)    # the searcher's raw suggestions
     node: Mapped[str | None] = mapped_column(String(200))       # where it ran: host/Ray node
+    recovery_seconds: Mapped[float | None] = mapped_column(Float)   # time the recovery (training) steps took
+    reused_from: Mapped[str | None] = mapped_column(String(200))    # RUN/TRIAL whose trained model it reused
     run: Mapped[RunRow] = relationship(back_populates="trials")
     metrics: Mapped[list["MetricRow"]] = relationship(cascade="all, delete-orphan")
     latencies: Mapped[list["LatencyRow"]] = relationship(cascade="all, delete-orphan")
@@ -134,6 +136,8 @@ class TrialRecord:
     latencies: dict[str, dict[str, Any]] = field(default_factory=dict)  # profile -> latency dict
     artifacts: dict[str, str] = field(default_factory=dict)            # kind -> path
     size_zip_mb: float | None = None                                    # the final ONNX file zipped (deflate)
+    recovery_seconds: float | None = None                               # time its recovery training took
+    reused_from: str | None = None      # "RUN/TRIAL" whose trained model (same structure + recovery) it reused
 
     def accuracy(self, split: str) -> float | None:
         return self.metrics.get(split, {}).get("main")
@@ -156,9 +160,23 @@ class RunRecord:
     heartbeat: dt.datetime | None = None
 
 
+@dataclass
+class ArtifactRecord:
+    kind: str
+    path: str
+    sha256: str | None        # of the file when the trial recorded it (None for folders)
+    size_bytes: int | None
+
+
+def _run_record(r: RunRow) -> RunRecord:
+    return RunRecord(r.name, r.status, r.created, r.finished, r.task, r.model, r.device, r.budget_ms,
+                     r.space, dict(r.settings or {}), r.run_dir, r.error, r.heartbeat)
+
+
 def _trial_record(t: TrialRow) -> TrialRecord:
     rec = TrialRecord(t.number, t.role, t.recipe, t.recipe_hash, t.status, t.error, t.seconds, t.size_mb,
-                      t.n_params, dict(t.params or {}), t.node, size_zip_mb=t.size_zip_mb)
+                      t.n_params, dict(t.params or {}), t.node, size_zip_mb=t.size_zip_mb,
+                      recovery_seconds=t.recovery_seconds, reused_from=t.reused_from)
     for m in t.metrics:
         rec.metrics.setdefault(m.split, {"n": m.n_examples})[m.name] = m.value
     for lat in t.latencies:
@@ -327,9 +345,12 @@ class Store:
 
     def get_run(self, name: str) -> RunRecord:
         with self._session() as s:
-            r = self._run(s, name)
-            return RunRecord(r.name, r.status, r.created, r.finished, r.task, r.model, r.device, r.budget_ms,
-                             r.space, dict(r.settings or {}), r.run_dir, r.error, r.heartbeat)
+            return _run_record(self._run(s, name))
+
+    def runs(self) -> list[RunRecord]:
+        """Every run in the store, oldest first."""
+        with self._session() as s:
+            return [_run_record(r) for r in s.scalars(select(RunRow).order_by(RunRow.created)).all()]
 
     def run_names(self) -> list[str]:
         with self._session() as s:
@@ -371,10 +392,13 @@ class Store:
 
     def finish_trial(self, trial_id: int, status: str, *, error: str | None = None, seconds: float | None = None,
                      size_mb: float | None = None, size_zip_mb: float | None = None,
-                     n_params: int | None = None) -> None:
+                     n_params: int | None = None, recovery_seconds: float | None = None,
+                     reused_from: str | None = None) -> None:
         with self._session() as s, s.begin():
             t = s.get(TrialRow, trial_id)
+            t.reused_from = reused_from if reused_from is not None else t.reused_from
             t.status, t.error, t.finished = status, error, _now()
+            t.recovery_seconds = recovery_seconds if recovery_seconds is not None else t.recovery_seconds
             t.seconds = seconds if seconds is not None else t.seconds
             t.size_mb = size_mb if size_mb is not None else t.size_mb
             t.size_zip_mb = size_zip_mb if size_zip_mb is not None else t.size_zip_mb
@@ -444,8 +468,18 @@ class Store:
         return next((t for t in self.trials(run, status=None) if t.number == number), None)
 
     def find_done(self, run: str, recipe_hash: str) -> TrialRecord | None:
-        """The first finished trial of ``run`` with this recipe, if any (duplicates reuse its figures)."""
-        return next((t for t in self.trials(run) if t.recipe_hash == recipe_hash), None)
+        """The first finished trial of ``run`` with this recipe, trained or found over budget, if any
+        (duplicates reuse its figures)."""
+        return next((t for t in self.trials(run, status=None)
+                     if t.recipe_hash == recipe_hash and t.status in ("done", "over_budget")), None)
+
+    def artifact(self, run: str, number: int, kind: str) -> ArtifactRecord | None:
+        """A trial's artifact of this kind (path, and its sha256 and size as recorded), or None."""
+        with self._session() as s:
+            r = self._run(s, run)
+            row = s.scalar(select(ArtifactRow).join(TrialRow).where(TrialRow.run_id == r.id, TrialRow.number == number,
+                                                                   ArtifactRow.kind == kind).order_by(ArtifactRow.id.desc()))
+            return ArtifactRecord(row.kind, row.path, row.sha256, row.size_bytes) if row is not None else None
 
     def trial_id(self, run: str, number: int) -> int:
         with self._session() as s:

@@ -6,6 +6,16 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _shared_calibration():
+    """Predictor calibrations are a property of this machine (cached per host key): tests share the user's
+    calibration folder even where they move AUTOCOMPRESS_CACHE, so a machine calibrates once, not per test."""
+    if not os.environ.get("AUTOCOMPRESS_CALIBRATION_DIR"):
+        base = Path(os.environ.get("AUTOCOMPRESS_CACHE") or Path.home() / ".cache" / "autocompress")
+        os.environ["AUTOCOMPRESS_CALIBRATION_DIR"] = str(base / "calibration")
+    yield
+
+
 @pytest.fixture(scope="session")
 def glue_dir() -> Path:
     """The real GLUE folder (SST-2, CoLA): $AUTOCOMPRESS_GLUE_DIR, else shared/glue beside the repo."""
@@ -150,7 +160,7 @@ def feature_rows():
     return make_features
 
 
-# ---------------------------------------------------------------- PostgreSQL and a local Ray cluster
+# ---------------------------------------------------------------- PostgreSQL
 @pytest.fixture
 def postgres_url():
     """A fresh database on the PostgreSQL server that `.ci/run` starts (AUTOCOMPRESS_TEST_POSTGRES: a URL
@@ -170,70 +180,6 @@ def postgres_url():
     with admin.connect() as c:
         c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def ray_cluster(tmp_path):
-    """``ray_cluster(worker_resources={...}, cpus=1)``: a real two-node Ray cluster on this machine, made
-    the way a user makes one (`ray start --head`, then `ray start --address` for a second node), with
-    Ray's token authentication. Returns (address, env): the environment a driver needs to join it."""
-    import secrets
-    import shutil
-    import subprocess
-    import sys
-
-    ray_exe = str(Path(sys.executable).with_name("ray"))
-    temp = Path("/tmp") / f"ac-ray-{secrets.token_hex(4)}"      # short: Ray's socket paths have a length limit
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
-           "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
-    started = []
-
-    def start(worker_resources: dict | None = None, cpus: int = 1):
-        import json
-
-        port = _free_port()
-        address = f"127.0.0.1:{port}"
-        common = ["--node-ip-address", "127.0.0.1", f"--num-cpus={cpus}", "--disable-usage-stats",
-                  f"--temp-dir={temp}"]
-        run([ray_exe, "start", "--head", f"--port={port}", "--include-dashboard=false", *common])
-        started.append(True)
-        worker = [ray_exe, "start", f"--address={address}", *common]
-        if worker_resources:
-            worker.append(f"--resources={json.dumps(worker_resources)}")
-        run(worker)
-        return address, env
-
-    def run(cmd):
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, f"{' '.join(cmd[1:3])} failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
-
-    yield start
-    if started:      # stop this cluster's processes only (`ray stop` would stop every Ray on the machine)
-        kill_processes_mentioning(str(temp))
-        shutil.rmtree(temp, ignore_errors=True)
-
-
-def kill_processes_mentioning(text: str) -> None:
-    """SIGKILL every process whose command line contains ``text``."""
-    import signal
-
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            if text in (proc / "cmdline").read_bytes().decode(errors="replace"):
-                os.kill(int(proc.name), signal.SIGKILL)
-        except (OSError, ProcessLookupError):
-            pass
 
 
 @pytest.fixture(scope="session")
@@ -299,3 +245,167 @@ def is_loopback(address: str) -> bool:
 
     ip = ipaddress.ip_address(address.rsplit(":", 1)[0])
     return ip.is_loopback or (ip.version == 6 and ip.ipv4_mapped is not None and ip.ipv4_mapped.is_loopback)
+
+
+# ---------------------------------------------------------------- a real Ray cluster of two nodes on this machine
+def _ray_processes(mark: str) -> set[int]:
+    """Processes whose command line names ``mark`` (the cluster's own temp folder), and their children."""
+    def cmdline(pid: int) -> str:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return ""
+
+    def parent(pid: int) -> int:
+        try:
+            return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return -1
+
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    found = {p for p in pids if mark in cmdline(p) and p != os.getpid()}
+    grew = True
+    while grew:
+        more = {p for p in pids if p not in found and parent(p) in found}
+        found |= more
+        grew = bool(more)
+    return found
+
+
+def _stop_ray(mark: str) -> None:
+    """Stop one test cluster by its processes' ids (never `ray stop`, which stops every Ray on the machine)."""
+    import signal
+    import time
+
+    pids = _ray_processes(mark)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.time() + 10
+        while time.time() < deadline and any(Path(f"/proc/{p}").exists() and "Z" not in _state(p) for p in pids):
+            time.sleep(0.2)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
+
+
+@pytest.fixture
+def ray_cluster(monkeypatch):
+    """``ray_cluster(worker_resources={...}, head_cpus=1, worker_cpus=1) -> address``: a real Ray cluster of
+    two nodes on this machine, started with ``ray start`` (a head, then a worker offering the given custom
+    resources), node addresses 127.0.0.1, dashboard off, token authentication with a fresh token (this
+    process gets the token too, so ``ray.init(address=...)`` connects) unless this process has imported
+    Ray already, whose authentication settings the cluster then follows. Stopped at teardown by the ids
+    of its own processes. Several clusters may be started in one test. (In Ray's cluster mode its servers
+    listen on every interface whatever --node-ip-address says: the token is what keeps others out.)"""
+    import json
+    import secrets
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    ray_exe = str(Path(sys.executable).with_name("ray"))
+    env_vars = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
+    if "ray" in sys.modules:
+        # Ray fixed its authentication mode when it was imported (a search run in this process may have
+        # changed RAY_AUTH_MODE since): ask Ray itself, and start the cluster in that mode.
+        from ray._raylet import AuthenticationMode, get_authentication_mode
+
+        if get_authentication_mode() == AuthenticationMode.TOKEN:
+            token = secrets.token_hex(32)
+            env_vars.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+        else:
+            env_vars["RAY_AUTH_MODE"] = "disabled"
+    else:
+        env_vars.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    for k, v in env_vars.items():
+        monkeypatch.setenv(k, v)
+    if "ray" in sys.modules:
+        from ray._raylet import AuthenticationTokenLoader
+
+        AuthenticationTokenLoader.instance().reset_cache()     # this process's token is the cluster's
+    started: list[str] = []
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    def run(args: list[str]) -> None:
+        r = subprocess.run([ray_exe, *args, "--disable-usage-stats"], capture_output=True, text=True, timeout=180,
+                           env={**os.environ, **env_vars})
+        if r.returncode != 0:
+            raise RuntimeError(f"ray {' '.join(args[:2])} failed: {(r.stderr or r.stdout)[-2000:]}")
+
+    def start(worker_resources: dict | None = None, head_cpus: int = 1, worker_cpus: int = 1) -> str:
+        temp = tempfile.mkdtemp(prefix="acray-", dir="/tmp")    # short: Ray's socket paths must stay short
+        started.append(temp)
+        port = free_port()
+        run(["start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--temp-dir", temp,
+             "--include-dashboard", "false", "--num-cpus", str(head_cpus)])
+        run(["start", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1",
+             "--num-cpus", str(worker_cpus), "--resources", json.dumps(worker_resources or {})])
+        return f"127.0.0.1:{port}"
+
+    yield start
+    for temp in started:
+        _stop_ray(temp)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the consumer virtual environment
+# How an app team meets a folder written by `autocompress pick`: Hugging Face Optimum in an environment
+# of its own (optimum-onnx needs transformers < 5, autocompress runs on 5.x). Built once per machine and
+# cached, keyed by its requirement files and Python's version.
+CONSUMER = Path(__file__).parent / "consumer"
+
+
+def consumer_venv() -> Path:
+    import hashlib
+    import sys
+
+    h = hashlib.sha256(sys.version.encode())
+    for name in ("requirements.txt", "constraints.txt"):
+        h.update((CONSUMER / name).read_bytes())
+    base = Path(os.environ.get("AUTOCOMPRESS_CONSUMER_VENVS") or Path.home() / ".cache" / "autocompress-tests")
+    return base / f"consumer-{h.hexdigest()[:12]}"
+
+
+@pytest.fixture(scope="session")
+def consumer_python() -> Path:
+    """The consumer environment's python (onnxruntime, optimum-onnx[onnxruntime], transformers 4.x, CPU
+    torch pinned first, then the constraints file), built on first use from PyPI."""
+    import fcntl
+    import shutil
+    import subprocess
+    import sys
+
+    venv = consumer_venv()
+    python, done = venv / "bin" / "python", venv / ".complete"
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with open(venv.parent / ".consumer.lock", "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)           # one build at a time on a machine
+        if not done.exists():
+            shutil.rmtree(venv, ignore_errors=True)
+            pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+            steps = [[sys.executable, "-m", "venv", str(venv)], [*pip, "torch==2.13.0"],
+                     [*pip, "-c", str(CONSUMER / "constraints.txt"), "-r", str(CONSUMER / "requirements.txt")]]
+            for cmd in steps:
+                r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+                if r.returncode != 0:
+                    msg = f"could not build the consumer venv at {venv} ({' '.join(cmd[-3:])}): {r.stderr[-800:]}"
+                    if os.environ.get("CI"):
+                        pytest.fail(msg)
+                    pytest.skip(msg)
+            freeze = subprocess.run([str(python), "-m", "pip", "freeze"], capture_output=True, text=True).stdout
+            done.write_text(freeze)
+    return python

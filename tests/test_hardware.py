@@ -65,20 +65,29 @@ def models(tmp_path_factory):
 
 
 FAST = dict(warmup=2, min_runs=10, max_runs=60, max_seconds=1.0)
+ONE = HardwareProfile("one-thread", "this CPU, one thread", "onnxruntime", "CPUExecutionProvider", 1)
 
 
 # --- profiles ---------------------------------------------------------------------------------
 
 
 def test_bundled_profiles_load_with_threads():
-    assert list_profiles() == ["laptop-cpu", "mobile-cpu"]
-    mobile, laptop = load_profile("mobile-cpu"), load_profile("laptop-cpu")
-    assert mobile.threads == 1 and mobile.max_threads == 1
-    assert laptop.threads == min(4, os.cpu_count())
+    assert list_profiles() == ["laptop-cpu", "mobile-cpu", "server-gpu"]
+    mobile, laptop, gpu = load_profile("mobile-cpu"), load_profile("laptop-cpu"), load_profile("server-gpu")
+    assert laptop.threads == min(4, os.cpu_count()) and laptop.measure_here and laptop.ci_target == 0.02
+    assert not mobile.measure_here and mobile.resource == "hw-mobile-cpu" and "Pixel 4" in mobile.device
+    assert mobile.predictor["kind"] == "host-operators" and mobile.predictor["host_threads"] == 1
+    assert {a["name"]: a["ms"][128][1] for a in mobile.predictor["anchors"]} == {
+        "BERT-base": 342, "MobileBERT": 62, "MobileBERT-tiny": 40, "MobileBERT w/o OPT": 192}
+    assert all("MobileBERT" in a["source"] and "Pixel 4" in a["source"] for a in mobile.predictor["anchors"])
     for p in (mobile, laptop):
         assert p.runtime == "onnxruntime" and p.provider == "CPUExecutionProvider"
-        assert (p.batch_size, p.seq_len) == (1, 128)
+        assert (p.batch_size, p.seq_len) == (1, 128) and p.shapes == ((1, 128),)
         assert p.available()
+    assert gpu.provider == "CUDAExecutionProvider" and gpu.precision == "fp16"
+    assert gpu.shapes == ((8, 128), (1, 128)) and gpu.predictor["kind"] == "roofline"
+    assert {a["use"] for a in gpu.predictor["anchors"]} == {"fit", "heldout"}
+    assert all("NVIDIA/TensorRT" in a["source"] for a in gpu.predictor["anchors"])
 
 
 def test_load_profile_from_path(tmp_path):
@@ -86,6 +95,7 @@ def test_load_profile_from_path(tmp_path):
     f.write_text("name: mine\ndescription: d\nruntime: onnxruntime\nprovider: CPUExecutionProvider\nmax_threads: 2\nseq_len: 64\n")
     p = load_profile(str(f))
     assert p == HardwareProfile("mine", "d", "onnxruntime", "CPUExecutionProvider", 2, 1, 64)
+    assert p.measure_here and p.predictor is None and p.resource is None
 
 
 @pytest.mark.parametrize(
@@ -95,6 +105,10 @@ def test_load_profile_from_path(tmp_path):
         ("name: x\ndescription: d\nruntime: onnxruntime\nprovider: CPUExecutionProvider\nmax_threads: 1\nseq_len: -5\n", "seq_len"),
         ("name: x\ndescription: d\nruntime: onnxruntime\nprovider: CPUExecutionProvider\nmax_threads: 1\ncores: 8\n", "cores"),
         ("name: x\ndescription: d\nruntime: tflite\nprovider: CPUExecutionProvider\nmax_threads: 1\n", "runtime"),
+        ("name: x\ndescription: d\nruntime: onnxruntime\nprovider: CPUExecutionProvider\nmax_threads: 1\nprecision: int4\n", "precision"),
+        ("name: x\ndescription: d\nruntime: onnxruntime\nprovider: CPUExecutionProvider\nmax_threads: 1\nextra_shapes: [8]\n", "extra_shapes"),
+        ("name: x\ndescription: d\nruntime: onnxruntime\nprovider: CPUExecutionProvider\nmax_threads: 1\nci_target: 2\n", "ci_target"),
+        ("name: x\ndescription: d\nruntime: onnxruntime\nprovider: CPUExecutionProvider\nmax_threads: 1\npredictor: {kind: magic}\n", "predictor"),
     ],
 )
 def test_bad_profile_names_the_field(tmp_path, yaml_text, field):
@@ -114,7 +128,7 @@ def test_unknown_device_lists_known_ones():
 
 def test_session_uses_profile_threads(models):
     small, _ = models
-    sess = load_profile("mobile-cpu").session(small)
+    sess = ONE.session(small)
     assert sess.get_session_options().intra_op_num_threads == 1
     assert sess.get_providers() == ["CPUExecutionProvider"]
 
@@ -124,24 +138,27 @@ def test_session_uses_profile_threads(models):
 
 def test_measure_latency_stats(models):
     small, _ = models
-    lat = measure_latency(small, load_profile("mobile-cpu"), **FAST)
+    lat = measure_latency(small, ONE, **FAST)
     assert lat.n >= FAST["min_runs"] and lat.n <= FAST["max_runs"]
     assert 0 < lat.p10_ms <= lat.median_ms <= lat.p90_ms
     assert lat.spread_ms >= 0
-    assert lat.how == "measured" and lat.profile == "mobile-cpu"
+    assert lat.how == "measured" and lat.profile == "one-thread"
     assert lat.detail["threads"] == 1 and lat.detail["host"]
     assert lat.detail["provider"] == "CPUExecutionProvider" and lat.detail["seq_len"] == 128
+    assert lat.detail["ci95_rel"] >= 0 and "stopped at" in lat.detail["protocol"]
+    assert isinstance(lat.detail["int8_isa"], list)
 
 
 def test_min_runs_honoured_even_past_time_budget(models):
     _, big = models
-    lat = measure_latency(big, load_profile("mobile-cpu"), warmup=1, min_runs=8, max_runs=8, max_seconds=0.0)
+    lat = measure_latency(big, ONE, warmup=1, min_runs=8, max_runs=8, max_seconds=0.0,
+                          ci_target=1e-6)
     assert lat.n == 8
 
 
 def test_bigger_model_is_slower(models):
     small, big = models
-    profile = load_profile("mobile-cpu")
+    profile = ONE
     fast, slow = measure_latency(small, profile, **FAST), measure_latency(big, profile, **FAST)
     assert slow.median_ms > 3 * fast.median_ms, (fast.median_ms, slow.median_ms)
     assert ratio(slow, fast) > 3
@@ -149,7 +166,7 @@ def test_bigger_model_is_slower(models):
 
 def test_side_by_side_times_every_model_alike(models):
     small, big = models
-    lat = measure_side_by_side({"small": small, "big": big}, load_profile("mobile-cpu"), rounds=3, runs_per_round=4)
+    lat = measure_side_by_side({"small": small, "big": big}, ONE, rounds=3, runs_per_round=4)
     assert set(lat) == {"small", "big"}
     for v in lat.values():
         assert v.n == 12 and v.how == "measured" and v.p10_ms <= v.median_ms <= v.p90_ms

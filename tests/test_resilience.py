@@ -137,8 +137,8 @@ def test_cluster_search_with_the_store_in_postgresql(user, ray_cluster, postgres
     from autocompress.store import Store
 
     cwd, env = user
-    address, cluster_env = ray_cluster(cpus=1)
-    env = {**env, **{k: v for k, v in cluster_env.items() if k.startswith("RAY_")}}
+    address = ray_cluster(head_cpus=1, worker_cpus=1)
+    env = {**env, **{k: v for k, v in os.environ.items() if k.startswith("RAY_")}}    # the cluster's token
     r = subprocess.run([EXE, "search", "--space", "tiny.yaml", "--trials", "3", "--name", "shared", *TEACHER,
                         "--ray-address", address, "--storage", postgres_url, "--parallel", "2"],
                        cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)

@@ -1,18 +1,24 @@
 """Latency measurement: the only place in the project that times things.
 
-Protocol: build the profile's ONNX Runtime session, feed fixed inputs of the profile's shape,
-warm up, then time single runs until the interquartile spread is small relative to the median
-(or a run/time cap is reached), all while holding the machine exclusively.
+Protocol: build the profile's ONNX Runtime session (its provider, its threads), feed fixed inputs of
+the profile's shape, warm up, then time single runs until the 95% confidence interval of the median
+is within the profile's target (2% by default) or a time cap is reached, all while holding the
+machine exclusively (a file lock that training and other measurements respect). On CUDA, inputs and
+outputs stay on the device (I/O binding) and every run is synchronised before the clock stops.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import platform
+import subprocess
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -27,6 +33,7 @@ _ORT_DTYPES = {
     "tensor(double)": np.float64,
     "tensor(bool)": np.bool_,
 }
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")  # x86 and ARM (dot product)
 
 
 @dataclass
@@ -51,16 +58,35 @@ class Latency:
 
 def describe(lat: dict) -> str:
     """How a latency was obtained, in one line (tables, JSON, plots and model cards all use this):
-    ``measured on HOST (CPU), PROVIDER, N thread(s), n=40, IQR 0.31 ms`` or ``predicted by MODEL ...``."""
+    ``measured on HOST (CPU), PROVIDER, N thread(s), batch 1 x seq 128, n=40, IQR 0.31 ms`` (then, where
+    known: the Ray node, the confidence interval, the other shapes) or ``predicted by MODEL, device ...,
+    from ..., calibrated on ..., held-out error ...``. A predicted figure never reads as measured."""
     d = lat.get("detail") or {}
+    others = "".join(f"; batch {s['batch_size']} x seq {s['seq_len']}: {s['median_ms']:.2f} ms"
+                     for s in d.get("other_shapes") or [])
     if lat.get("how") == "measured":
-        where = d.get("host", "?") + (f" ({d['cpu']})" if d.get("cpu") else "")
-        return (f"measured on {where}, {d.get('provider', '?')}, {d.get('threads', '?')} thread(s), "
+        chip = d.get("gpu") or d.get("cpu")
+        where = d.get("host", "?") + (f" ({chip})" if chip else "")
+        if d.get("ray_node_id"):
+            where += f", Ray node {d['ray_node_id'][:12]} offering {d.get('ray_resource', '?')}"
+        threads = "" if d.get("gpu") else f"{d.get('threads', '?')} thread(s), "
+        text = (f"measured on {where}, {d.get('provider', '?')}, {threads}"
                 f"batch {d.get('batch_size', '?')} x seq {d.get('seq_len', '?')}, n={lat.get('n')}, "
                 f"IQR {lat.get('spread_ms', 0):.2f} ms")
+        if d.get("ci95_rel") is not None:
+            text += f", median ±{100 * d['ci95_rel']:.1f}% (95% CI)"
+        if d.get("precision") == "fp16":
+            text += ", fp16 conversion of the fp32 graph"
+        return text + _before_training(d) + others
     model = d.get("predictor", "an unnamed model")
-    extra = "".join(f", {k.replace('_', ' ')} {d[k]}" for k in ("device", "calibrated_on", "heldout_error") if d.get(k))
-    return f"predicted by {model}{extra}"
+    labels = {"device": "device", "input": "from", "calibrated_on": "calibrated on", "heldout_error": "held-out error",
+              "note": "note"}
+    extra = "".join(f", {label} {d[k]}" for k, label in labels.items() if d.get(k))
+    return f"predicted by {model}{extra}{_before_training(d)}{others}"
+
+
+def _before_training(d: dict) -> str:
+    return ", obtained on the untrained structure (same graph as shipped)" if d.get("timed_before_training") else ""
 
 
 def ratio(baseline: Latency, other: Latency) -> float:
@@ -73,19 +99,77 @@ exclusive_machine = locks.measuring
 shared_machine = locks.training
 
 
-def _cpu_model() -> str:
+# ------------------------------------------------------------------ what the machine is
+def cpu_info() -> dict[str, Any]:
+    """This CPU's model name, core count, and the int8 dot-product instructions its flags list (what
+    makes int8 inference fast: AVX-512 VNNI, AVX-VNNI, AMX on x86; dot product / i8mm on ARM)."""
+    model, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            key = key.strip().lower()
+            if key in ("model name", "hardware") and model in ("", platform.machine(), platform.processor()):
+                model = value.strip()
+            elif key in ("flags", "features") and not flags:
+                flags = set(value.split())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return {"cpu": model, "cores": os.cpu_count() or 1, "int8_isa": [f for f in INT8_FLAGS if f in flags]}
 
 
-def _inputs(session: Any, profile: HardwareProfile) -> dict[str, np.ndarray]:
+def _gpu_name() -> str:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", "0"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "CUDA device 0"
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return "CUDA device 0"
+
+
+# ------------------------------------------------------------------ the protocol
+def median_ci(times: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free confidence interval of the median from order statistics: the ranks
+    n/2 -/+ z*sqrt(n)/2 of the sorted sample (binomial, normal approximation)."""
+    x = np.sort(np.asarray(times, dtype=float))
+    n = len(x)
+    z = {0.9: 1.645, 0.95: 1.96, 0.99: 2.576}[confidence]
+    lo = max(int(math.floor(n / 2 - z * math.sqrt(n) / 2)), 1)
+    hi = min(int(math.ceil(1 + n / 2 + z * math.sqrt(n) / 2)), n)
+    return float(x[lo - 1]), float(x[hi - 1])
+
+
+def ci_rel(times: list[float]) -> float:
+    """Half the width of the median's 95% confidence interval, relative to the median."""
+    lo, hi = median_ci(times)
+    return (hi - lo) / 2 / float(np.median(times))
+
+
+def repeat(run_once: Callable[[], Any], *, warmup: int, min_runs: int, max_runs: int, max_seconds: float,
+           ci_target: float, clock: Callable[[], float] = time.perf_counter) -> tuple[list[float], str]:
+    """Time ``run_once`` after ``warmup`` untimed runs until the median's 95% CI is within
+    ``ci_target`` of it (at least ``min_runs``), or ``max_runs``, or ``max_seconds`` have passed.
+    Returns the times (ms) and why it stopped."""
+    for _ in range(warmup):
+        run_once()
+    times: list[float] = []
+    start = clock()
+    while True:
+        t0 = clock()
+        run_once()
+        times.append((clock() - t0) * 1e3)
+        if len(times) < min_runs:
+            continue
+        if ci_rel(times) <= ci_target:
+            return times, f"median within ±{100 * ci_target:g}% (95% CI)"
+        if len(times) >= max_runs:
+            return times, f"run cap ({max_runs} runs)"
+        if clock() - start > max_seconds:
+            return times, f"time cap ({max_seconds:g} s)"
+
+
+def _inputs(session: Any, batch: int, seq: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
-    shape = (profile.batch_size, profile.seq_len)
+    shape = (batch, seq)
     feeds = {}
     for inp in session.get_inputs():
         dtype = _ORT_DTYPES.get(inp.type, np.int64)
@@ -99,10 +183,38 @@ def _inputs(session: Any, profile: HardwareProfile) -> dict[str, np.ndarray]:
     return feeds
 
 
+def _runner(session: Any, feeds: dict[str, np.ndarray], provider: str) -> Callable[[], Any]:
+    """One inference, ready to be timed. On CUDA the inputs are copied to the device once and the
+    outputs stay there (I/O binding); ``run_with_iobinding`` synchronises the device before it returns."""
+    if provider != "CUDAExecutionProvider":
+        return lambda: session.run(None, feeds)
+    import onnxruntime as ort
+
+    binding = session.io_binding()
+    for name, value in feeds.items():
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, "cuda", 0))
+    for out in session.get_outputs():
+        binding.bind_output(out.name, "cuda", 0)
+
+    def run():
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+
+    return run
+
+
 def _stats(times_ms: list[float]) -> tuple[float, float, float, float]:
     """median, IQR, p10, p90."""
     p10, p25, p50, p75, p90 = np.percentile(times_ms, [10, 25, 50, 75, 90])
     return float(p50), float(p75 - p25), float(p10), float(p90)
+
+
+def _where(provider: str, threads: int) -> dict[str, Any]:
+    if provider == "CUDAExecutionProvider":
+        return {"host": platform.node(), "gpu": _gpu_name(), "provider": provider, "threads": threads}
+    info = cpu_info()
+    return {"host": platform.node(), "cpu": info["cpu"], "cores": info["cores"], "int8_isa": info["int8_isa"],
+            "provider": provider, "threads": threads}
 
 
 def measure_latency(
@@ -110,43 +222,39 @@ def measure_latency(
     profile: HardwareProfile,
     *,
     warmup: int = 5,
-    min_runs: int = 20,
-    max_runs: int = 200,
-    max_seconds: float = 4.0,
-    rel_spread: float = 0.05,
+    min_runs: int = 10,
+    max_runs: int = 1000,
+    max_seconds: float | None = None,
+    ci_target: float | None = None,
+    threads: int | None = None,
+    provider: str | None = None,
 ) -> Latency:
-    """Measure single-run latency of an ONNX model on `profile`, holding the machine exclusively."""
-    session = profile.session(onnx_path)
-    feeds = _inputs(session, profile)
-    times_ms: list[float] = []
+    """Latency of an ONNX model on `profile`'s provider and threads, at every shape the profile reports
+    (the primary one in the figure, the others in ``detail['other_shapes']``), holding the machine alone."""
+    provider = provider or profile.provider
+    threads = threads or profile.threads
+    max_seconds = profile.max_seconds if max_seconds is None else max_seconds
+    ci_target = profile.ci_target if ci_target is None else ci_target
+    session = profile.session(onnx_path, threads=threads, provider=provider)
+    results = []
     with exclusive_machine():
-        for _ in range(warmup):
-            session.run(None, feeds)
-        start = time.perf_counter()
-        while True:
-            t0 = time.perf_counter()
-            session.run(None, feeds)
-            times_ms.append((time.perf_counter() - t0) * 1e3)
-            n = len(times_ms)
-            if n < min_runs:
-                continue
-            median, iqr, _, _ = _stats(times_ms)
-            if iqr <= rel_spread * median or n >= max_runs or time.perf_counter() - start > max_seconds:
-                break
-    return _latency(profile, times_ms, {"warmup": warmup, "protocol": "sequential"})
+        for batch, seq in profile.shapes:
+            run = _runner(session, _inputs(session, batch, seq), provider)
+            times, stop = repeat(run, warmup=warmup, min_runs=min_runs, max_runs=max_runs, max_seconds=max_seconds,
+                                 ci_target=ci_target)
+            results.append((batch, seq, times, stop))
+    del session
+    (batch, seq, times, stop), rest = results[0], results[1:]
+    extra = {"warmup": warmup, "protocol": f"sequential; stopped at: {stop}", "ci95_rel": round(ci_rel(times), 4)}
+    if rest:
+        extra["other_shapes"] = [{"batch_size": b, "seq_len": s, "median_ms": _stats(t)[0], "n": len(t),
+                                  "ci95_rel": round(ci_rel(t), 4)} for b, s, t, _ in rest]
+    return _latency(profile, times, provider, threads, extra)
 
 
-def _latency(profile: HardwareProfile, times_ms: list[float], extra: dict) -> Latency:
+def _latency(profile: HardwareProfile, times_ms: list[float], provider: str, threads: int, extra: dict) -> Latency:
     median, iqr, p10, p90 = _stats(times_ms)
-    detail = {
-        "host": platform.node(),
-        "cpu": _cpu_model(),
-        "threads": profile.threads,
-        "provider": profile.provider,
-        "batch_size": profile.batch_size,
-        "seq_len": profile.seq_len,
-        **extra,
-    }
+    detail = {**_where(provider, threads), "batch_size": profile.batch_size, "seq_len": profile.seq_len, **extra}
     return Latency(profile.name, median, iqr, p10, p90, len(times_ms), "measured", detail)
 
 
@@ -157,23 +265,74 @@ def measure_side_by_side(
     warmup: int = 5,
     rounds: int = 3,
     runs_per_round: int = 10,
+    threads: int | None = None,
 ) -> dict[Any, Latency]:
     """Time several models in interleaved rounds (A B C, A B C, ...), so that slow phases of a shared
     machine hit them all alike and their ratios hold. Only one session lives at a time (an idle
     session's thread pool still spins for a moment and would steal the cores from the next one), and
-    each turn warms up again. Returns one Latency per key."""
+    each turn warms up again. The primary shape only. Returns one Latency per key."""
+    threads = threads or profile.threads
     times: dict[Any, list[float]] = {k: [] for k in onnx_paths}
     with exclusive_machine():
         for _ in range(rounds):
             for k, path in onnx_paths.items():
-                session = profile.session(path)
-                feeds = _inputs(session, profile)
+                session = profile.session(path, threads=threads)
+                run = _runner(session, _inputs(session, profile.batch_size, profile.seq_len), profile.provider)
                 for _ in range(warmup):
-                    session.run(None, feeds)
+                    run()
                 for _ in range(runs_per_round):
                     t0 = time.perf_counter()
-                    session.run(None, feeds)
+                    run()
                     times[k].append((time.perf_counter() - t0) * 1e3)
-                del session
+                del run, session
     extra = {"warmup": warmup, "protocol": f"side by side with {len(onnx_paths)} models, {rounds} interleaved rounds"}
-    return {k: _latency(profile, t, extra) for k, t in times.items()}
+    return {k: _latency(profile, t, profile.provider, threads, extra) for k, t in times.items()}
+
+
+# ------------------------------------------------------------------ per operator (what predictors map from)
+def profile_operators(onnx_path: str | os.PathLike, profile: HardwareProfile, *, threads: int = 1,
+                      warmup: int = 5, min_runs: int = 10, max_runs: int = 400, max_seconds: float | None = None,
+                      ci_target: float | None = None) -> tuple[Latency, dict[str, float]]:
+    """Time an ONNX model on this host's CPU with ONNX Runtime's profiler on: the whole-run latency
+    (same protocol as ``measure_latency``) and, per operator type, the median over the timed runs of
+    the time its kernels took in one run (ms). Predictors map these to a device that is not here."""
+    import onnxruntime as ort
+
+    max_seconds = profile.max_seconds if max_seconds is None else max_seconds
+    ci_target = profile.ci_target if ci_target is None else ci_target
+    with tempfile.TemporaryDirectory(prefix="autocompress-ortprof-") as tmp:
+        opts = ort.SessionOptions()
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tmp) / "ort")
+        session = profile.session(onnx_path, threads=threads, provider="CPUExecutionProvider", options=opts)
+        feeds = _inputs(session, profile.batch_size, profile.seq_len)
+        with exclusive_machine():
+            times, stop = repeat(lambda: session.run(None, feeds), warmup=warmup, min_runs=min_runs,
+                                 max_runs=max_runs, max_seconds=max_seconds, ci_target=ci_target)
+        events = json.loads(Path(session.end_profiling()).read_text())
+        del session
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    timed = runs[-len(times):]                       # the warm-up runs come first
+    per_run: list[dict[str, float]] = [{} for _ in timed]
+    starts = [s for s, _ in timed]
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        i = int(np.searchsorted(starts, e["ts"], side="right")) - 1
+        if i >= 0 and e["ts"] <= timed[i][1]:
+            op = e.get("args", {}).get("op_name", "?")
+            per_run[i][op] = per_run[i].get(op, 0.0) + e["dur"] / 1e3
+    ops = sorted({op for r in per_run for op in r})
+    op_ms = {op: float(np.median([r.get(op, 0.0) for r in per_run])) for op in ops}
+    lat = _latency(profile, times, "CPUExecutionProvider", threads,
+                   {"warmup": warmup, "protocol": f"ONNX Runtime profiler on; stopped at: {stop}",
+                    "ci95_rel": round(ci_rel(times), 4)})
+    return lat, op_ms
+
+
+def time_call(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    """Run ``fn`` once: (its result, wall-clock milliseconds). The latency of one call as a user meets it
+    (``autocompress predict``), not a measurement under the protocol above."""
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, (time.perf_counter() - t0) * 1e3

@@ -1,4 +1,14 @@
-"""Hardware profiles: which runtime/provider/threads/shape a candidate is measured with."""
+"""Hardware profiles: which device a latency stands for, and how it can be obtained.
+
+A profile names a device and the shape a candidate is timed at. How its figure is obtained depends on
+what is at hand (``hardware.obtain`` decides, in this order):
+
+- ``measure_here: true`` and the profile's ONNX Runtime provider is installed here: measured on this
+  machine (the laptop CPU; the server GPU where CUDA is present).
+- ``resource: NAME`` and a node of the connected Ray cluster offers that custom resource: measured on
+  that node (a real phone or ARM board running a Ray worker started with ``--resources '{"NAME": 1}'``).
+- ``predictor:``: predicted, and labelled so (``hardware.predictor``).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +21,7 @@ from typing import Any
 import yaml
 
 RUNTIMES = ("onnxruntime",)
+PRECISIONS = ("shipped", "fp16")
 _BUNDLED = "autocompress.hw_profiles"
 
 
@@ -25,30 +36,58 @@ class HardwareProfile:
     runtime: str
     provider: str
     max_threads: int
-    batch_size: int = 1
+    batch_size: int = 1           # the primary shape: the figure fronts, budgets and the searcher use
     seq_len: int = 128
+    device: str = ""              # the device the figure stands for, in words
+    measure_here: bool = True     # a local run with `provider` is this device (false: this host is not it)
+    resource: str | None = None   # Ray custom resource offered by nodes that are this device
+    precision: str = "shipped"    # "shipped": the candidate's own file; "fp16": its fp32 graph converted to fp16
+    extra_shapes: tuple[tuple[int, int], ...] = ()   # further (batch, seq) shapes, reported in the detail
+    ci_target: float = 0.02       # repeat until the median's 95% confidence half-width is within this fraction
+    max_seconds: float = 6.0      # ... or this much time has passed
+    predictor: dict | None = None  # how to predict where the device is absent (see hardware.predictor)
 
     @property
     def threads(self) -> int:
-        """Threads actually used on this machine: max_threads capped by the core count."""
+        """Threads used on this machine: max_threads capped by the core count."""
         return max(1, min(self.max_threads, os.cpu_count() or 1))
 
+    @property
+    def shapes(self) -> tuple[tuple[int, int], ...]:
+        """Every (batch, seq) shape the profile reports, the primary first."""
+        return ((self.batch_size, self.seq_len),) + tuple(s for s in self.extra_shapes
+                                                          if s != (self.batch_size, self.seq_len))
+
     def available(self) -> bool:
+        """The profile's provider is installed in this onnxruntime."""
         import onnxruntime as ort
 
         return self.provider in ort.get_available_providers()
 
-    def session(self, onnx_path: str | os.PathLike) -> "onnxruntime.InferenceSession":  # noqa: F821
+    def session(self, onnx_path: str | os.PathLike, *, threads: int | None = None,
+                provider: str | None = None, options: Any = None) -> "onnxruntime.InferenceSession":  # noqa: F821
+        """An ONNX Runtime session as the profile says: its provider, its threads (intra-op threads
+        fixed, one inter-op thread, sequential execution), all graph optimisations."""
         import onnxruntime as ort
 
-        if not self.available():
-            raise ProfileError(f"profile '{self.name}': provider {self.provider} is not available in this onnxruntime")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.threads
+        provider = provider or self.provider
+        if provider not in ort.get_available_providers():
+            raise ProfileError(f"profile '{self.name}': provider {provider} is not available in this onnxruntime")
+        opts = options or ort.SessionOptions()
+        opts.intra_op_num_threads = threads or self.threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        return ort.InferenceSession(str(onnx_path), sess_options=opts, providers=[self.provider])
+        providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
+        return ort.InferenceSession(str(onnx_path), sess_options=opts, providers=providers)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values; ``from_dict`` reads it back (the store keeps a run's profiles this way)."""
+        import dataclasses
+
+        d = dataclasses.asdict(self)
+        d["extra_shapes"] = [list(s) for s in self.extra_shapes]
+        return d
 
     @classmethod
     def from_dict(cls, d: Any) -> "HardwareProfile":
@@ -58,19 +97,53 @@ class HardwareProfile:
         unknown = sorted(set(d) - set(known))
         if unknown:
             raise ProfileError(f"profile field '{unknown[0]}' is unknown: expected only {', '.join(known)}")
-        required = ("name", "description", "runtime", "provider", "max_threads")
-        for key in required:
+        for key in ("name", "description", "runtime", "provider", "max_threads"):
             if key not in d:
                 raise ProfileError(f"profile field '{key}' is missing")
-        for key in ("name", "description", "runtime", "provider"):
-            if not isinstance(d[key], str) or (key != "description" and not d[key].strip()):
+        for key in ("name", "description", "runtime", "provider", "device"):
+            if key in d and (not isinstance(d[key], str) or (key not in ("description", "device") and not d[key].strip())):
                 raise ProfileError(f"profile field '{key}' must be a non-empty string, got {d[key]!r}")
         if d["runtime"] not in RUNTIMES:
             raise ProfileError(f"profile field 'runtime' must be one of {', '.join(RUNTIMES)}, got {d['runtime']!r}")
         for key in ("max_threads", "batch_size", "seq_len"):
             if key in d and (not isinstance(d[key], int) or isinstance(d[key], bool) or d[key] < 1):
                 raise ProfileError(f"profile field '{key}' must be a positive integer, got {d[key]!r}")
-        return cls(**d)
+        if "measure_here" in d and not isinstance(d["measure_here"], bool):
+            raise ProfileError(f"profile field 'measure_here' must be true or false, got {d['measure_here']!r}")
+        if d.get("resource") is not None and (not isinstance(d["resource"], str) or not d["resource"].strip()):
+            raise ProfileError(f"profile field 'resource' must be a Ray resource name like hw-mobile-cpu, got {d['resource']!r}")
+        if "precision" in d and d["precision"] not in PRECISIONS:
+            raise ProfileError(f"profile field 'precision' must be one of {', '.join(PRECISIONS)}, got {d['precision']!r}")
+        for key, low, high in (("ci_target", 0.001, 0.5), ("max_seconds", 0.1, 600.0)):
+            v = d.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high):
+                raise ProfileError(f"profile field '{key}' must be a number in [{low}, {high}], got {v!r}")
+        shapes = d.get("extra_shapes") or []
+        if not isinstance(shapes, (list, tuple)) or not all(
+                isinstance(s, (list, tuple)) and len(s) == 2 and all(isinstance(x, int) and not isinstance(x, bool) and x > 0
+                                                            for x in s) for s in shapes):
+            raise ProfileError(f"profile field 'extra_shapes' must be a list of [batch, seq] pairs, got {shapes!r}")
+        if not d.get("measure_here", True) and not d.get("resource") and not d.get("predictor"):
+            raise ProfileError("profile says measure_here: false but names neither a Ray 'resource' nor a "
+                               "'predictor': its latency could never be obtained")
+        values = dict(d, extra_shapes=tuple(tuple(s) for s in shapes))
+        if d.get("predictor") is not None:
+            from .predictor import PredictorError, check_spec
+
+            try:
+                values["predictor"] = check_spec(_int_keys(d["predictor"]))
+            except PredictorError as e:
+                raise ProfileError(f"profile field 'predictor': {e}") from None
+        return cls(**values)
+
+
+def _int_keys(spec: Any) -> Any:
+    """JSON turns the anchors' integer keys (sequence length, batch size) into strings: turn them back."""
+    if isinstance(spec, dict):
+        return {int(k) if isinstance(k, str) and k.isdigit() else k: _int_keys(v) for k, v in spec.items()}
+    if isinstance(spec, list):
+        return [_int_keys(v) for v in spec]
+    return spec
 
 
 def _bundled() -> dict[str, Any]:
@@ -82,8 +155,11 @@ def list_profiles() -> list[str]:
     return sorted(_bundled())
 
 
-def load_profile(name_or_path: str | os.PathLike) -> HardwareProfile:
-    """Load a bundled profile by name (e.g. "laptop-cpu") or a profile .yaml by path."""
+def load_profile(name_or_path: str | os.PathLike | HardwareProfile) -> HardwareProfile:
+    """Load a bundled profile by name (e.g. "laptop-cpu") or a profile .yaml by path (a profile is
+    returned as it is)."""
+    if isinstance(name_or_path, HardwareProfile):
+        return name_or_path
     bundled = _bundled()
     key = str(name_or_path)
     if key in bundled:

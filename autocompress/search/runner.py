@@ -24,7 +24,7 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from ..evaluate import EVAL_MAX_LENGTH, encode, predict_onnx, score
-from ..hardware.latency import measure_side_by_side
+from ..hardware.obtain import obtain_side_by_side
 from ..hardware.profiles import HardwareProfile
 from ..recipe import Recipe
 from ..store import Store, StoreError, TrialRecord, first_line
@@ -145,15 +145,19 @@ class Progress(tune.Callback):
     def __init__(self, bar, store: Store, plan: SearchPlan):
         self.bar, self.store, self.plan = bar, store, plan
         self.failed = 0
+        self.over_budget = 0
         self.best: tuple[float, float, int] | None = None    # (val, latency, trial) within budget
 
     def __getstate__(self):   # Ray Tune pickles its callbacks with the experiment state: keep only numbers
-        return {"failed": self.failed, "best": self.best, "bar": None, "store": None, "plan": None}
+        return {"failed": self.failed, "over_budget": self.over_budget, "best": self.best, "bar": None,
+                "store": None, "plan": None}
 
     def _postfix(self, last: str) -> None:
         parts = [last]
         if self.failed:
             parts.append(f"{self.failed} failed")
+        if self.over_budget:
+            parts.append(f"{self.over_budget} over budget")
         if self.best:
             parts.append(f"best within budget: #{self.best[2]} {100 * self.best[0]:.1f}% {self.best[1]:.1f} ms")
         self.bar.set_postfix_str(" · ".join(parts))
@@ -163,7 +167,10 @@ class Progress(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = trial.last_result or {}
-        if "val_accuracy" in r:
+        if "val_accuracy" in r and not r.get("trained", True):
+            self.over_budget += 1
+            self._postfix(f"trial {r['number']}: {r['latency_ms']:.1f} ms, over budget, not trained")
+        elif "val_accuracy" in r:
             within = self.plan.budget_ms is None or r["latency_ms"] <= self.plan.budget_ms
             if within and (self.best is None or r["val_accuracy"] > self.best[0]):
                 self.best = (r["val_accuracy"], r["latency_ms"], r["number"])
@@ -344,7 +351,10 @@ def verified(store: Store, run: str, number: int, kind: str = "onnx") -> str:
 
 def remeasure_fronts(store: Store, run: str, profiles: tuple[HardwareProfile, ...]) -> None:
     """Time the teacher and each device's front again, side by side (interleaved rounds), so that the
-    speed-ups shown are ratios from one measurement; repeated if the front changes (at most 3 times)."""
+    speed-ups shown are ratios from one measurement; repeated if the front changes (at most 3 times).
+    Where the profile is measured, that happens where it is measured (here, or on the Ray node); a
+    host-operators prediction is made again from a side-by-side host measurement; a roofline prediction
+    has nothing to re-time and stands (``obtain_side_by_side``)."""
     from tqdm import tqdm
 
     for profile in tqdm(profiles, desc="re-time fronts side by side", unit="device", dynamic_ncols=True):
@@ -353,11 +363,16 @@ def remeasure_fronts(store: Store, run: str, profiles: tuple[HardwareProfile, ..
             trials = store.trials(run)
             members = {t.number: t for t in trials if t.role == "teacher"}
             members.update({t.number: t for t in pareto.front(trials, p)})
-            members = {n: t for n, t in members.items() if "onnx" in t.artifacts}
+            members = {n: t for n, t in members.items() if "onnx" in t.artifacts and p in t.latencies}
             if set(members) <= measured:
                 break
-            paths = {n: verified(store, run, n) for n in members}
-            for n, lat in measure_side_by_side(paths, profile).items():
+            again = obtain_side_by_side({n: verified(store, run, n) for n in members}, profile,
+                                        stored={n: t.latencies[p] for n, t in members.items()},
+                                        fp32_paths={n: verified(store, run, n, "onnx_fp32") for n, t in members.items()
+                                                    if "onnx_fp32" in t.artifacts})
+            if not again:
+                break
+            for n, lat in again.items():
                 store.add_latency(store.trial_id(run, n), lat.to_dict())
             measured = set(members)
 

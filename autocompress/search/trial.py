@@ -1,11 +1,25 @@
 """One trial: recipe -> candidate -> metrics, recorded in the store as it goes.
 
+Latency depends on the architecture and the precision, not on trained weights. So a trial first
+applies the recipe's ``structure`` steps, exports that untrained structure, applies the ONNX steps
+(quantization) to it, and obtains its latency on every profile *before any recovery training*. A
+candidate over the budget on the target device is not trained: it is stored as ``over_budget`` with its
+latencies, and the searcher gets the budget constraint (Optuna learns to avoid such recipes). Within
+budget: recovery steps, export, ONNX steps, and scoring on the very ONNX file that is shipped; its
+latency is the one taken before training when the shipped graph has the same signature (operators,
+attributes, tensor shapes and types: see ``graph_signature``), and is obtained again otherwise.
+
 ``evaluate_candidate`` is plain Python (the teacher baseline uses it directly); ``trainable`` wraps it
-for Ray Tune. Accuracy is measured on the very ONNX file that is timed and would be shipped.
+for Ray Tune.
 """
 from __future__ import annotations
 
+import copy
 import functools
+import hashlib
+import json
+import shutil
+import tempfile
 import socket
 import time
 import traceback
@@ -16,9 +30,10 @@ import torch
 
 from .. import checkpoint, export
 from ..evaluate import EVAL_MAX_LENGTH, encode, predict_onnx, score
-from ..hardware.latency import measure_latency, shared_machine
-from ..hardware.profiles import HardwareProfile
-from ..methods.base import Context, finalize
+from ..hardware.latency import Latency, shared_machine
+from ..hardware.obtain import graph_signature, obtain_latency
+from ..hardware.profiles import HardwareProfile, load_profile
+from ..methods.base import Context, finalize, get_method, pending_finalizers
 from ..recipe import Recipe
 from ..store import Store
 from ..tasks import load_task_data
@@ -36,13 +51,20 @@ class TrialSetup:
     run_dir: str
     data_path: str               # the task's splits, saved in the run folder (tasks.save_task_data)
     teacher_path: str
-    profiles: tuple[HardwareProfile, ...]  # every profile is measured: each device gets its own front
+    profiles: tuple[HardwareProfile | str, ...]  # every profile gets a latency: each device gets its own front
     device: str                   # the target profile's name (the searcher's latency objective)
     budget_ms: float | None
     space_text: str
     num_layers: int
     threads: int                  # CPUs of one trial (the Ray resources it is granted)
     seed: int = 0
+
+
+def latency_known_before_training(recipe: Recipe) -> bool:
+    """Whether the recipe's latency can be known from its untrained structure. Methods whose latency
+    depends on the input (early exit) declare ``input_dependent_latency = True`` on their registry
+    entry: their candidates are trained first and timed after, and the budget cannot spare them training."""
+    return not any(getattr(get_method(s.method), "input_dependent_latency", False) for s in recipe.steps)
 
 
 def evaluate_candidate(setup: TrialSetup, number: int, recipe: Recipe, role: str = "candidate",
@@ -53,8 +75,9 @@ def evaluate_candidate(setup: TrialSetup, number: int, recipe: Recipe, role: str
                                  node=node or socket.gethostname())
     if same is not None:   # the searcher proposed a recipe it already has: reuse its figures, don't redo it
         store.finish_trial(trial_id, "duplicate", error=f"same recipe as trial {same.number}", seconds=0.0)
-        return _result(setup, number, recipe, same.accuracy("val"),
-                       same.latencies[setup.device]["median_ms"], same.size_mb)
+        trained = same.status == "done"
+        return _result(setup, number, recipe, same.accuracy("val" if trained else "untrained"),
+                       same.latencies[setup.device]["median_ms"], same.size_mb, trained=trained)
     t0 = time.time()
     try:
         torch.set_num_threads(setup.threads)
@@ -63,37 +86,156 @@ def evaluate_candidate(setup: TrialSetup, number: int, recipe: Recipe, role: str
             data = data or load_task_data(setup.data_path)
             teacher = teacher or load_teacher(setup.teacher_path)
             model = teacher.model()
-            if recipe.torch_steps:
-                ctx = Context(teacher.transfer_set(data), seed=setup.seed + number,
-                              teacher=functools.cache(teacher.model))   # loaded on first use, once per trial
-                model = recipe.apply_torch(model, ctx)
+            ctx = Context(teacher.transfer_set(data), seed=setup.seed + number,   # the teacher model: loaded on
+                          teacher=functools.cache(teacher.model)) if recipe.steps else None   # first use, once
+            model = recipe.apply_torch(model, ctx, recipe.structure_steps)   # the architecture is final here
+        train = bool(recipe.recovery_steps)
+        pre_dir = out_dir / "structure" if train else out_dir     # untrained files are shipped only if nothing trains
+        early: dict[str, Latency] = {}
+        timed: tuple[Path, Path] | None = None
+        if latency_known_before_training(recipe):
+            # ---- latency before training: the untrained structure in its shipped form (finalized: e.g.
+            # pruning masks folded in), quantized as the recipe says
+            with shared_machine():
+                shipped_form = finalize(copy.deepcopy(model)) if pending_finalizers(model) else model
+                fp32_0 = export.export_onnx(shipped_form, pre_dir / "model.fp32.onnx")
+                timed = (recipe.apply_onnx(fp32_0, pre_dir, ctx), fp32_0)
+            early = _latencies(setup, *timed)
+            target = early[setup.device].median_ms
+            if role == "candidate" and setup.budget_ms is not None and target > setup.budget_ms:
+                return _over_budget(store, setup, trial_id, number, recipe, model, teacher, data, early,
+                                    timed[0], out_dir, t0)
+        with shared_machine():
+            t_rec = time.time()
+            reused = None
+            if train:
+                model, reused = recover(setup, recipe, model, ctx, teacher, number)
+            recovery_s = time.time() - t_rec
             model = finalize(model)      # e.g. pruning masks become plain zeros
             checkpoint.save_model(model, teacher.tokenizer, out_dir / "checkpoint")
-            fp32 = export.export_onnx(model, out_dir / "model.fp32.onnx")
-            final = recipe.apply_onnx(fp32, out_dir)
-            pad = teacher.tokenizer.pad_token_id or 0
-            logits = predict_onnx(final, encode(teacher.tokenizer, data.val, EVAL_MAX_LENGTH), pad_id=pad,
-                                  threads=setup.threads)
-            val = score(data.spec, logits, data.val["label"], "val")
-        latencies = {p.name: measure_latency(final, p) for p in setup.profiles}
+            if train or timed is None:
+                fp32 = export.export_onnx(model, out_dir / "model.fp32.onnx")
+                final = recipe.apply_onnx(fp32, out_dir, ctx)
+            else:
+                final, fp32 = timed
+            val = _score(final, teacher, data, "val", setup.threads)
+        latencies = _reuse_or_obtain(setup, early, timed, final, fp32)
         store.add_metrics(trial_id, "val", val.metrics, val.n)
         for lat in latencies.values():
             store.add_latency(trial_id, lat.to_dict())
         store.add_artifact(trial_id, "onnx", final)
+        store.add_artifact(trial_id, "onnx_fp32", fp32)
         store.add_artifact(trial_id, "checkpoint", out_dir / "checkpoint")
         size = checkpoint.size_mb(final)
         store.finish_trial(trial_id, "done", seconds=time.time() - t0, size_mb=size,
-                           size_zip_mb=checkpoint.zipped_mb(final), n_params=checkpoint.count_params(model))
+                           size_zip_mb=checkpoint.zipped_mb(final), n_params=checkpoint.count_params(model),
+                           recovery_seconds=recovery_s if recipe.recovery_steps and not reused else None,
+                           reused_from=f"{reused['run']}/{reused['trial']}" if reused else None)
     except BaseException as e:
         store.finish_trial(trial_id, "failed", error=_reason(e), seconds=time.time() - t0)
         raise
     return _result(setup, number, recipe, val.main, latencies[setup.device].median_ms, size)
 
 
-def _result(setup: TrialSetup, number: int, recipe: Recipe, val: float, latency_ms: float, size: float) -> dict:
-    """What the searcher sees: the two objectives and the budget constraint."""
+def prefix_key(setup: TrialSetup, recipe: Recipe) -> str:
+    """What the trained model of a recipe depends on besides the teacher: its PyTorch steps (structure
+    and recovery, with their parameters) and the run's seed; not its ONNX steps."""
+    torch_part = Recipe(recipe.torch_steps)
+    return hashlib.sha256(f"{torch_part.hash}|seed {setup.seed}".encode()).hexdigest()[:16]
+
+
+def recover(setup: TrialSetup, recipe: Recipe, model, ctx: Context, teacher, number: int):
+    """The recovery steps, done once per (prefix, teacher): recipes that share their structure and recovery
+    steps and differ only after them (int8 dynamic or static, fp16, none) train the same model. The trained,
+    finalized model is kept in the teacher's folder under ``prefixes/KEY`` (the teacher folder is what
+    every worker of a cluster reads, and it outlives the run: a later search with this teacher reuses it
+    too). Returns (model, None) after training, or (the cached model, where it came from)."""
+    folder = Path(teacher.path) / "prefixes" / prefix_key(setup, recipe)
+    origin = folder / "origin.json"
+    if origin.is_file():
+        try:
+            return checkpoint.load_model(folder), json.loads(origin.read_text())
+        except Exception:            # a damaged entry (e.g. a disk filled up while writing it): train again
+            shutil.rmtree(folder, ignore_errors=True)
+    model = finalize(recipe.apply_torch(model, ctx, recipe.recovery_steps))
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent if folder.parent.is_dir() else _made(folder.parent),
+                                    prefix=".tmp-"))
+        checkpoint.save_model(model, None, tmp)
+        (tmp / "origin.json").write_text(json.dumps({"run": setup.run, "trial": number, "recipe": recipe.to_json()}))
+        try:
+            tmp.rename(folder)       # atomic: a parallel trial that finished first keeps its entry
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError:                  # a read-only teacher folder: nothing is cached, nothing is lost
+        pass
+    return model, None
+
+
+def _made(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _latencies(setup: TrialSetup, final: Path, fp32: Path) -> dict[str, Latency]:
+    """The candidate's latency on every profile (each obtained as its profile says: measured or predicted)."""
+    out = {}
+    for p in setup.profiles:
+        p = load_profile(p)
+        out[p.name] = obtain_latency(final, p, fp32_path=fp32)
+    return out
+
+
+def _reuse_or_obtain(setup: TrialSetup, early: dict[str, Latency], timed: tuple[Path, Path] | None,
+                     final: Path, fp32: Path) -> dict[str, Latency]:
+    """The figures taken before training if the shipped graphs (final and fp32) have the signatures of
+    the timed ones (same operators, attributes, tensor shapes and types: only weights differ); else
+    obtained again on the shipped files. Untrained files that are not shipped are removed."""
+    same = bool(early) and timed is not None and (
+        timed == (final, fp32) or (graph_signature(timed[0]) == graph_signature(final)
+                                   and graph_signature(timed[1]) == graph_signature(fp32)))
+    if timed is not None and timed[0].parent != final.parent:
+        shutil.rmtree(timed[0].parent, ignore_errors=True)
+    if not same:
+        return _latencies(setup, final, fp32)
+    if timed != (final, fp32):
+        for lat in early.values():
+            lat.detail["timed_before_training"] = True
+    return early
+
+
+def _over_budget(store: Store, setup: TrialSetup, trial_id: int, number: int, recipe: Recipe, model, teacher, data,
+                 early: dict[str, Latency], final_0: Path, out_dir: Path, t0: float) -> dict:
+    """Store an over-budget candidate without training it: its latencies, and the untrained structure's
+    score on the validation split (split ``untrained``; the searcher needs a value, fronts never show it)."""
+    with shared_machine():
+        untrained = _score(final_0, teacher, data, "untrained", setup.threads)
+    size = checkpoint.size_mb(final_0)
+    store.add_metrics(trial_id, "untrained", untrained.metrics, untrained.n)
+    for lat in early.values():
+        store.add_latency(trial_id, lat.to_dict())
+    target = early[setup.device].median_ms
+    store.finish_trial(trial_id, "over_budget", seconds=time.time() - t0, size_mb=size,
+                       n_params=checkpoint.count_params(model),
+                       error=f"{target:.2f} ms on {setup.device} is over the {setup.budget_ms:g} ms budget "
+                             f"({early[setup.device].how}): not trained")
+    shutil.rmtree(out_dir, ignore_errors=True)       # nothing of it is shipped
+    return _result(setup, number, recipe, untrained.main, target, size, trained=False)
+
+
+def _score(onnx_path: Path, teacher, data, split: str, threads: int | None = None):
+    pad = teacher.tokenizer.pad_token_id or 0
+    logits = predict_onnx(onnx_path, encode(teacher.tokenizer, data.val, EVAL_MAX_LENGTH), pad_id=pad,
+                          threads=threads)
+    return score(data.spec, logits, data.val["label"], split)
+
+
+def _result(setup: TrialSetup, number: int, recipe: Recipe, val: float, latency_ms: float, size: float,
+            trained: bool = True) -> dict:
+    """What the searcher sees: the two objectives and the budget constraint. An over-budget candidate
+    (``trained`` false) carries its untrained score: the constraint makes it infeasible for Optuna."""
     result = {"val_accuracy": val, "latency_ms": latency_ms, "size_mb": size, "number": number,
-              "recipe": recipe.short()}
+              "recipe": recipe.short(), "trained": trained}
     if setup.budget_ms is not None:
         result["constraint"] = latency_ms - setup.budget_ms   # <= 0: within budget
     return result
@@ -126,4 +268,3 @@ def trainable(config: dict, setup: TrialSetup) -> None:
 def _reason(e: BaseException) -> str:
     """The error as stored: its first line says what went wrong, the traceback follows."""
     return f"{type(e).__name__}: {str(e).strip() or repr(e)}\n{traceback.format_exc(limit=5)}"
-

@@ -1,0 +1,158 @@
+"""Device profiles, in one run:
+
+1. the same model re-obtained 5 times on each CPU profile (laptop-cpu measured here; mobile-cpu predicted
+   from this host's operator timings): max/min of the medians, target <= 1.03;
+2. the mobile predictor calibrated afresh on this host, and its error on published anchors it was not
+   fitted on (leave-one-out);
+3. the GPU roofline: its constants fitted again from NVIDIA's published figures and its error on the
+   held-out architecture (BERT-large); where a CUDA GPU is here, the teacher and several candidates
+   measured on it beside their predictions (also written to benchmarks/results/); where none is, it says so.
+
+    python benchmarks/latency.py [--repeats 5] [--no-calibrate]
+
+Timings on a shared machine are disturbed by the other work on it: read ratios, not absolute figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from autocompress import checkpoint, export
+from autocompress.hardware import predictor as P
+from autocompress.hardware.latency import cpu_info
+from autocompress.hardware.obtain import obtain_latency, route
+from autocompress.hardware.profiles import load_profile
+from autocompress.methods.pruning import LayerDrop, drop_layers
+from autocompress.recipe import Recipe, Step
+from autocompress.teacher import resolve_model
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def models(tmp: Path) -> dict[str, tuple[Path, Path]]:
+    """The packaged MiniLM (random 2-label head: latency does not depend on weights) and two candidates:
+    name -> (shipped ONNX, fp32 ONNX)."""
+    out = {}
+    int8 = Recipe((Step("quantize_int8"),))
+    for name, keep in (("MiniLM fp32 (6 layers)", None), ("4 layers", 4), ("3 layers", 3)):
+        model = checkpoint.load_model(resolve_model("minilm"))
+        if keep:
+            model = drop_layers(model, LayerDrop(keep=keep))
+        fp32 = export.export_onnx(model, tmp / f"{len(out)}" / "model.fp32.onnx")
+        out[name] = (fp32, fp32)
+        if keep:
+            out[name + " + int8"] = (int8.apply_onnx(fp32, fp32.parent), fp32)
+    return out
+
+
+def repeatability(onnx: Path, repeats: int) -> None:
+    print(f"\n1. the same model (the packaged MiniLM, fp32) obtained {repeats} times per CPU profile")
+    print(f"   {'profile':12} {'how':10} {'medians, ms':48} {'max/min':>8}  target <= 1.03")
+    for name in ("laptop-cpu", "mobile-cpu"):
+        profile = load_profile(name)
+        lats = [obtain_latency(onnx, profile) for _ in range(repeats)]
+        medians = [lat.median_ms for lat in lats]
+        r = max(medians) / min(medians)
+        ok = "ok" if r <= 1.03 else "over"
+        cis = ", ".join(f"{100 * _ci(lat):.1f}%" for lat in lats)
+        print(f"   {name:12} {lats[0].how:10} {', '.join(f'{m:.2f}' for m in medians):48} {r:8.3f}  {ok}"
+              f"  (each median's 95% CI: ±{cis})")
+
+
+def _ci(lat) -> float:
+    """The relative half-width of the median's CI of the run behind a figure (the host run for a prediction)."""
+    return lat.detail.get("ci95_rel") or lat.detail.get("host_ci95_rel") or 0.0
+
+
+def mobile() -> None:
+    profile = load_profile("mobile-cpu")
+    print(f"\n2. mobile-cpu predictor ({profile.predictor['name']}), device: {profile.device}")
+    if route(profile).kind != "predicted":
+        print(f"   {route(profile).text}: nothing to predict")
+        return
+    cal = P.calibrate_host_operators(profile, log=log)
+    print(f"   calibrated on this host ({cal['cpu']}, {cal['host_threads']} thread) on {cal['date']}"
+          f" in {cal.get('seconds', '?')} s; constants: " + ", ".join(f"c_{k} {v:.4g}" for k, v in cal["constants"].items()))
+    print(f"   {'anchor':20} {'device ms':>9} {'host ms':>8} {'matmul':>7} {'norm_act':>8} {'other':>6} "
+          f"{'fitted':>7} {'held-out':>9}  source")
+    for a in cal["anchors"]:
+        h = a["host_classes_ms"]
+        print(f"   {a['name']:20} {a['device_ms']:9.0f} {a['host_ms']:8.1f} {h['matmul']:7.1f} {h['norm_act']:8.1f} "
+              f"{h['other']:6.1f} {a['fitted_ms']:7.1f} {100 * a['loo_error']:+8.0f}%  {a['source']}")
+    print(f"   held-out (leave-one-out) error: mean |error| {100 * cal['loo_mean_abs_error']:.0f}%, "
+          f"max {100 * cal['loo_max_abs_error']:.0f}%")
+
+
+def gpu(tmp: Path) -> None:
+    profile = load_profile("server-gpu")
+    spec = profile.predictor
+    print(f"\n3. server-gpu roofline ({spec['name']}), reference device: {profile.device}")
+    fit = P.calibrate_roofline(spec, log=log)
+    stored = spec["constants"]
+    print("   constants fitted now: " + ", ".join(f"{k} {v:g}" for k, v in fit["constants"].items())
+          + "; in the YAML: " + ", ".join(f"{k} {v:g}" for k, v in stored.items()))
+    print(f"   error on the fitted figures (BERT-base): mean |error| {100 * fit['fit_mean_abs_error']:.1f}%; "
+          f"held out (BERT-large): mean |error| {100 * fit['heldout_mean_abs_error']:.1f}%, "
+          f"max {100 * fit['heldout_max_abs_error']:.1f}%")
+    for a in fit["anchors"]:
+        if a["batch_size"] in (1, 8, 128):
+            print(f"     {a['name']:10} ({a['use']:7}) seq {a['seq_len']:3} batch {a['batch_size']:3}: published "
+                  f"{a['device_ms']:7.2f} ms, roofline {a['predicted_ms']:7.2f} ms ({100 * a['error']:+.0f}%)")
+    if not profile.available():
+        print("   no CUDA GPU here (onnxruntime has no CUDAExecutionProvider): nothing measured to compare the "
+              "roofline with; run this on a CUDA machine with onnxruntime-gpu for predicted vs measured")
+        return
+    rows = []
+    cands = models(tmp)
+    print(f"   {'model':28} {'measured b8':>11} {'predicted b8':>12} {'measured b1':>11} {'predicted b1':>12}")
+    for name, (_, fp32) in cands.items():
+        if name.endswith("int8"):
+            continue
+        m = obtain_latency(fp32, profile)
+        p = P.predict_roofline(fp32, profile)
+        mb1, pb1 = m.detail["other_shapes"][0]["median_ms"], p.detail["other_shapes"][0]["median_ms"]
+        rows.append({"model": name, "gpu": m.detail.get("gpu"), "measured_b8_ms": m.median_ms, "predicted_b8_ms": p.median_ms,
+                     "measured_b1_ms": mb1, "predicted_b1_ms": pb1})
+        print(f"   {name:28} {m.median_ms:11.3f} {p.median_ms:12.3f} {mb1:11.3f} {pb1:12.3f}")
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"gpu_predicted_vs_measured-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps({"host": platform.node(), "rows": rows,
+                               "note": "ONNX Runtime CUDA provider, fp16 conversion, I/O bound on the device; the "
+                                       "roofline's reference is an A100 with TensorRT-class kernels"}, indent=2))
+    print(f"   written to {out}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--no-calibrate", action="store_true", help="use the cached mobile calibration of this host")
+    args = ap.parse_args()
+    info = cpu_info()
+    print(f"host {platform.node()}: {info['cpu']}, {info['cores']} cores, int8 instructions: "
+          f"{', '.join(info['int8_isa']) or 'none'}; load average {os.getloadavg()[0]:.1f} "
+          "(a shared machine disturbs timings: compare ratios)")
+    t0 = time.time()
+    mobile_profile = load_profile("mobile-cpu")
+    if route(mobile_profile).kind == "predicted":      # first, so that section 1 predicts with this calibration
+        P.calibrate_host_operators(mobile_profile, log=log, fresh=not args.no_calibrate)
+    with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
+        teacher = export.export_onnx(checkpoint.load_model(resolve_model("minilm")), Path(tmp) / "minilm.fp32.onnx")
+        repeatability(teacher, args.repeats)
+        mobile()
+        gpu(Path(tmp))
+    print(f"\n(took {time.time() - t0:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
