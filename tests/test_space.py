@@ -145,6 +145,12 @@ BAD = {
     "choose unknown method": ("steps:\n  - choose: p\n    steps: [{method: quantize_int4}]\n", "quantize_int4"),
     "choose and again": ("steps:\n  - method: quantize_int8\n    optional: true\n  - choose: p\n"
                          "    steps: [{method: quantize_int8}, {method: quantize_fp16}]\n", "list it once"),
+    "optional not a bool": ("steps:\n  - method: distill\n    params: {steps: 10, hidden: {float: [1, 2], optional: 1}}\n",
+                            "optional must be true or false"),
+    "misspelt optional": ("steps:\n  - method: distill\n    params: {steps: 10, hidden: {float: [1, 2], optinal: true}}\n",
+                          "optinal"),
+    "unknown choices key": ("steps:\n  - method: distill\n    params: {steps: 10, mapping: {choices: [last], log: true}}\n",
+                            "unknown key 'log'"),
 }
 
 
@@ -234,6 +240,54 @@ def test_constant_and_optional_steps():
     assert r.short() == "layers 3 alt · kd 10 · int8"
     assert r.steps[-1].config.per_channel is False
     assert s.recipe_from_params({"quantize_int8": False}, 6).short() == "layers 3 alt · kd 10"
+
+
+CONDITIONAL = """
+    name: conditional
+    steps:
+      - method: drop_layers
+        params: {keep: 3}
+      - method: distill
+        params:
+          steps: 10
+          attention: {float: [0.5, 4.0], log: true, optional: true}
+          mapping: {choices: [origin, uniform], optional: true}
+"""
+
+
+def test_optional_parameters_exist_only_when_switched_on():
+    s = space(CONDITIONAL)
+    s.validate(6)
+    assert s.params() == {"distill.attention.on": {"choices": [True, False]},
+                          "distill.attention": {"float": [0.5, 4.0], "log": True},
+                          "distill.mapping.on": {"choices": [True, False]},
+                          "distill.mapping": {"choices": ["origin", "uniform"]}}
+    off = s.recipe_from_params({"distill.attention.on": False, "distill.mapping.on": False}, 6)
+    assert off.short() == "layers 3 · kd 10" and off.steps[1].config.attention == 0.0        # the default: no target
+    on = s.recipe_from_params({"distill.attention.on": True, "distill.attention": 2.0,
+                               "distill.mapping.on": True, "distill.mapping": "uniform"}, 6)
+    assert on.short() == "layers 3 · kd 10 +att uniform" and on.steps[1].config.attention == 2.0
+    with pytest.raises(ValueError):           # switched on, the value must be there
+        s.recipe_from_params({"distill.attention.on": True, "distill.mapping.on": False}, 6)
+    # the searcher asks for a value only after switching it on
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        r = s.suggest(trial, 6)
+        on = trial.params["distill.attention.on"]
+        seen.add(on)
+        assert ("distill.attention" in trial.params) == on
+        assert (r.steps[1].config.attention > 0) == on
+        assert s.recipe_from_params(trial.params, 6).hash == r.hash
+        study.tell(trial, 0.5)
+    assert seen == {True, False}
+
+
+def test_optional_parameters_are_validated_as_if_switched_on():
+    s = space(CONDITIONAL.replace("[0.5, 4.0], log: true", "[-1.0, 4.0]"))
+    with pytest.raises(SpaceError, match=r"distill: attention \(a loss weight\) must be a number >= 0, got -1.0"):
+        s.validate(6)
 
 
 def test_identity_is_judged_on_the_layers_left():

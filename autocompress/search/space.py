@@ -10,7 +10,9 @@ steps:                          # in the order they are applied
       strategy: top             # a constant                          | {choices: [a, b]}
   - method: distill
     when: changed               # only if an earlier step removed something
-    params: {steps: {int: [100, 300], step: 100}}
+    params:
+      steps: {int: [100, 300], step: 100}
+      attention: {float: [0.5, 4.0], log: true, optional: true}   # a conditional parameter (see below)
   - choose: precision           # alternatives: the searcher picks one of these steps (its name is the value)
     optional: true              # ... or none of them ("none"); on a single step (method: ..., optional: true)
     steps:                      # the parameter is named after the method and is true or false
@@ -20,6 +22,11 @@ steps:                          # in the order they are applied
 seeds:                          # recipes tried first, as the searcher's parameter names
   - {drop_layers.keep: 4, precision: quantize_int8}
 ```
+A parameter marked ``optional: true`` exists only when the searcher switches it on: a switch named
+``method.param.on`` (true/false) comes first, and when it is off the parameter is left out, so the
+method's default applies (for distillation's loss weights, 0: that target is not used). The switch
+and the value are ordinary Optuna parameters (define-by-run: the value is asked only after the switch).
+
 The same function turns a trial into a recipe for the searcher (``optuna.Trial``) and turns stored
 parameters back into a recipe (``optuna.trial.FixedTrial``), so the two can never disagree.
 """
@@ -75,7 +82,8 @@ class Space:
             elif spec.get("optional") and not trial.suggest_categorical(spec["method"], [True, False]):
                 continue
             method = spec["method"]
-            params = {k: _suggest(trial, f"{method}.{k}", v) for k, v in (spec.get("params") or {}).items()}
+            params = {k: _suggest(trial, f"{method}.{k}", v) for k, v in (spec.get("params") or {}).items()
+                      if not _optional(v) or trial.suggest_categorical(switch(method, k), [True, False])}
             step = Step(method, params)
             cfg = step.config
             is_identity = getattr(cfg, "is_identity", None)
@@ -104,9 +112,18 @@ class Space:
                 out[spec["method"]] = {"choices": [True, False]}
         for spec in self.method_specs():
             for k, v in (spec.get("params") or {}).items():
+                if _optional(v):
+                    out[switch(spec["method"], k)] = {"choices": [True, False]}
                 if isinstance(v, dict):
-                    out[f"{spec['method']}.{k}"] = v
+                    out[f"{spec['method']}.{k}"] = {key: x for key, x in v.items() if key != "optional"}
         return out
+
+    def switches(self) -> list[str]:
+        """The searcher names of every on/off switch: optional single steps and optional parameters (of
+        every method, those inside a ``choose`` too)."""
+        return [s["method"] for s in self.steps if s.get("optional") and "choose" not in s] + [
+            switch(s["method"], k) for s in self.method_specs() for k, v in (s.get("params") or {}).items()
+            if _optional(v)]
 
     def validate(self, num_layers: int) -> None:
         """Reject impossible spaces before anything runs: each range must be a valid Optuna
@@ -128,8 +145,8 @@ class Space:
                         raise SpaceError(f"{where}, {spec['method']}.{k} = {value!r}: {e}") from None
         base = [{n: _extremes(v)[0] for n, v in self.params().items()},
                 {n: _extremes(v)[-1] for n, v in self.params().items()}]
-        for c in base:      # optional steps switched on, so every step is built
-            c.update({s["method"]: True for s in self.steps if s.get("optional") and "choose" not in s})
+        for c in base:      # optional steps and parameters switched on, so every step and value is built
+            c.update({name: True for name in self.switches()})
         choices = [s for s in self.steps if "choose" in s]
         width = max((len(s["steps"]) for s in choices), default=1)
         corners = [{**c, **{s["choose"]: s["steps"][min(i, len(s["steps"]) - 1)]["method"] for s in choices}}
@@ -150,6 +167,15 @@ class Space:
                 self.recipe_from_params({**corners[0], **params}, num_layers)
             except (RecipeError, ValueError) as e:
                 raise SpaceError(f"{where}, {what}: {e}") from None
+
+
+def switch(method: str, param: str) -> str:
+    """The searcher name of an optional parameter's on/off switch."""
+    return f"{method}.{param}.on"
+
+
+def _optional(spec: Any) -> bool:
+    return isinstance(spec, dict) and spec.get("optional") is True
 
 
 def _extremes(spec: Any) -> list[Any]:
@@ -205,16 +231,21 @@ def _check_param(where: str, spec: Any) -> None:
     kinds = [k for k in ("int", "float", "choices") if k in spec]
     if len(kinds) != 1:
         raise SpaceError(f"{where}: give exactly one of int: [lo, hi], float: [lo, hi] or choices: [...]")
+    if "optional" in spec and not isinstance(spec["optional"], bool):
+        raise SpaceError(f"{where}: optional must be true or false, got {spec['optional']!r}")
     if kinds[0] == "choices":
+        if set(spec) - {"choices", "optional"}:
+            raise SpaceError(f"{where}: unknown key {sorted(set(spec) - {'choices', 'optional'})[0]!r} "
+                             "(choices take only optional)")
         if not isinstance(spec["choices"], list) or not spec["choices"]:
             raise SpaceError(f"{where}: choices must be a non-empty list")
         return
     bounds = spec[kinds[0]]
     if not (isinstance(bounds, list) and len(bounds) == 2 and bounds[0] <= bounds[1]):
         raise SpaceError(f"{where}: {kinds[0]} must be [low, high] with low <= high, got {bounds!r}")
-    unknown = set(spec) - {kinds[0], "step", "log"}
+    unknown = set(spec) - {kinds[0], "step", "log", "optional"}
     if unknown:
-        raise SpaceError(f"{where}: unknown key {sorted(unknown)[0]!r} (expected step or log)")
+        raise SpaceError(f"{where}: unknown key {sorted(unknown)[0]!r} (expected step, log or optional)")
 
 
 def _check_choose(name: str, i: int, spec: dict[str, Any]) -> None:

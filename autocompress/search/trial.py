@@ -15,6 +15,7 @@ for Ray Tune.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import shutil
@@ -85,7 +86,9 @@ def evaluate_candidate(setup: TrialSetup, number: int, recipe: Recipe, role: str
             data = data or load_task_data(setup.data_path)
             teacher = teacher or load_teacher(setup.teacher_path)
             model = teacher.model()
-            ctx = Context(teacher.transfer_set(data), seed=setup.seed + number) if recipe.torch_steps or recipe.onnx_steps else None
+            ctx = (Context(teacher.transfer_set(data), seed=setup.seed + number,
+                           teacher=functools.cache(teacher.model))     # the teacher model: loaded on first use
+                   if recipe.steps else None)
             model = recipe.apply_torch(model, ctx, recipe.structure_steps)   # the architecture is final here
         train = bool(recipe.recovery_steps)
         pre_dir = out_dir / "structure" if train else out_dir     # untrained files are shipped only if nothing trains
