@@ -155,3 +155,19 @@ def test_a_recipe_sharing_the_trained_prefix_reuses_the_model(world):
     other = Recipe(LIGHT.steps + (Step("quantize_int8", {"reduce_range": True}),))    # not a duplicate recipe
     evaluate_candidate(dataclasses.replace(setup, seed=1), 5, other, data=world["data"], teacher=world["teacher"])
     assert world["calls"] == [3, 3] and store.trial("b", 5).reused_from is None
+
+
+def test_masked_pruning_is_timed_in_its_shipped_form_then_trained(world):
+    """Magnitude pruning keeps masks (weights recomputed on every forward, with autograd history) through
+    recovery: the latency before training is taken on a finalized copy, and the masks still hold after."""
+    from safetensors.torch import load_file
+
+    setup = dataclasses.replace(world["setup"], budget_ms=None)
+    recipe = Recipe((Step("magnitude_prune", {"sparsity": 0.5}), Step("distill", {"steps": 3, "batch_size": 8})))
+    out = evaluate_candidate(setup, 6, recipe, data=world["data"], teacher=world["teacher"])
+    t = world["store"].trial("b", 6)
+    assert out["trained"] and t.status == "done" and world["calls"][-1] == 3, t.error
+    state = load_file(str(world["tmp"] / "run" / "trial-006" / "checkpoint" / "model.safetensors"))
+    enc = [v for k, v in state.items() if ".encoder." in k and k.endswith("weight") and v.dim() == 2]
+    zeros = sum(int((v == 0).sum()) for v in enc) / sum(v.numel() for v in enc)
+    assert 0.49 <= zeros <= 0.51                     # the masks held through distillation, then were folded in

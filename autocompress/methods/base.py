@@ -202,6 +202,26 @@ def finalize(model):
     return model
 
 
+def finalized_copy(model):
+    """The model as it would ship (finalized), leaving ``model`` itself as it is, with its training state
+    (e.g. the masks recovery still needs). Tensors that methods recompute from parameters on every forward
+    (``torch.nn.utils.prune``'s masked ``weight``) carry autograd history, which ``copy.deepcopy`` refuses:
+    they are detached for the copy (the next forward recomputes them anyway)."""
+    import copy
+
+    if not pending_finalizers(model):
+        return model
+    computed = [(m, name, v) for m in model.modules() for name, v in vars(m).items()
+                if torch.is_tensor(v) and v.grad_fn is not None]
+    for m, name, v in computed:
+        setattr(m, name, v.detach())
+    try:
+        return finalize(copy.deepcopy(model))
+    finally:
+        for m, name, v in computed:
+            setattr(m, name, v)
+
+
 def pending_finalizers(model) -> list[str]:
     """Names of the finalizers this model still needs."""
     return [f.name for f in _finalizers() if f.needed(model)]

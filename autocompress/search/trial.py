@@ -14,7 +14,6 @@ for Ray Tune.
 """
 from __future__ import annotations
 
-import copy
 import functools
 import hashlib
 import json
@@ -33,7 +32,7 @@ from ..evaluate import EVAL_MAX_LENGTH, encode, predict_onnx, score
 from ..hardware.latency import Latency, shared_machine
 from ..hardware.obtain import graph_signature, obtain_latency
 from ..hardware.profiles import HardwareProfile, load_profile
-from ..methods.base import Context, finalize, get_method, pending_finalizers
+from ..methods.base import Context, finalize, finalized_copy, get_method
 from ..recipe import Recipe
 from ..store import Store
 from ..tasks import load_task_data
@@ -98,7 +97,7 @@ def evaluate_candidate(setup: TrialSetup, number: int, recipe: Recipe, role: str
             # ---- latency before training: the untrained structure in its shipped form (finalized: e.g.
             # pruning masks folded in), quantized as the recipe says
             with shared_machine():
-                shipped_form = finalize(copy.deepcopy(model)) if pending_finalizers(model) else model
+                shipped_form = finalized_copy(model)
                 fp32_0 = export.export_onnx(shipped_form, pre_dir / "model.fp32.onnx")
                 timed = (recipe.apply_onnx(fp32_0, pre_dir, ctx), fp32_0)
             early = _latencies(setup, *timed)
