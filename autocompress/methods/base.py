@@ -46,6 +46,7 @@ class Method:
     label: Callable[[Any], str]
     size_only: bool = False                 # buys size, never speed on a dense runtime (the front says so)
     not_followed_by: tuple[str, ...] = ()   # methods that may not come after it in a recipe ("*": none may)
+    input_dependent_latency: bool = False   # latency depends on the input (early exit): known only after training
 
     @property
     def kind(self) -> str:
@@ -67,12 +68,14 @@ REGISTRY: dict[str, Method] = {}
 
 
 def register(name: str, stage: Stage, config_cls: type, label: Callable[[Any], str] | None = None, *,
-             size_only: bool = False, not_followed_by: tuple[str, ...] = ()):
+             size_only: bool = False, not_followed_by: tuple[str, ...] = (), input_dependent_latency: bool = False):
     """Decorator: ``@register("prune_heads", "structure", HeadPruning, label=lambda c: ...)`` on
     ``fn(model, cfg, ctx)`` (``fn(src, dst, cfg, ctx)`` for the onnx stage). Without a label, the
     method's name is its label. ``size_only``: the method makes models smaller but no faster on a
     dense runtime. ``not_followed_by``: methods of the same stage that must not come after it (``"*"``:
-    it must be the stage's last), checked when a recipe is built, before any work."""
+    it must be the stage's last), checked when a recipe is built, before any work.
+    ``input_dependent_latency``: the candidate's latency depends on its input (early exit), so it is
+    known only once the model is trained and scored; the search cannot spare it training."""
     if stage not in STAGES:
         raise ValueError(f"method {name!r}: stage must be one of {', '.join(STAGES)}, got {stage!r}")
 
@@ -81,7 +84,7 @@ def register(name: str, stage: Stage, config_cls: type, label: Callable[[Any], s
             raise RuntimeError(f"method {name!r} registered twice")
         doc = (fn.__doc__ or name).strip().splitlines()[0]
         REGISTRY[name] = Method(name, stage, config_cls, fn, doc, label or (lambda cfg: name), size_only,
-                                tuple(not_followed_by))
+                                tuple(not_followed_by), input_dependent_latency)
         return fn
 
     return wrap
