@@ -1,4 +1,4 @@
-"""The ``autocompress`` command: search, front, finetune, profiles, bench.
+"""The ``autocompress`` command: search, front, runs, pick, predict, finetune, profiles, bench.
 
 User mistakes end with one line on stderr and exit code 2, never a traceback.
 """
@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import os
 import re
+import shlex
 import signal
 import sys
 import time
@@ -81,6 +81,14 @@ def resolve_paths(args) -> None:
             if not Path(value).expanduser().is_file():
                 raise UserError(f"--{attr} {value}: no such file")
             setattr(args, attr, _abs(value))
+    for attr in ("train", "dev", "file"):      # the user's own data files, and predict's --file
+        value = getattr(args, attr, None)
+        if value:
+            if not Path(value).expanduser().is_file():
+                raise UserError(f"--{attr} {value}: no such file")
+            setattr(args, attr, _abs(value))
+    if getattr(args, "out", None):
+        args.out = _abs(args.out)
     if getattr(args, "teacher", None):
         if not Path(args.teacher).expanduser().is_dir():
             raise UserError(f"--teacher {args.teacher}: no such folder; give a fine-tuned model folder")
@@ -103,6 +111,37 @@ def check_numbers(args) -> None:
         value = getattr(args, attr, None)
         if value is not None and value < low:
             raise UserError(f"--{attr.replace('_', '-')} must be {what}, got {value}")
+
+
+_FILE_OPTIONS = ("text_column", "text_pair_column", "label_column", "metric")
+
+
+def check_task_options(args) -> None:
+    """GLUE (--task, --data-dir) or your own files (--train, --dev and their column options): not both."""
+    own = args.train or args.dev
+    if not own:
+        given = [f"--{a.replace('_', '-')}" for a in _FILE_OPTIONS if getattr(args, a) is not None]
+        if given:
+            raise UserError(f"{given[0]} describes your own data: give it with --train FILE --dev FILE")
+        return
+    if args.task:
+        raise UserError("give --task (a GLUE task) or --train/--dev (your own data), not both")
+    if args.data_dir:
+        raise UserError("--data-dir is a GLUE folder: leave it out with --train/--dev")
+    if not (args.train and args.dev):
+        raise UserError(f"--{'dev' if args.train else 'train'} is missing: your own data needs both --train FILE "
+                        "and --dev FILE (CSV, TSV or JSON lines)")
+
+
+def task_source(args):
+    """The task as trial workers will load it: a GLUE task name, or a FileTask with absolute paths."""
+    from .tasks import FileTask
+
+    if not args.train:
+        return args.task or "sst2"
+    return FileTask(train=args.train, dev=args.dev, text_column=args.text_column or "text",
+                    text_pair_column=args.text_pair_column or None, label_column=args.label_column or "label",
+                    metric=args.metric or "accuracy")
 
 
 def model_config(args):
@@ -138,19 +177,21 @@ def check_output_places(args) -> str:
     return url
 
 
-def _teacher_settings(args, data):
+def _teacher_settings(args, data, source):
+    from .tasks import FileTask
     from .teacher import TeacherSettings
 
     return TeacherSettings(model=args.model, task=data.spec.name, train_examples=args.train_examples,
-                           epochs=args.epochs, val_size=len(data.val), seed=args.seed)
+                           epochs=args.epochs, val_size=len(data.val), seed=args.seed,
+                           data=source.fingerprint() if isinstance(source, FileTask) else "")
 
 
-def _teacher(args, data):
+def _teacher(args, data, source):
     from tqdm import tqdm
 
     from .teacher import adopt_teacher, get_teacher
 
-    settings = _teacher_settings(args, data)
+    settings = _teacher_settings(args, data, source)
     if args.teacher:
         return adopt_teacher(args.teacher, settings, data, log=_log)
     bar = None
@@ -180,7 +221,8 @@ def parse_duration(text: str) -> float:
 
 # Options a resumed search takes from the stored run (giving them again with --resume is refused).
 _FIXED_ON_RESUME = ("budget", "device", "space", "trials", "name", "task", "data_dir", "val_size", "seed", "model",
-                    "teacher", "train_examples", "epochs")
+                    "teacher", "train_examples", "epochs", "train", "dev", "text_column", "text_pair_column",
+                    "label_column", "metric")
 
 
 def cmd_search(args) -> int:
@@ -193,6 +235,7 @@ def cmd_search(args) -> int:
     budget = parse_budget(args.budget) if args.budget is not None else None
     time_limit = parse_duration(args.time_limit) if args.time_limit else None
     check_numbers(args)
+    check_task_options(args)
     resolve_paths(args)
     cluster.configure_environment(args.ray_address)
     from .hardware.profiles import ProfileError, list_profiles, load_profile
@@ -206,15 +249,18 @@ def cmd_search(args) -> int:
     profiles = tuple({p.name: p for p in [target, *map(load_profile, list_profiles())]}.values())
     space = load_space(args.space)
     trials = args.trials if args.trials is not None else space.trials
-    spec = get_task(args.task)
-    name = args.name or f"{spec.name}-{target.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
-        raise UserError(f"--name {name!r}: use letters, digits, '.', '_' or '-'")
+    source = task_source(args)
+    if isinstance(source, str):
+        get_task(source)                    # an unknown task name fails here, before anything is read
+    if args.name:
+        _check_name(args.name)
     num_layers = model_config(args).num_hidden_layers
     space.validate(num_layers)
     cluster.check_ray_address(args.ray_address)
     url = check_output_places(args)
-    data = load_task(spec.name, args.data_dir, val_size=args.val_size, seed=args.seed)
+    data = load_task(source, args.data_dir, val_size=args.val_size, seed=args.seed)   # bad files fail here
+    spec = data.spec
+    name = args.name or _check_name(f"{spec.name}-{target.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     from .store import Store, sqlite_file
 
     db = sqlite_file(url)
@@ -225,7 +271,7 @@ def cmd_search(args) -> int:
     with _exclusive_use(args, url, name):
         Path(args.runs_dir).mkdir(parents=True, exist_ok=True)
         store = Store(url)
-        teacher = _teacher(args, data)
+        teacher = _teacher(args, data, source)
         from .teacher import check_learned
 
         if not args.force:
@@ -236,9 +282,11 @@ def cmd_search(args) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         data_path = save_task_data(data, run_dir / "data")
         teacher_path = _teacher_for_workers(teacher.path, run_dir, args.ray_address)
-        settings = {"trials": trials, "space": space.name, "val_size": args.val_size, "seed": args.seed,
+        settings = {"trials": trials, "space": space.name, "val_size": len(data.val), "seed": args.seed,
                     "teacher": teacher_path, "data": data.source, "data_path": data_path, "num_layers": num_layers,
-                    "profiles": [p.to_dict() for p in profiles], "attempt": 0}
+                    "profiles": [p.to_dict() for p in profiles], "attempt": 0,
+                    "labels": list(spec.label_names), "metric": spec.metric, "pair": spec.text_b is not None,
+                    "command": args.command_line, "cwd": os.getcwd()}
         store.create_run(name, task=spec.name, model=args.teacher or args.model, device=target.name,
                          budget_ms=budget, space=space.text, run_dir=str(run_dir), settings=settings)
         _log(f"run {name}: {trials} trials of space '{space.name}' on {spec.name}, target {target.name}"
@@ -337,7 +385,7 @@ def _search(args, store, name: str, settings: dict, data, teacher, time_limit: f
         reason, count = failure_summary(store.trials(name, status=None)) or ("no trial ran", 0)
         error = f"no candidate finished: {count} trial(s) failed, most often with: {reason}"
         if over and not count:
-            error = (f"no candidate within the {budget:g} ms budget on {target.name}: all {len(over)} were over it "
+            error = (f"no candidate within the {run.budget_ms:g} ms budget on {run.device}: all {len(over)} were over it "
                      f"and not trained; raise --budget or search smaller models")
         store.finish_run(name, "failed", error=error)
         print(tables(front_data(store, name)))
@@ -403,15 +451,35 @@ def _teacher_for_workers(path: Path, run_dir: Path, ray_address: str | None) -> 
     return str(dst)
 
 
+def _check_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
+        raise UserError(f"--name {name!r}: use letters, digits, '.', '_' or '-'")
+    return name
+
+
 def _candidates_done(store, run: str) -> int:
     return sum(1 for t in store.trials(run) if t.role == "candidate")
 
 
+def _check_output_file(option: str, path: str | None) -> None:
+    """A file the command will write at the end: its folder exists and can be written, checked first."""
+    if not path:
+        return
+    from .store import writable_folder
+
+    folder = Path(path).expanduser().resolve().parent
+    why = "no such folder" if not folder.is_dir() else writable_folder(folder)
+    if why:
+        raise UserError(f"{option} {path}: cannot write there ({folder}: {why})")
+
+
 def cmd_front(args) -> int:
-    from .report import front_data, plot_png, tables
+    from .report import front_data, plot_html, plot_png, tables
     from .store import Store
 
     resolve_paths(args)
+    _check_output_file("--plot", args.plot)
+    _check_output_file("--html", args.html)
 
     store = Store(_store_url(args), create=False)
     data = front_data(store, args.run)
@@ -426,6 +494,115 @@ def cmd_front(args) -> int:
         print(tables(data))
     if args.plot:
         _log(f"plot written to {plot_png(data, args.plot)}")
+    if args.html:
+        _log(f"interactive page written to {plot_html(data, args.html)}")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from .report import runs_data, runs_table
+    from .store import Store
+
+    resolve_paths(args)
+    rows = runs_data(Store(_store_url(args), create=False))
+    print(json.dumps(rows, indent=2, default=str) if args.json else runs_table(rows))
+    return 0
+
+
+def parse_score(text: str) -> float:
+    """'0.85' or '85%' -> 0.85 (a score in the task's metric: accuracy, F1 or Matthews correlation)."""
+    m = re.fullmatch(r"\s*([-+]?\d+(?:\.\d+)?)\s*(%)?\s*", text or "")
+    value = float(m.group(1)) / (100.0 if m.group(2) else 1.0) if m else None
+    if value is None or not -1.0 <= value <= 1.0:
+        raise UserError(f"--min-accuracy {text!r}: give a fraction like 0.85 or a percentage like 85%")
+    return value
+
+
+def cmd_pick(args) -> int:
+    budget = parse_budget(args.budget) if args.budget is not None else None
+    floor = parse_score(args.min_accuracy) if args.min_accuracy is not None else None
+    resolve_paths(args)
+    from .store import Store, writable_folder
+
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--out {out}: exists and is not an empty folder; give a new folder")
+    why = writable_folder(out.parent)
+    if why:
+        raise UserError(f"--out {out}: cannot write there: {why}")
+    from . import ship
+
+    store = Store(_store_url(args), create=False)
+    choice = ship.choose(store, args.run, device=args.device, budget_ms=budget, min_score=floor)
+    folder = ship.export(store, choice, out, command=args.command_line)
+    t, m = choice.trial, choice.trial.metrics[choice.split]
+    within = f", within {choice.budget_ms:g} ms" if choice.budget_ms is not None else ""
+    print(f"picked trial {t.number} of run {args.run} for {choice.device}: {choice.split} {choice.metric} "
+          f"{choice.score:.4f} (n={m['n']}), {choice.latency_ms:.2f} ms{within}; recipe: "
+          f"{_recipe_short(t.recipe)}")
+    if choice.split == "val":
+        print("judged on the validation split: this run's front was not re-scored on the dev set")
+    print(f"wrote {folder}: {', '.join(sorted(p.name for p in folder.iterdir()))}")
+    return 0
+
+
+def _recipe_short(recipe_json: str) -> str:
+    from .recipe import Recipe
+
+    return Recipe.from_json(recipe_json).short()
+
+
+def _read_examples(path: str, pair: bool) -> list[tuple[str, ...]]:
+    """predict --file: one text per line, or (pair models) text<TAB>second text per line."""
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise UserError(f"--file {path}: not UTF-8 text (line {line}); save it as UTF-8") from None
+    examples = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = tuple(line.split("\t")) if pair else (line,)
+        if len(parts) != (2 if pair else 1):
+            raise UserError(f"--file {path} line {number}: this model classifies text pairs: write "
+                            "text<TAB>second text on each line")
+        examples.append(parts)
+    if not examples:
+        raise UserError(f"--file {path} holds no text")
+    return examples
+
+
+def cmd_predict(args) -> int:
+    resolve_paths(args)
+    folder = Path(args.model).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"{args.model}: no such folder; give a folder written by `autocompress pick`")
+    if args.file and args.texts:
+        raise UserError("give texts or --file FILE, not both")
+    if not args.file and not args.texts:
+        raise UserError("nothing to predict: give a text (two for a text pair) or --file FILE")
+    from .hardware.latency import time_call
+    from .ship import ShippedModel
+
+    model = ShippedModel(folder)
+    want = 2 if model.pair else 1
+    if args.texts and len(args.texts) != want:
+        raise UserError(f"this model classifies {'text pairs: give two texts' if model.pair else 'single texts: give one text'}"
+                        f" (got {len(args.texts)}); for many examples use --file")
+    examples = [tuple(args.texts)] if args.texts else _read_examples(args.file, model.pair)
+    model.predict(*examples[0])              # warm-up: the first call also sets ONNX Runtime up
+    for example in examples:
+        out, ms = time_call(model.predict, *example)
+        if args.json:
+            print(json.dumps({"label": out["label"], "probability": round(out["probability"], 6),
+                              "latency_ms": round(ms, 3), "texts": list(example),
+                              "probabilities": out["probabilities"]}))
+        else:
+            print(f"{out['label']}\t{out['probability']:.4f}\t{ms:.2f} ms\t{' | '.join(example)}")
+    _log(f"label, probability, latency of the call (tokenizer + ONNX Runtime, batch 1, {model.threads} CPU "
+         "thread(s), after one warm-up call)")
     return 0
 
 
@@ -433,19 +610,22 @@ def cmd_finetune(args) -> int:
     from .tasks import load_task
 
     check_numbers(args)
+    check_task_options(args)
     resolve_paths(args)
     model_config(args)
 
-    data = load_task(args.task, args.data_dir, val_size=args.val_size, seed=args.seed)
+    source = task_source(args)
+    data = load_task(source, args.data_dir, val_size=args.val_size, seed=args.seed)
     cached = (not args.teacher and not args.fresh
-              and (_teacher_settings(args, data).cache_dir() / "teacher.json").exists())
+              and (_teacher_settings(args, data, source).cache_dir() / "teacher.json").exists())
     from .locks import search_slot
 
     with search_slot(f"pid {os.getpid()}, finetune", wait=lambda holder: _log(
             f"a search is using this machine ({holder}): waiting for it to finish (Ctrl-C to stop)")):
-        teacher = _teacher(args, data)
+        teacher = _teacher(args, data, source)
     info = teacher.info
-    print(json.dumps({"path": str(teacher.path), "task": info["task"], "train_rows": info["train_rows"],
+    print(json.dumps({"path": str(teacher.path), "task": info["task"], "labels": list(data.spec.label_names),
+                      "train_rows": info["train_rows"],
                       "epochs": info.get("epochs"), "train_seconds": info["train_seconds"], "val": info["val"],
                       "dev": info["dev"], "baseline": info.get("baseline"), "cached": cached}, indent=2))
     from .teacher import UselessTeacher, check_learned
@@ -544,11 +724,24 @@ def _ray(address: str | None):
 
 # ------------------------------------------------------------------ parser
 def _add_data_args(p) -> None:
-    p.add_argument("--task", default="sst2", help="GLUE task: sst2, cola, mrpc, qqp, qnli, rte, mnli (default sst2)")
+    from .tasks import METRICS
+
+    p.add_argument("--task", help="GLUE task: sst2, cola, mrpc, qqp, qnli, rte, mnli (default sst2)")
     p.add_argument("--data-dir", help="local GLUE folder (GLUE's layout, e.g. SST-2/train.tsv); default: "
                    "$AUTOCOMPRESS_GLUE_DIR, else the hub (needs network)")
-    p.add_argument("--val-size", type=int, default=1000,
-                   help="rows carved from train as the search's validation split (default 1000)")
+    p.add_argument("--train", metavar="FILE", help="your own labelled data instead of a GLUE task: a .csv, .tsv or "
+                   ".jsonl file with a header (or keys) naming its columns; needs --dev")
+    p.add_argument("--dev", metavar="FILE", help="your own held-out data (same columns as --train): the fronts "
+                   "are re-scored on it")
+    p.add_argument("--text-column", help="column of the text (default text)")
+    p.add_argument("--text-pair-column", help="column of a second text, for pair tasks (default: none)")
+    p.add_argument("--label-column", help="column of the label: strings or integers, any number of classes "
+                   "(default label)")
+    p.add_argument("--metric", choices=METRICS, help="your own data's metric: accuracy (default), f1 (macro "
+                   "average over classes) or matthews (Matthews correlation, multi-class R_K)")
+    p.add_argument("--val-size", type=int, default=None,
+                   help="rows carved from train as the search's validation split (default min(1000, 10%% of train); "
+                   "at most half of train)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, sampler and training (default 0)")
 
 
@@ -606,8 +799,36 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--device", help="only this device's front")
     f.add_argument("--json", action="store_true", help="machine-readable output")
     f.add_argument("--plot", metavar="PNG", help="also write a plot of the fronts to this PNG file")
+    f.add_argument("--html", metavar="HTML", help="also write one self-contained interactive page (plotly) of "
+                   "the fronts; hover a point for its recipe and figures")
     _add_store_args(f)
     f.set_defaults(func=cmd_front)
+
+    r = sub.add_parser("runs", help="list the runs in a store")
+    r.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_store_args(r)
+    r.set_defaults(func=cmd_runs)
+
+    k = sub.add_parser("pick", help="pick the most accurate model within a budget for a device and write it as a "
+                       "model folder", description="Pick the most accurate member of a device's Pareto front within "
+                       "the latency budget (judged on the dev set), and write it as a Hugging Face-style folder: "
+                       "model.onnx (the very file timed and scored), config.json, tokenizer, recipe.json, README.md.")
+    k.add_argument("run", help="the run's name (see `autocompress runs`)")
+    k.add_argument("--device", help="the device to ship for (default: the run's target device)")
+    k.add_argument("--budget", help="latency budget on that device, e.g. 30ms (default: the run's budget when the "
+                   "device is its target, else none)")
+    k.add_argument("--min-accuracy", help="the lowest acceptable score in the task's metric, e.g. 0.85 or 85%%")
+    k.add_argument("--out", required=True, metavar="DIR", help="the folder to write (new, or empty)")
+    _add_store_args(k)
+    k.set_defaults(func=cmd_pick)
+
+    d = sub.add_parser("predict", help="classify texts with a folder written by pick (ONNX Runtime + tokenizer)")
+    d.add_argument("model", metavar="DIR", help="a folder written by `autocompress pick`")
+    d.add_argument("texts", nargs="*", metavar="TEXT", help="one text, or two for a text-pair model")
+    d.add_argument("--file", help="one example per line (text<TAB>second text for a text-pair model)")
+    d.add_argument("--json", action="store_true", help="one JSON object per example")
+    d.set_defaults(func=cmd_predict)
+
 
     t = sub.add_parser("finetune", help="fine-tune and cache the teacher only (what search does first)")
     _add_data_args(t)
@@ -644,6 +865,7 @@ def _join_negative_values(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = _join_negative_values(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.command_line = "autocompress " + shlex.join(argv)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()      # no weight-loading reports or progress bars from transformers
@@ -652,15 +874,20 @@ def main(argv: list[str] | None = None) -> int:
     from .methods.base import RecipeError
     from .search.cluster import ClusterError
     from .search.space import SpaceError
+    from .ship import IntegrityError, PickError
     from .store import StoreError
     from .tasks import DataError
     from .teacher import TeacherError
 
     try:
         return args.func(args)
-    except (UserError, DataError, ProfileError, SpaceError, StoreError, TeacherError, RecipeError, ClusterError) as e:
+    except (UserError, DataError, ProfileError, SpaceError, StoreError, TeacherError, RecipeError, ClusterError,
+            PickError) as e:
         print(f"autocompress {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except IntegrityError as e:          # not a usage mistake: the store and the files disagree
+        print(f"autocompress {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("autocompress: interrupted", file=sys.stderr)
         return 130

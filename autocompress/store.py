@@ -158,6 +158,19 @@ class RunRecord:
     heartbeat: dt.datetime | None = None
 
 
+@dataclass
+class ArtifactRecord:
+    kind: str
+    path: str
+    sha256: str | None        # of the file when the trial recorded it (None for folders)
+    size_bytes: int | None
+
+
+def _run_record(r: RunRow) -> RunRecord:
+    return RunRecord(r.name, r.status, r.created, r.finished, r.task, r.model, r.device, r.budget_ms,
+                     r.space, dict(r.settings or {}), r.run_dir, r.error, r.heartbeat)
+
+
 def _trial_record(t: TrialRow) -> TrialRecord:
     rec = TrialRecord(t.number, t.role, t.recipe, t.recipe_hash, t.status, t.error, t.seconds, t.size_mb,
                       t.n_params, dict(t.params or {}), t.node, size_zip_mb=t.size_zip_mb,
@@ -330,9 +343,12 @@ class Store:
 
     def get_run(self, name: str) -> RunRecord:
         with self._session() as s:
-            r = self._run(s, name)
-            return RunRecord(r.name, r.status, r.created, r.finished, r.task, r.model, r.device, r.budget_ms,
-                             r.space, dict(r.settings or {}), r.run_dir, r.error, r.heartbeat)
+            return _run_record(self._run(s, name))
+
+    def runs(self) -> list[RunRecord]:
+        """Every run in the store, oldest first."""
+        with self._session() as s:
+            return [_run_record(r) for r in s.scalars(select(RunRow).order_by(RunRow.created)).all()]
 
     def run_names(self) -> list[str]:
         with self._session() as s:
@@ -452,6 +468,14 @@ class Store:
         (duplicates reuse its figures)."""
         return next((t for t in self.trials(run, status=None)
                      if t.recipe_hash == recipe_hash and t.status in ("done", "over_budget")), None)
+
+    def artifact(self, run: str, number: int, kind: str) -> ArtifactRecord | None:
+        """A trial's artifact of this kind (path, and its sha256 and size as recorded), or None."""
+        with self._session() as s:
+            r = self._run(s, run)
+            row = s.scalar(select(ArtifactRow).join(TrialRow).where(TrialRow.run_id == r.id, TrialRow.number == number,
+                                                                   ArtifactRow.kind == kind).order_by(ArtifactRow.id.desc()))
+            return ArtifactRecord(row.kind, row.path, row.sha256, row.size_bytes) if row is not None else None
 
     def trial_id(self, run: str, number: int) -> int:
         with self._session() as s:

@@ -69,6 +69,7 @@ class TeacherSettings:
     min_steps: int = 600          # small data sets: at least this many optimiser steps ...
     max_epochs: int = 20          # ... within this many passes over the rows
     version: int = 2              # the training recipe; a change retrains cached teachers
+    data: str = ""                # fingerprint of your own data files (FileTask.fingerprint); empty for GLUE
 
     def plan_epochs(self, rows: int) -> int:
         """Epochs for ``rows`` training rows: as asked, else one pass over large data sets and, for small
@@ -163,8 +164,10 @@ def get_teacher(settings: TeacherSettings, data: TaskData, *, log: Callable[[str
     source = resolve_model(settings.model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
+        names = data.spec.label_names
         model = AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=data.spec.num_labels, attn_implementation="sdpa")
+            source, num_labels=len(names), id2label=dict(enumerate(names)),
+            label2id={name: i for i, name in enumerate(names)}, attn_implementation="sdpa")
     except OSError as e:
         raise TeacherError(f"cannot load model {settings.model!r} ({str(e).splitlines()[0][:120]}): "
                            f"offline, give --model a local model folder (default: the packaged MiniLM)") from None

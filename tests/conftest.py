@@ -316,15 +316,23 @@ def ray_cluster(monkeypatch):
     ray_exe = str(Path(sys.executable).with_name("ray"))
     env_vars = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
     if "ray" in sys.modules:
-        # Ray read its authentication settings when it was imported: the cluster must use this process's
-        mode = os.environ.get("RAY_AUTH_MODE", "disabled")
-        env_vars["RAY_AUTH_MODE"] = mode
-        if mode == "token" and os.environ.get("RAY_AUTH_TOKEN"):
-            env_vars["RAY_AUTH_TOKEN"] = os.environ["RAY_AUTH_TOKEN"]
+        # Ray fixed its authentication mode when it was imported (a search run in this process may have
+        # changed RAY_AUTH_MODE since): ask Ray itself, and start the cluster in that mode.
+        from ray._raylet import AuthenticationMode, get_authentication_mode
+
+        if get_authentication_mode() == AuthenticationMode.TOKEN:
+            token = secrets.token_hex(32)
+            env_vars.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+        else:
+            env_vars["RAY_AUTH_MODE"] = "disabled"
     else:
         env_vars.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     for k, v in env_vars.items():
         monkeypatch.setenv(k, v)
+    if "ray" in sys.modules:
+        from ray._raylet import AuthenticationTokenLoader
+
+        AuthenticationTokenLoader.instance().reset_cache()     # this process's token is the cluster's
     started: list[str] = []
 
     def free_port() -> int:
@@ -352,3 +360,52 @@ def ray_cluster(monkeypatch):
     for temp in started:
         _stop_ray(temp)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the consumer virtual environment
+# How an app team meets a folder written by `autocompress pick`: Hugging Face Optimum in an environment
+# of its own (optimum-onnx needs transformers < 5, autocompress runs on 5.x). Built once per machine and
+# cached, keyed by its requirement files and Python's version.
+CONSUMER = Path(__file__).parent / "consumer"
+
+
+def consumer_venv() -> Path:
+    import hashlib
+    import sys
+
+    h = hashlib.sha256(sys.version.encode())
+    for name in ("requirements.txt", "constraints.txt"):
+        h.update((CONSUMER / name).read_bytes())
+    base = Path(os.environ.get("AUTOCOMPRESS_CONSUMER_VENVS") or Path.home() / ".cache" / "autocompress-tests")
+    return base / f"consumer-{h.hexdigest()[:12]}"
+
+
+@pytest.fixture(scope="session")
+def consumer_python() -> Path:
+    """The consumer environment's python (onnxruntime, optimum-onnx[onnxruntime], transformers 4.x, CPU
+    torch pinned first, then the constraints file), built on first use from PyPI."""
+    import fcntl
+    import shutil
+    import subprocess
+    import sys
+
+    venv = consumer_venv()
+    python, done = venv / "bin" / "python", venv / ".complete"
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with open(venv.parent / ".consumer.lock", "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)           # one build at a time on a machine
+        if not done.exists():
+            shutil.rmtree(venv, ignore_errors=True)
+            pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+            steps = [[sys.executable, "-m", "venv", str(venv)], [*pip, "torch==2.13.0"],
+                     [*pip, "-c", str(CONSUMER / "constraints.txt"), "-r", str(CONSUMER / "requirements.txt")]]
+            for cmd in steps:
+                r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+                if r.returncode != 0:
+                    msg = f"could not build the consumer venv at {venv} ({' '.join(cmd[-3:])}): {r.stderr[-800:]}"
+                    if os.environ.get("CI"):
+                        pytest.fail(msg)
+                    pytest.skip(msg)
+            freeze = subprocess.run([str(python), "-m", "pip", "freeze"], capture_output=True, text=True).stdout
+            done.write_text(freeze)
+    return python

@@ -4,6 +4,7 @@ packaged MiniLM, real SST-2 rows, real Ray Tune + Optuna, real ONNX Runtime timi
 store. Small budgets keep it to a few minutes."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -196,6 +197,200 @@ def test_a_search_whose_every_trial_fails_says_so(user, run):
     assert "(failed)" in front.stdout and "failed (2x): RuntimeError: planted failure in every trial" in front.stdout
 
 
+# ---------------------------------------------------------------- pick, ship, predict (issue 6)
+DEV_ROWS = 40      # dev sentences on which the shipped folders must agree with the stored candidates
+
+
+def _store(run):
+    from autocompress.store import Store, default_url
+
+    return Store(default_url(run["tmp"] / "runs"), create=False)
+
+
+@pytest.fixture(scope="module")
+def picked(run):
+    """`autocompress pick` for every device the run measured, each into a folder of its own."""
+    out = {}
+    for device in run["front"]["devices"]:
+        r = _cli("pick", "e2e", "--device", device, "--out", f"picked-{device}", env=run["env"], cwd=run["tmp"])
+        assert r.returncode == 0, r.stderr[-2000:]
+        folder = run["tmp"] / f"picked-{device}"
+        out[device] = {"dir": folder, "stdout": r.stdout,
+                       "trial": json.loads((folder / "config.json").read_text())["autocompress"]["trial"]}
+    return out
+
+
+@pytest.fixture(scope="module")
+def dev_rows(glue_dir):
+    from autocompress.tasks import load_task
+
+    return load_task("sst2", glue_dir, val_size=200).dev.select(range(DEV_ROWS))
+
+
+@pytest.fixture(scope="module")
+def stored(run, picked, dev_rows):
+    """Per device: what the stored candidate itself (the run's ONNX artifact, through autocompress's own
+    scoring path, one sentence at a time) says of the dev rows: labels and logits."""
+    from autocompress.evaluate import EVAL_MAX_LENGTH, encode, predict_onnx
+    from autocompress.teacher import load_teacher
+
+    store = _store(run)
+    teacher = load_teacher(store.get_run("e2e").settings["teacher"])
+    features = encode(teacher.tokenizer, dev_rows, EVAL_MAX_LENGTH)
+    names = ["negative", "positive"]
+    out = {}
+    for device, p in picked.items():
+        logits = predict_onnx(store.trial("e2e", p["trial"]).artifacts["onnx"], features, batch_size=1)
+        out[device] = {"labels": [names[i] for i in logits.argmax(-1)], "logits": logits}
+    return out
+
+
+def test_pick_takes_the_most_accurate_front_member_within_budget(run, picked):
+    """Judged on dev; the budget is the run's on its target device and none elsewhere."""
+    for device, d in run["front"]["devices"].items():
+        budget = 500.0 if device == "laptop-cpu" else None
+        assert d["budget_ms"] == budget
+        fits = [m for m in d["front"] if budget is None or m["latency"]["median_ms"] <= budget]
+        best = max(fits, key=lambda m: (m["dev"]["main"], -m["latency"]["median_ms"]))
+        assert picked[device]["trial"] == best["trial"], device
+        assert f"picked trial {best['trial']} of run e2e for {device}: dev accuracy" in picked[device]["stdout"]
+
+
+def test_picked_folder_holds_the_very_file_timed_and_scored(run, picked):
+    import hashlib
+
+    from autocompress.recipe import Recipe
+
+    store = _store(run)
+    for device, p in picked.items():
+        folder = p["dir"]
+        for name in ("model.onnx", "config.json", "tokenizer.json", "tokenizer_config.json", "recipe.json",
+                     "README.md"):
+            assert (folder / name).is_file(), (device, name)
+        art = store.artifact("e2e", p["trial"], "onnx")
+        shipped = hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest()
+        assert shipped == art.sha256 == hashlib.sha256(Path(art.path).read_bytes()).hexdigest()
+        config = json.loads((folder / "config.json").read_text())
+        assert config["id2label"] == {"0": "negative", "1": "positive"}
+        assert config["label2id"] == {"negative": 0, "positive": 1}
+        assert not [k for k in config if k.startswith("autocompress_")]   # the PyTorch structure records
+        trial = store.trial("e2e", p["trial"])
+        assert Recipe.from_dict(json.loads((folder / "recipe.json").read_text())) == Recipe.from_json(trial.recipe)
+
+
+def test_model_card_says_how_every_figure_was_obtained(run, picked):
+    from autocompress.hardware.latency import describe
+    from autocompress.recipe import Recipe
+
+    store = _store(run)
+    for device, p in picked.items():
+        card = (p["dir"] / "README.md").read_text()
+        trial = store.trial("e2e", p["trial"])
+        assert "task: sst2, single texts, labels: `negative`, `positive`" in card
+        assert f"| {trial.metrics['val']['n']} | accuracy {trial.metrics['val']['accuracy']:.4f} |" in card
+        assert f"| 872 | accuracy {trial.metrics['dev']['accuracy']:.4f} |" in card
+        for profile, lat in trial.latencies.items():       # every profile, with how it was measured
+            assert f"| {lat['median_ms']:.2f} |" in card and describe(lat) in card and profile in card
+        assert f"{(p['dir'] / 'model.onnx').stat().st_size / 1e6:.2f} MB on disk" in card
+        assert f"parameters: {trial.n_params:,}" in card
+        assert Recipe.from_json(trial.recipe).describe() in card
+        assert "autocompress search --budget 500ms --space tiny.yaml --name e2e" in card
+        assert f"autocompress pick e2e --device {device} --out picked-{device}" in card
+
+
+def test_folder_loads_in_plain_onnxruntime(picked, stored, dev_rows):
+    """The folder as anyone loads it: onnxruntime and transformers' AutoTokenizer, nothing of ours."""
+    import numpy as np
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    for device, p in picked.items():
+        tok = AutoTokenizer.from_pretrained(str(p["dir"]))
+        session = ort.InferenceSession(str(p["dir"] / "model.onnx"), providers=["CPUExecutionProvider"])
+        id2label = json.loads((p["dir"] / "config.json").read_text())["id2label"]
+        names = [i.name for i in session.get_inputs()]
+        logits = np.stack([session.run(["logits"], {k: v.astype(np.int64) for k, v in tok(
+            text, truncation=True, max_length=128, return_tensors="np").items() if k in names})[0][0]
+            for text in dev_rows["text_a"]])
+        assert [id2label[str(i)] for i in logits.argmax(-1)] == stored[device]["labels"], device
+        np.testing.assert_allclose(logits, stored[device]["logits"], atol=1e-3)
+
+
+def test_folder_loads_in_optimum_in_a_consumer_environment(consumer_python, picked, stored, dev_rows, tmp_path):
+    """Hugging Face Optimum's ORTModelForSequenceClassification.from_pretrained(DIR), in a separate virtual
+    environment with transformers 4.x, gives the stored candidate's labels."""
+    import numpy as np
+
+    sentences = tmp_path / "sentences.json"
+    sentences.write_text(json.dumps(list(dev_rows["text_a"])))
+    script = Path(__file__).parent / "consumer" / "optimum_predict.py"
+    for device, p in picked.items():
+        r = subprocess.run([str(consumer_python), str(script), str(p["dir"]), str(sentences)], capture_output=True,
+                           text=True, timeout=600, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+        assert r.returncode == 0, r.stderr[-3000:]
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+        assert out["model_class"] == "ORTModelForSequenceClassification"
+        assert out["versions"]["transformers"].startswith("4.")        # truly not autocompress's environment
+        assert out["labels"] == stored[device]["labels"], device
+        np.testing.assert_allclose(np.array(out["logits"]), stored[device]["logits"], atol=1e-3)
+
+
+def test_predict_command(run, picked, stored, dev_rows):
+    folder = picked["mobile-cpu"]["dir"]
+    texts = run["tmp"] / "texts.txt"
+    texts.write_text("\n".join(dev_rows["text_a"]) + "\n")
+    r = _cli("predict", str(folder), "--file", "texts.txt", "--json", env=run["env"], cwd=run["tmp"])
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [row["label"] for row in rows] == stored["mobile-cpu"]["labels"]
+    assert all(0.5 <= row["probability"] <= 1 and row["latency_ms"] > 0 for row in rows)
+    assert "latency of the call" in r.stderr
+    one = _cli("predict", str(folder), dev_rows["text_a"][0], env=run["env"], cwd=run["tmp"])
+    label, prob, ms, text = one.stdout.rstrip("\n").split("\t")
+    assert one.returncode == 0 and label == stored["mobile-cpu"]["labels"][0] and text == dev_rows["text_a"][0]
+    assert float(prob) >= 0.5 and ms.endswith(" ms")
+    two = _cli("predict", str(folder), "one text", "another", env=run["env"], cwd=run["tmp"])
+    assert two.returncode == 2 and "single texts" in two.stderr and two.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--device", "mobile-cpu", "--budget", "0.01ms"], "no member of run e2e's mobile-cpu front has latency <= 0.01 ms"),
+    (["--min-accuracy", "100%"], "has latency <= 500 ms and dev accuracy >= 1"),
+    (["--device", "toaster"], "no latencies for device 'toaster'"),
+    (["--min-accuracy", "85"], "--min-accuracy '85': give a fraction"),
+])
+def test_pick_refuses_in_one_line(run, args, expected, capsys):
+    from autocompress.cli import main
+
+    code = main(["pick", "e2e", *args, "--runs-dir", str(run["tmp"] / "runs"), "--out", str(run["tmp"] / "refused")])
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    if "no member" in expected:       # the closest members, with their figures
+        assert re.search(r"(the fastest is|its only member is) trial \d+ \(\d+\.\d+ ms, dev accuracy 0\.\d{4}\)",
+                         err), err
+    assert not (run["tmp"] / "refused").exists()
+
+
+def test_pick_into_a_folder_that_is_not_empty(run, picked, capsys):
+    from autocompress.cli import main
+
+    code = main(["pick", "e2e", "--runs-dir", str(run["tmp"] / "runs"), "--out", str(picked["laptop-cpu"]["dir"])])
+    assert code == 2 and "not an empty folder" in capsys.readouterr().err
+
+
+def test_front_html_and_runs(run):
+    r = _cli("front", "e2e", "--html", "front.html", env=run["env"], cwd=run["tmp"])
+    assert r.returncode == 0, r.stderr
+    page = (run["tmp"] / "front.html").read_text()
+    assert len(page) > 1_000_000 and "<script src=" not in page      # plotly's JavaScript inlined, no CDN
+    assert "laptop-cpu (target)" in page and "mobile-cpu" in page and "budget 500 ms" in page
+    assert "layers 4" in page and "measured on" in page             # hover: recipe and how it was timed
+    runs = _cli("runs", env=run["env"], cwd=run["tmp"])
+    line = next(ln for ln in runs.stdout.splitlines() if ln.startswith("e2e "))
+    assert re.search(r"e2e +sst2 +laptop-cpu +500 ms +done +2/2 +0 +#\d+ val \d+\.\d\d% \d+\.\d\d ms", line), line
+
+
 BUDGET_SPACE = """
 name: budget
 trials: 2
@@ -231,3 +426,19 @@ def test_a_mobile_budget_binds_before_training(user):
     assert trained.status == "done" and trained.recovery_seconds > 0
     assert "1 candidate(s) over the 40 ms budget on mobile-cpu were not trained (trials 1)" in r.stdout
     assert "of recovery training saved" in r.stderr
+
+
+def test_a_search_whose_every_candidate_is_over_budget_fails(user):
+    """A budget no candidate meets: nothing is trained, the run is stored failed with the reason, exit 1.
+    The target is the mobile profile, predicted (deterministic): the 6-layer fp32 seed is ~55 ms there."""
+    cwd, env = user["cwd"], user["env"]
+    (cwd / "over.yaml").write_text("name: over\ntrials: 1\nsteps:\n  - method: drop_layers\n    params: {keep: {int: [5, 6]}}\n"
+                                   "  - method: distill\n    params: {steps: 10}\nseeds:\n  - {drop_layers.keep: 6}\n")
+    r = _cli("search", "--budget", "1ms", "--device", "mobile-cpu", "--space", "over.yaml", "--name", "over",
+             *TEACHER, env=env, cwd=cwd)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "no candidate within the 1 ms budget on mobile-cpu: all 1 were over it" in r.stderr
+    from autocompress.store import Store, default_url
+
+    run = Store(default_url(cwd / "runs"), create=False).get_run("over")
+    assert run.status == "failed" and "budget on mobile-cpu" in run.error

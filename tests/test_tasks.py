@@ -213,7 +213,7 @@ def test_wrong_header(tmp_path):
 def test_bad_val_size(tmp_path, val_size):
     _write(tmp_path / "SST-2" / "train.tsv", ["sentence\tlabel", "good\t1", "bad\t0"])
     _write(tmp_path / "SST-2" / "dev.tsv", ["sentence\tlabel", "ok\t1"])
-    with pytest.raises(DataError, match="val_size"):
+    with pytest.raises(DataError, match="--val-size"):
         load_task("sst2", tmp_path, val_size=val_size)
 
 

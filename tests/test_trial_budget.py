@@ -18,7 +18,7 @@ from autocompress.search.runner import ConstrainedOptunaSearch, DefineByRun
 from autocompress.search.space import load_space
 from autocompress.search.trial import TrialSetup, evaluate_candidate
 from autocompress.store import Store
-from autocompress.tasks import load_task
+from autocompress.tasks import load_task, save_task_data
 from autocompress.teacher import TeacherSettings, adopt_teacher, resolve_model
 
 CPU = HardwareProfile.from_dict({"name": "test-cpu", "description": "this CPU, quick protocol", "runtime": "onnxruntime",
@@ -48,8 +48,8 @@ def world(tmp_path_factory, glue_dir):
                             log=lambda m: None)
     store = Store(f"sqlite:///{tmp / 'store.db'}")
     store.create_run("b", task="sst2", model="tiny", device="server-gpu", budget_ms=None, space="", run_dir=str(tmp / "run"))
-    setup = TrialSetup(store_url=store.url, run="b", run_dir=str(tmp / "run"), task="sst2", data_dir=str(glue_dir),
-                       val_size=64, teacher_path=str(teacher.path), profiles=(CPU, load_profile("server-gpu")),
+    setup = TrialSetup(store_url=store.url, run="b", run_dir=str(tmp / "run"),
+                       data_path=save_task_data(data, tmp / "run" / "data"), teacher_path=str(teacher.path), profiles=(CPU, load_profile("server-gpu")),
                        device="server-gpu", budget_ms=None, space_text="", num_layers=4, threads=1)
     base = evaluate_candidate(setup, 0, Recipe(), role="teacher", data=data, teacher=teacher)
     calls = []

@@ -1,0 +1,294 @@
+"""Pick a model for a device, ship it as a Hugging Face-style folder, and load such a folder to predict.
+
+``choose`` finds the most accurate member of a device's Pareto front within a latency budget (and at or
+above a minimum score), judged on the dev set where the front was re-scored on it. ``export`` writes the
+folder: the very ONNX file that was timed and scored (its sha256 checked against the store while it is
+copied), ``config.json`` with the task's label names, the tokenizer, ``recipe.json`` and a model card
+(``README.md``). ``ShippedModel`` loads such a folder with ONNX Runtime and the tokenizer only.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MODEL_FILE = "model.onnx"
+
+
+class PickError(Exception):
+    """No model can be picked or loaded as asked; one line (exit code 2)."""
+
+
+class IntegrityError(Exception):
+    """The stored artifact is not the file the store recorded; one line (exit code 1)."""
+
+
+@dataclass
+class Choice:
+    run: Any                    # store.RunRecord
+    device: str
+    budget_ms: float | None     # the budget applied (given, or the run's on its target device)
+    min_score: float | None
+    split: str                  # what it was judged on: dev, or val where the front has no dev scores
+    metric: str
+    trial: Any                  # store.TrialRecord: the pick
+    teacher: Any                # store.TrialRecord of the teacher baseline, if the run has one
+
+    @property
+    def latency_ms(self) -> float:
+        return self.trial.latencies[self.device]["median_ms"]
+
+    @property
+    def score(self) -> float:
+        return self.trial.accuracy(self.split)
+
+
+def _latency(t, device: str) -> float:
+    return t.latencies[device]["median_ms"]
+
+
+def choose(store, run: str, device: str | None = None, budget_ms: float | None = None,
+           min_score: float | None = None) -> Choice:
+    """The most accurate member of ``device``'s front (the run's target device by default) whose latency
+    there is within the budget (given, else the run's own when ``device`` is its target) and whose score
+    is at least ``min_score``; ties go to the faster. Raises PickError naming the closest members."""
+    from .search import pareto
+    from .tasks import stored_task
+
+    record = store.get_run(run)
+    trials = store.trials(run)
+    device = device or record.device
+    devices = sorted({p for t in trials for p in t.latencies})
+    if not devices:
+        raise PickError(f"run {run} has no finished trial with a latency: there is nothing to pick")
+    if device not in devices:
+        raise PickError(f"run {run} has no latencies for device {device!r}: choose --device from {', '.join(devices)}")
+    if budget_ms is None and device == record.device:
+        budget_ms = record.budget_ms
+    _, metric, _ = stored_task(record.task, record.settings)
+    members = pareto.front(trials, device)
+    split = "dev" if all(m.accuracy("dev") is not None for m in members) else "val"
+    fits = [m for m in members if (budget_ms is None or _latency(m, device) <= budget_ms)
+            and (min_score is None or m.accuracy(split) >= min_score)]
+    if not fits:
+        raise PickError(_no_fit(run, device, members, split, metric, budget_ms, min_score))
+    best = max(fits, key=lambda t: (t.accuracy(split), -_latency(t, device)))
+    teacher = next((t for t in trials if t.role == "teacher"), None)
+    return Choice(record, device, budget_ms, min_score, split, metric, best, teacher)
+
+
+def _figures(t, device: str, split: str, metric: str) -> str:
+    return f"trial {t.number} ({_latency(t, device):.2f} ms, {split} {metric} {t.accuracy(split):.4f})"
+
+
+def _no_fit(run, device, members, split, metric, budget_ms, min_score) -> str:
+    want = " and ".join(([f"latency <= {budget_ms:g} ms"] if budget_ms is not None else [])
+                        + ([f"{split} {metric} >= {min_score:g}"] if min_score is not None else []))
+    fastest = min(members, key=lambda t: (_latency(t, device), -t.accuracy(split)))
+    best = max(members, key=lambda t: (t.accuracy(split), -_latency(t, device)))
+    closest = (f"its only member is {_figures(best, device, split, metric)}" if fastest is best else
+               f"the fastest is {_figures(fastest, device, split, metric)}, the most accurate "
+               f"{_figures(best, device, split, metric)}")
+    return (f"no member of run {run}'s {device} front has {want}: {closest}; "
+            "raise --budget or lower --min-accuracy")
+
+
+# ---------------------------------------------------------------- export
+def export(store, choice: Choice, out: str | os.PathLike, command: str) -> Path:
+    """Write the chosen model's folder at ``out`` (absent or empty). Built in a temporary folder beside it
+    and moved into place at the end, so a failure leaves nothing half-written."""
+    from transformers import AutoTokenizer
+
+    from .tasks import stored_task
+
+    out = Path(out)
+    run, trial = choice.run, choice.trial
+    onnx = store.artifact(run.name, trial.number, "onnx")
+    ckpt = store.artifact(run.name, trial.number, "checkpoint")
+    if onnx is None or ckpt is None:
+        raise IntegrityError(f"trial {trial.number} of run {run.name} has no stored "
+                             f"{'ONNX file' if onnx is None else 'checkpoint'}: nothing to export")
+    labels, metric, pair = stored_task(run.task, run.settings)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    try:
+        sha = _copy_verified(Path(onnx.path), onnx.sha256, tmp / MODEL_FILE, trial.number)
+        AutoTokenizer.from_pretrained(ckpt.path).save_pretrained(str(tmp))
+        config = _config(Path(ckpt.path) / "config.json", choice, labels, pair)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        from .recipe import Recipe
+
+        (tmp / "recipe.json").write_text(json.dumps(Recipe.from_json(trial.recipe).to_dict(), indent=2) + "\n")
+        (tmp / "README.md").write_text(model_card(choice, labels, metric, pair, sha, (tmp / MODEL_FILE).stat().st_size,
+                                                  command))
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            out.rmdir()         # the CLI has checked it is empty
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _copy_verified(src: Path, expected: str | None, dst: Path, number: int) -> str:
+    """Copy ``src`` to ``dst``, hashing the bytes copied; they must be the bytes the store recorded."""
+    if not expected:
+        raise IntegrityError(f"the store recorded no sha256 for {src}: it cannot be verified, so it is not exported")
+    if not src.is_file():
+        raise IntegrityError(f"{src} is gone: the ONNX file of trial {number} no longer exists")
+    h = hashlib.sha256()
+    with open(src, "rb") as f, open(dst, "wb") as g:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+            g.write(chunk)
+    if h.hexdigest() != expected:
+        raise IntegrityError(f"{src} has sha256 {h.hexdigest()[:16]}, not the {expected[:16]} the store recorded when "
+                             f"trial {number} was timed and scored: the file changed since; nothing exported")
+    return expected
+
+
+def _config(path: Path, choice: Choice, labels: tuple[str, ...], pair: bool) -> dict:
+    """The checkpoint's config with the task's label names; the PyTorch structure record (which describes
+    the checkpoint, not the ONNX file) is left out, and what autocompress knows is added."""
+    from .evaluate import EVAL_MAX_LENGTH
+
+    config = json.loads(path.read_text())
+    outputs = len(config.get("id2label") or {}) or config.get("num_labels")
+    if labels and outputs and len(labels) != outputs:
+        raise IntegrityError(f"the model has {outputs} outputs but run {choice.run.name}'s task has {len(labels)} labels")
+    names = labels or tuple(f"LABEL_{i}" for i in range(outputs or 2))
+    for key in [k for k in config if k.startswith("autocompress_")]:   # records of the PyTorch checkpoint
+        config.pop(key)
+    config["id2label"] = {str(i): name for i, name in enumerate(names)}
+    config["label2id"] = {name: i for i, name in enumerate(names)}
+    config["autocompress"] = {"run": choice.run.name, "trial": choice.trial.number, "task": choice.run.task,
+                              "device": choice.device, "pair": pair, "max_length": EVAL_MAX_LENGTH,
+                              "recipe": json.loads(choice.trial.recipe)}
+    return config
+
+
+def _scores_rows(t, metric: str) -> list[str]:
+    what = {"val": "val (carved from train; the search chose on it)",
+            "dev": "dev (held out; the front re-scored on it after the search)"}
+    rows = []
+    for split in ("val", "dev"):
+        m = t.metrics.get(split) if t else None
+        if m:
+            figures = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if k not in ("n", "main"))
+            rows.append(f"| {what[split]} | {m['n']} | {figures} |")
+    return rows
+
+
+def model_card(choice: Choice, labels: tuple[str, ...], metric: str, pair: bool, sha256: str, size_bytes: int,
+               command: str) -> str:
+    """The folder's README.md: what the model does, how well and how fast (with how each figure was
+    obtained), how big, what was done to it, and the commands that made it."""
+    from .evaluate import EVAL_MAX_LENGTH
+    from .hardware.latency import describe
+    from .recipe import Recipe
+
+    run, t, teacher = choice.run, choice.trial, choice.teacher
+    recipe = Recipe.from_json(t.recipe)
+    budget = f" within {choice.budget_ms:g} ms" if choice.budget_ms is not None else ""
+    floor = f" with {choice.split} {metric} >= {choice.min_score:g}" if choice.min_score is not None else ""
+    judged = ("the held-out dev set" if choice.split == "dev" else
+              "the validation split: this run's front was not re-scored on the dev set (was the search interrupted?)")
+    lines = ["---", "pipeline_tag: text-classification", "tags: [onnx, text-classification, autocompress]", "---", "",
+             f"# {run.task}: {recipe.short()} (run {run.name}, trial {t.number})", "",
+             f"Picked by autocompress for **{choice.device}**: the most accurate member of run {run.name}'s Pareto "
+             f"front for that device{budget}{floor}, judged on {judged}.", "",
+             "## Task", "",
+             f"- task: {run.task}, {'text pairs' if pair else 'single texts'}, labels: "
+             + ", ".join(f"`{name}`" for name in labels),
+             f"- data: {run.settings.get('data', 'not recorded')}",
+             f"- metric: {metric}; base model: {run.model}", "",
+             "## Scores of this very ONNX file", "",
+             "| split | n | scores |", "|---|---|---|", *_scores_rows(t, metric), ""]
+    if teacher is not None and teacher.number != t.number:
+        lines += ["The teacher it was compressed from (fine-tuned, fp32, unchanged):", "",
+                  "| split | n | scores |", "|---|---|---|", *_scores_rows(teacher, metric), ""]
+    lines += ["## Latency on every profile", "",
+              "| profile | median ms | vs teacher | how it was obtained |", "|---|---|---|---|"]
+    for profile, lat in sorted(t.latencies.items()):
+        base = teacher.latencies.get(profile) if teacher is not None else None
+        speed = f"{base['median_ms'] / lat['median_ms']:.2f}x faster" if base and teacher.number != t.number else "-"
+        mark = " (target)" if profile == run.device else ""
+        lines.append(f"| {profile}{mark} | {lat['median_ms']:.2f} | {speed} | {describe(lat)} |")
+    example = '"first text", "second text"' if pair else '"a text"'
+    zipped = getattr(t, "size_zip_mb", None)
+    lines += ["", "## Size", "",
+              f"- `model.onnx`: {size_bytes / 1e6:.2f} MB on disk (sha256 `{sha256}`, as the store recorded it)"]
+    if zipped is not None:
+        lines.append(f"- zipped: {zipped:.2f} MB")
+    if t.n_params is not None:
+        lines.append(f"- parameters: {t.n_params:,} (of the PyTorch model before export; quantization changes "
+                     "their storage, not their count)")
+    lines += ["", "## Recipe", "", recipe.describe(), "", "`recipe.json` holds it as data.", "",
+              "## How it was made", "", "```",
+              *([f"cd {run.settings['cwd']}"] if run.settings.get("cwd") else []),
+              run.settings.get("command") or "# the search command was not recorded (a run made before runs recorded it)",
+              *([f"cd {os.getcwd()}"] if run.settings.get("cwd") not in (None, os.getcwd()) else []),
+              command, "```", "",
+              "## Use it", "", "With ONNX Runtime and the tokenizer:", "", "```python",
+              "import numpy as np, onnxruntime as ort",
+              "from transformers import AutoTokenizer",
+              "",
+              "tok = AutoTokenizer.from_pretrained(\"DIR\")",
+              "session = ort.InferenceSession(\"DIR/model.onnx\")",
+              "names = [i.name for i in session.get_inputs()]",
+              f"enc = tok({example}, truncation=True, max_length={EVAL_MAX_LENGTH}, return_tensors=\"np\")",
+              "logits = session.run([\"logits\"], {k: enc[k].astype(np.int64) for k in names})[0]",
+              "```", "",
+              "With Hugging Face Optimum (`pip install \"optimum-onnx[onnxruntime]\"`, which needs transformers < 5: "
+              "an environment of its own):", "", "```python",
+              "from optimum.onnxruntime import ORTModelForSequenceClassification",
+              "model = ORTModelForSequenceClassification.from_pretrained(\"DIR\")",
+              "```", "",
+              f"Or: `autocompress predict DIR {example.replace(',', '')}`.", ""]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- loading a shipped folder
+class ShippedModel:
+    """A folder written by ``export``, loaded with ONNX Runtime and its tokenizer only."""
+
+    def __init__(self, folder: str | os.PathLike, threads: int | None = None):
+        folder = Path(folder)
+        for name in (MODEL_FILE, "config.json"):
+            if not (folder / name).is_file():
+                raise PickError(f"{folder} has no {name}: give a folder written by `autocompress pick`")
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        self.config = json.loads((folder / "config.json").read_text())
+        id2label = self.config.get("id2label") or {}
+        self.labels = [id2label[str(i)] for i in range(len(id2label))]
+        info = self.config.get("autocompress") or {}
+        self.pair = bool(info.get("pair", False))
+        self.max_length = int(info.get("max_length", 128))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
+        self.threads = opts.intra_op_num_threads
+        self.session = ort.InferenceSession(str(folder / MODEL_FILE), opts, providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def predict(self, text: str, pair: str | None = None) -> dict[str, Any]:
+        """Label, its probability, and every label's probability, for one example."""
+        enc = self.tokenizer(text, pair, truncation=True, max_length=self.max_length, return_tensors="np")
+        ids = enc["input_ids"].astype(np.int64)
+        feeds = {k: (enc[k].astype(np.int64) if k in enc else np.zeros_like(ids)) for k in self.inputs}
+        logits = self.session.run(["logits"], feeds)[0][0].astype(np.float64)
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        i = int(probs.argmax())
+        return {"label": self.labels[i] if i < len(self.labels) else str(i), "probability": float(probs[i]),
+                "probabilities": {name: float(p) for name, p in zip(self.labels, probs)}}

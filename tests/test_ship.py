@@ -1,0 +1,142 @@
+"""Picking from a store (budget, minimum score, dev vs val, closest members when none fits), the sha256 check
+before export, the plots' labels for predicted latencies, and the list of runs — on a small hand-made store."""
+import json
+from pathlib import Path
+
+import pytest
+
+from autocompress.recipe import Recipe, Step
+from autocompress.ship import IntegrityError, PickError, choose, export
+from autocompress.store import Store
+
+# trial: (val, dev, laptop ms, mobile ms); 0 is the teacher. Trial 3 is dominated on laptop-cpu by trial 1.
+FIGURES = {0: (0.90, 0.89, 50.0, 80.0), 1: (0.88, 0.86, 20.0, 30.0), 2: (0.85, 0.87, 10.0, 14.0),
+           3: (0.80, 0.80, 25.0, 9.0)}
+ZIPPED = {0: 20.0, 1: 6.0, 2: 5.0, 3: 4.0}     # trial 3 is the smallest download: on the front for that alone
+RECIPES = {0: Recipe(), 1: Recipe((Step("drop_layers", {"keep": 4}),)), 2: Recipe((Step("drop_layers", {"keep": 3}),)),
+           3: Recipe((Step("quantize_int8"),))}
+
+
+def _latency(profile: str, ms: float, how: str = "measured") -> dict:
+    detail = ({"host": "box", "cpu": "cpu", "threads": 1, "provider": "CPUExecutionProvider", "batch_size": 1,
+               "seq_len": 128} if how == "measured" else {"predictor": "a linear model of FLOPs",
+                                                          "calibrated_on": "laptop-cpu"})
+    return {"profile": profile, "median_ms": ms, "spread_ms": 0.1, "p10_ms": ms, "p90_ms": ms, "n": 20, "how": how,
+            "detail": detail}
+
+
+def make_store(tmp_path: Path, *, dev: bool = True, mobile: str = "measured") -> Store:
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    store.create_run("r", task="sst2", model="minilm", device="laptop-cpu", budget_ms=30.0, space="", run_dir=str(tmp_path),
+                     settings={"trials": 3, "labels": ["negative", "positive"], "metric": "accuracy", "pair": False})
+    for n, (val, dv, laptop, phone) in FIGURES.items():
+        recipe = RECIPES[n]
+        tid = store.start_trial("r", n, "teacher" if n == 0 else "candidate", recipe.to_json(), recipe.hash)
+        store.add_metrics(tid, "val", {"accuracy": val, "main": val}, 200)
+        if dev and not (n == 2 and dev == "partly"):
+            store.add_metrics(tid, "dev", {"accuracy": dv, "main": dv}, 872)
+        store.add_latency(tid, _latency("laptop-cpu", laptop))
+        store.add_latency(tid, _latency("mobile-cpu", phone, mobile))
+        onnx = tmp_path / f"trial-{n}.onnx"
+        onnx.write_bytes(f"not really onnx {n}".encode())
+        store.add_artifact(tid, "onnx", onnx)
+        store.add_artifact(tid, "checkpoint", tmp_path)
+        store.finish_trial(tid, "done", size_mb=1.0, size_zip_mb=ZIPPED[n], n_params=1000 * (5 - n))
+    tid = store.start_trial("r", 4, "candidate", "{}", "")
+    store.finish_trial(tid, "failed", error="RuntimeError: planted")
+    return store
+
+
+def test_most_accurate_on_dev_within_the_runs_budget(tmp_path):
+    """Within 30 ms the front holds trials 1 and 2: trial 1 is better on val, trial 2 on dev, and dev decides."""
+    c = choose(make_store(tmp_path), "r")
+    assert (c.trial.number, c.device, c.budget_ms, c.split) == (2, "laptop-cpu", 30.0, "dev")
+    assert c.score == 0.87 and c.latency_ms == 10.0 and c.teacher.number == 0
+
+
+def test_budget_and_minimum_score(tmp_path):
+    store = make_store(tmp_path)
+    assert choose(store, "r", budget_ms=100.0).trial.number == 0
+    assert choose(store, "r", budget_ms=100.0, min_score=0.865).trial.number == 0
+    assert choose(store, "r", budget_ms=25.0, min_score=0.86).trial.number == 2
+    assert choose(store, "r", device="mobile-cpu").trial.number == 0       # no budget off the target device
+    assert choose(store, "r", device="mobile-cpu", budget_ms=20).trial.number == 2
+
+
+def test_none_fits_names_the_closest_members(tmp_path):
+    store = make_store(tmp_path)
+    with pytest.raises(PickError) as e:
+        choose(store, "r", budget_ms=5.0)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith("no member of run r's laptop-cpu front has latency <= 5 ms:")
+    assert ("the fastest is trial 2 (10.00 ms, dev accuracy 0.8700), the most accurate trial 0 (50.00 ms, "
+            "dev accuracy 0.8900)") in msg
+    with pytest.raises(PickError, match="has latency <= 30 ms and dev accuracy >= 0.95"):
+        choose(store, "r", min_score=0.95)
+    with pytest.raises(PickError, match="no latencies for device 'toaster': choose --device from laptop-cpu, mobile-cpu"):
+        choose(store, "r", device="toaster")
+
+
+def test_judged_on_val_when_the_front_was_not_rescored(tmp_path):
+    c = choose(make_store(tmp_path, dev="partly"), "r")
+    assert c.split == "val" and c.trial.number == 1          # the better val score within 30 ms
+
+
+def test_a_changed_artifact_is_not_exported(tmp_path, capsys):
+    store = make_store(tmp_path)
+    choice = choose(store, "r")
+    (tmp_path / "trial-2.onnx").write_bytes(b"tampered")
+    with pytest.raises(IntegrityError, match="not the .* the store recorded when trial 2 was timed and scored"):
+        export(store, choice, tmp_path / "out", command="autocompress pick r")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out-*"))   # nothing half-written
+    from autocompress.cli import main
+
+    code = main(["pick", "r", "--storage", store.url, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "the file changed since; nothing exported" in err
+    (tmp_path / "trial-2.onnx").unlink()
+    with pytest.raises(IntegrityError, match="is gone"):
+        export(store, choice, tmp_path / "out", command="autocompress pick r")
+
+
+def test_predicted_latencies_are_labelled_in_plots(tmp_path):
+    from autocompress.report import _latency_note, front_data, plot_html, plot_png
+
+    data = front_data(make_store(tmp_path, mobile="predicted"), "r")
+    assert data["metric"] == "accuracy"
+    assert _latency_note(data["devices"]["laptop-cpu"]) == "measured"
+    assert _latency_note(data["devices"]["mobile-cpu"]).startswith("predicted by a linear model of FLOPs")
+    mobile = data["devices"]["mobile-cpu"]
+    assert [m["trial"] for m in mobile["candidates"]] == [1, 2, 3]
+    assert [m["trial"] for m in mobile["teacher_quantized"]] == [3]         # int8 of the teacher
+    page = plot_html(data, tmp_path / "f.html").read_text()
+    assert "predicted by a linear model of FLOPs" in page and "<script src=" not in page
+    assert plot_png(data, tmp_path / "f.png").stat().st_size > 10_000
+
+
+def test_runs_list(tmp_path):
+    from autocompress.report import runs_data, runs_table
+
+    rows = runs_data(make_store(tmp_path))
+    assert len(rows) == 1
+    r = rows[0]
+    assert (r["name"], r["task"], r["device"], r["budget_ms"], r["status"]) == ("r", "sst2", "laptop-cpu", 30.0, "running")
+    assert (r["trials_done"], r["trials_failed"], r["trials_planned"]) == (3, 1, 3)
+    assert r["best_within_budget"]["trial"] == 1          # on val, as the search saw it
+    line = runs_table(rows).splitlines()[1]
+    assert line.split()[:8] == ["r", "sst2", "laptop-cpu", "30", "ms", "running", "3/3", "1"]
+    assert "#1 val 88.00% 20.00 ms" in line
+
+
+def test_plots_draw_the_line_through_accuracy_and_latency_only(tmp_path):
+    """With the zipped size as a third objective, trial 3 (slower and less accurate than trial 1 on
+    laptop-cpu, but the smallest download) is on the front; the plots draw it apart, not on the line."""
+    from autocompress.report import _series, front_data
+
+    d = front_data(make_store(tmp_path), "r")["devices"]["laptop-cpu"]
+    assert [m["trial"] for m in d["front"]] == [2, 1, 3, 0]
+    series = _series(d)
+    assert [m["trial"] for m in series["front"]] == [2, 1, 0]
+    assert [m["trial"] for m in series["front_size"]] == [3]
+    assert series["candidates"] == []
