@@ -24,6 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 MANIFEST = "manifest.json"
 VERSION = 1
 
@@ -69,17 +71,31 @@ def update(path: str | os.PathLike, **fields) -> Path:
 
 def read(path: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
     """The manifest with absolute ``file``/``fp32`` paths; with ``verify``, every graph's sha256 is
-    checked against it (a ValueError names the one that changed)."""
+    checked against it (a ValueError names the one that changed or is missing). The fp32 forms are
+    checked where they are present: a shipped folder holds the final graphs only."""
     path = Path(path)
-    m = json.loads(path.read_text())
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable pipeline manifest ({e})") from None
     if m.get("version") != VERSION or not m.get("segments"):
         raise ValueError(f"{path} is not a pipeline manifest of version {VERSION}")
     for seg in m["segments"]:
         for key, sha in (("file", "sha256"), ("fp32", "fp32_sha256")):
             seg[key] = str(path.parent / seg[key])
-            if verify and _sha256(Path(seg[key])) != seg[sha]:
+            if not verify or (key == "fp32" and not Path(seg[key]).is_file()):
+                continue
+            if not Path(seg[key]).is_file():
+                raise ValueError(f"{seg[key]} is missing: {path} names it")
+            if _sha256(Path(seg[key])) != seg[sha]:
                 raise ValueError(f"{seg[key]} does not match the sha256 recorded in {path}")
     return m
+
+
+def relative_files(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """(path relative to the manifest's folder, recorded sha256) of each final graph: what ships."""
+    m = json.loads(Path(path).read_text())
+    return list(dict.fromkeys((s["file"], s["sha256"]) for s in m["segments"]))
 
 
 def files(path: str | os.PathLike) -> list[Path]:
@@ -117,8 +133,113 @@ def expected(segment_latencies: list, reach_: list[float], over: str, extra: dic
     per_figure = {"host_ms", "host_n", "host_ci95_rel", "host_classes_ms", "constants", "other_shapes", "ci95_rel",
                   "timed_before_training"}
     detail = {k: v for k, v in first.detail.items() if k not in per_figure}
-    detail.update(expected_over=over, reach=[round(r, 4) for r in reach_],
+    detail.update(expected=True, expected_over=over, reach=[round(r, 4) for r in reach_],
                   segment_ms=[round(lat.median_ms, 4) for lat in lats],
                   segment_how=[lat.how for lat in lats], **(extra or {}))
     return Latency(first.profile, weighted("median_ms"), weighted("spread_ms"), weighted("p10_ms"),
                    weighted("p90_ms"), min(lat.n for lat in lats), first.how, detail)
+
+
+# ---------------------------------------------------------------- the exit rule and running a pipeline
+RULES = ("entropy", "patience")
+
+
+def normalized_entropy(logits: np.ndarray) -> np.ndarray:
+    """Entropy of softmax(logits) per row, divided by log(number of labels): 0 (certain) .. 1 (uniform)."""
+    z = logits - logits.max(-1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(-1, keepdims=True)
+    return -(p * np.log(np.clip(p, 1e-12, None))).sum(-1) / np.log(logits.shape[-1])
+
+
+class ExitRule:
+    """When an input leaves at an exit. ``entropy``: its normalised entropy there is below ``threshold``
+    (DeeBERT; threshold 0 never exits). ``patience``: ``threshold`` exits in a row after the first have
+    agreed with the one before (PABEE: an input leaves at the exit where the count reaches it).
+    ``state`` carries the patience count and the last prediction per row (one ``step`` per exit)."""
+
+    def __init__(self, rule: str, threshold: float):
+        if rule not in RULES:
+            raise ValueError(f"exit rule must be one of {', '.join(RULES)}, got {rule!r}")
+        self.rule, self.threshold = rule, float(threshold)
+
+    def start(self, n: int) -> dict[str, np.ndarray]:
+        return {"count": np.zeros(n, dtype=np.int64), "last": np.full(n, -1, dtype=np.int64)}
+
+    def step(self, logits: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarray:
+        """Which rows leave at this exit (updates ``state`` for the rows that stay: index it yourself)."""
+        if self.rule == "entropy":
+            return normalized_entropy(logits) < self.threshold
+        pred = logits.argmax(-1)
+        state["count"] = np.where(pred == state["last"], state["count"] + 1, 0)
+        state["last"] = pred
+        return state["count"] >= self.threshold
+
+
+class Pipeline:
+    """A manifest's graphs loaded in ONNX Runtime, run in order with its exit rule: each batch goes
+    through segment 0; the rows that leave at its exit keep its logits, the others go on (only they run
+    the next segment, from the hidden state the segment handed on); the last segment answers the rest."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, verify: bool = True):
+        import onnxruntime as ort
+
+        self.manifest = read(path, verify=verify)
+        self.rule = ExitRule(self.manifest["rule"], self.manifest["threshold"])
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.sessions = [ort.InferenceSession(s["file"], opts, providers=["CPUExecutionProvider"])
+                         for s in self.manifest["segments"]]
+        self.first_inputs = [i.name for i in self.sessions[0].get_inputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(logits [B, labels], segment index each row left at [B]) for one padded batch."""
+        n = len(feeds["input_ids"])
+        rows = np.arange(n)                          # rows still running
+        mask = feeds["attention_mask"]
+        state = self.rule.start(n)
+        logits_out, where = None, np.full(n, len(self.sessions) - 1, dtype=np.int64)
+        hidden = None
+        for j, session in enumerate(self.sessions):
+            if j == 0:
+                inputs = {k: v for k, v in feeds.items() if k in self.first_inputs}
+            else:
+                inputs = {"hidden_in": hidden, "attention_mask": mask[rows]}
+            outs = dict(zip([o.name for o in session.get_outputs()], session.run(None, inputs)))
+            logits = outs["logits"]
+            if logits_out is None:
+                logits_out = np.zeros((n, logits.shape[1]), dtype=np.float32)
+            if j == len(self.sessions) - 1:
+                logits_out[rows] = logits
+                break
+            leave = self.rule.step(logits, state)
+            logits_out[rows[leave]] = logits[leave]
+            where[rows[leave]] = j
+            stay = ~leave
+            rows, hidden = rows[stay], outs["hidden_out"][stay]
+            state = {k: v[stay] for k, v in state.items()}
+            if len(rows) == 0:
+                break
+        return logits_out, where
+
+
+def predict(path: str | os.PathLike, features, *, pad_id: int = 0, batch_size: int = 64,
+            threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, segment each row left at) of a pipeline on tokenised rows (``evaluate.encode``)."""
+    from .evaluate import _batches
+
+    pipe = Pipeline(path, threads=threads)
+    logits = where = None
+    for idx, arrays in _batches(features, batch_size, pad_id):
+        lg, w = pipe.run(arrays)
+        if logits is None:
+            logits = np.zeros((len(features), lg.shape[1]), dtype=np.float32)
+            where = np.zeros(len(features), dtype=np.int64)
+        logits[idx], where[idx] = lg, w
+    return logits, where
+
+
+def reach_of(where: np.ndarray, n_segments: int) -> list[float]:
+    """Share of the rows that ran each segment, from the segment each row left at."""
+    return [float(np.mean(where >= j)) for j in range(n_segments)]

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .. import pipeline
 from .latency import Latency, measure_latency, measure_side_by_side
 from .profiles import HardwareProfile, ProfileError, load_profile
 
@@ -108,6 +109,8 @@ def obtain_latency(onnx_path: str | os.PathLike, profile: HardwareProfile | str,
     same candidate before its ONNX steps (what fp16 profiles convert). ``protocol`` passes measurement
     settings (runs, caps) through to ``latency`` when measuring."""
     profile = load_profile(profile)
+    if pipeline.is_pipeline(onnx_path):
+        return _expected(onnx_path, profile, log=log, **protocol)
     src = source_graph(onnx_path, profile, fp32_path)
     how = route(profile)
     if how.kind == HERE:
@@ -117,6 +120,17 @@ def obtain_latency(onnx_path: str | os.PathLike, profile: HardwareProfile | str,
     from .predictor import predict
 
     return predict(src, profile, log=log)
+
+
+def _expected(manifest: str | os.PathLike, profile: HardwareProfile, *, log=None, **protocol) -> Latency:
+    """A pipeline's expected latency on ``profile``: each segment's figure obtained the way the profile
+    says (its final graph; its fp32 graph for fp16 profiles), weighted by the share of the scored inputs
+    that reach it (``pipeline.expected``)."""
+    reach, over = pipeline.reach(manifest)
+    m = pipeline.read(manifest)
+    lats = [obtain_latency(s["file"], profile, fp32_path=s["fp32"], log=log, **protocol) for s in m["segments"]]
+    return pipeline.expected(lats, reach, over, extra={"exit_rule": f"{m['rule']} {m['threshold']:g}",
+                                                       "exits_after": m.get("exits_after")})
 
 
 def _measure_here(src: Path, profile: HardwareProfile, **protocol) -> Latency:
@@ -139,6 +153,9 @@ def obtain_side_by_side(onnx_paths: dict[Any, str | os.PathLike], profile: Hardw
     ``stored`` figure); a roofline has nothing to re-time and returns {}."""
     profile = load_profile(profile)
     fp32_paths = fp32_paths or {}
+    # a pipeline's expected latency is a weighted sum of its segments' figures, not one graph to
+    # interleave with others: its per-trial figure stands
+    onnx_paths = {k: p for k, p in onnx_paths.items() if not pipeline.is_pipeline(p)}
     srcs = {k: source_graph(p, profile, fp32_paths.get(k)) for k, p in onnx_paths.items()}
     how = route(profile)
     if how.kind == HERE:

@@ -47,23 +47,27 @@ def distill(model, cfg: Distillation, ctx: Context):
     was_trainable = embeddings.requires_grad
     embeddings.requires_grad_(False)          # a 30k x H matrix: updating it costs more than it helps here
     try:
-        return _train(model, cfg, ctx)
+        return train(model, cfg, ctx, lambda batch: kd_loss(model(**arch.inputs(model, batch)).logits,
+                                                            batch["teacher_logits"], batch["labels"],
+                                                            cfg.temperature, cfg.alpha))
     finally:
         embeddings.requires_grad_(was_trainable)
 
 
-def _train(model, cfg: Distillation, ctx: Context):
-    params = [p for p in model.parameters() if p.requires_grad]
+def train(model, cfg: Distillation, ctx: Context, loss_fn, params: list | None = None, name: str = "distill"):
+    """The recovery training loop: ``cfg.steps`` AdamW steps (linear warm-up and decay, gradients clipped
+    at 1) on ``loss_fn(batch)`` over the transfer set's batches, updating ``params`` (default: every
+    parameter that requires a gradient). Early exit trains its exit heads with it."""
+    params = [p for p in model.parameters() if p.requires_grad] if params is None else params
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     warm = max(1, int(cfg.steps * cfg.warmup))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warm, max(0.0, (cfg.steps - s) / max(1, cfg.steps - warm))))
     model.train()
     for step, batch in enumerate(ctx.transfer.batches(cfg.batch_size, cfg.steps, seed=ctx.seed + 1)):
-        logits = model(**arch.inputs(model, batch)).logits
-        loss = kd_loss(logits, batch["teacher_logits"], batch["labels"], cfg.temperature, cfg.alpha)
+        loss = loss_fn(batch)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"distill: the loss became {loss.item()} at step {step + 1} of {cfg.steps} "
+            raise FloatingPointError(f"{name}: the loss became {loss.item()} at step {step + 1} of {cfg.steps} "
                                      f"(lr {cfg.lr:g}): the trial is stopped")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -71,6 +75,6 @@ def _train(model, cfg: Distillation, ctx: Context):
         sched.step()
         opt.zero_grad(set_to_none=True)
         if ctx.progress and (step + 1) % 50 == 0:
-            ctx.progress(f"distill {step + 1}/{cfg.steps} loss {loss.item():.3f}")
+            ctx.progress(f"{name} {step + 1}/{cfg.steps} loss {loss.item():.3f}")
     model.eval()
     return model
