@@ -123,6 +123,7 @@ def export(store, choice: Choice, out: str | os.PathLike, command: str) -> Path:
 
     try:
         if pipeline.is_pipeline(onnx.path):       # early exit: the manifest and its segment graphs
+            (tmp / PIPELINE_DIR).mkdir()
             sha = _copy_verified(Path(onnx.path), onnx.sha256, tmp / PIPELINE_DIR / pipeline.MANIFEST, trial.number)
             for rel, seg_sha in pipeline.relative_files(onnx.path):
                 (tmp / PIPELINE_DIR / rel).parent.mkdir(parents=True, exist_ok=True)
