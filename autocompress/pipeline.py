@@ -8,9 +8,14 @@ Manifest (JSON)::
     {"kind": "early_exit", "version": 1,
      "segments": [{"file": "segment0/model.onnx", "fp32": "segment0/model.fp32.onnx",
                    "sha256": "...", "fp32_sha256": "...", ...}, ...],     # paths relative to the manifest
-     "reach": [1.0, 0.41, 0.17],           # share of the inputs that run each segment
-     "reach_over": "the validation inputs (1000 rows)",
-     ...}                                  # the rest belongs to the writer (early exit: its exits and rule)
+     "rule": "entropy", "threshold": 0.3,  # the exit rule (``ExitRule``)
+     "reach": [1.0, 0.41, 0.17],           # share of the inputs that run each segment (written once scored)
+     "reach_over": "the validation inputs (1000 rows)", "left_at": [590, 240, 170],
+     ...}                                  # the rest belongs to the writer (early exit: exits_after, num_layers)
+
+Segment 0 takes the model's token inputs; each later one takes ``hidden_in`` (the hidden state the one
+before handed on as ``hidden_out``) and ``attention_mask``; each gives ``logits`` (its exit's, or the
+model's own for the last). ``Pipeline`` runs them with the rule, each row only as far as it needs.
 
 Its **expected latency** on a device is ``sum_i reach_i x latency(segment i)`` (``expected``); the
 latency module (``hardware.obtain``) obtains each segment's figure the way the profile says.
@@ -101,8 +106,7 @@ def relative_files(path: str | os.PathLike) -> list[tuple[str, str]]:
 def files(path: str | os.PathLike) -> list[Path]:
     """What is shipped: the manifest and each segment's final graph (not the fp32 forms kept beside
     them for fp16 profiles, unless a segment ships its fp32 form)."""
-    m = read(path, verify=False)
-    return [Path(path)] + list(dict.fromkeys(Path(s["file"]) for s in m["segments"]))
+    return [Path(path)] + [Path(path).parent / rel for rel, _ in relative_files(path)]
 
 
 def reach(path: str | os.PathLike) -> tuple[list[float], str]:

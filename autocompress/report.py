@@ -191,7 +191,7 @@ def tables(data: dict[str, Any]) -> str:
                  "was obtained: measured, or predicted and by what; fronts and teacher re-timed side by side where\n"
                  "measured or host-predicted, so speed-ups are ratios from one measurement); * = best within budget")
     if any(m["latency_expected"] for d in data["devices"].values() for m in d["front"]):
-        lines.append(f"{EXPECTED_LEGEND} (its own figure, not re-timed side by side)")
+        lines.append(f"{EXPECTED_LEGEND} (re-timed segment by segment beside the others where measured)")
     return "\n".join(lines)
 
 

@@ -63,6 +63,19 @@ def test_config_validates_and_places_exits():
         Recipe((Step("early_exit", {"steps": 1}), Step("distill", {"steps": 1})))
 
 
+def test_default_space_may_add_exits():
+    from autocompress.search.space import load_space
+
+    space = load_space("default")
+    params = dict(space.seeds[1], **{"early_exit": True, "early_exit.exits": 2, "early_exit.threshold": 0.3,
+                                     "early_exit.steps": 200})
+    assert space.recipe_from_params(params, 6).short() == "layers 4 · ffn -25% · kd 600 · exit/2 H<0.3 · int8"
+    params["early_exit.exits"] = 3      # one exit after layer 3 of the 4 layers left
+    assert "exit/3" in space.recipe_from_params(params, 6).short()
+    params["drop_layers.keep"] = 3      # no layer left to put an exit after: the step is left out
+    assert "exit" not in space.recipe_from_params(params, 6).short()
+
+
 def test_exit_past_the_depth_is_refused(tiny_bert, tiny_ctx):
     with pytest.raises(RecipeError, match="exits: an exit after layer 4"):
         early_exit(tiny_bert, EarlyExit(exits=[1, TINY_LAYERS], steps=1), tiny_ctx)
@@ -143,7 +156,7 @@ def test_pipeline_matches_pytorch_on_every_layout(model_type, tiny_model, tiny_c
     np.testing.assert_allclose(evaluate.predict_onnx(manifest, rows), logits)   # what scoring uses
 
 
-def test_patience_rule_in_pytorch_and_onnx(tiny_bert, tiny_ctx, feature_rows, tmp_path):
+def test_patience_rule_in_pytorch_and_onnx_and_tampering(tiny_bert, tiny_ctx, feature_rows, tmp_path):
     model = early_exit(tiny_bert, EarlyExit(exits=1, rule="patience", threshold=1, steps=3), tiny_ctx)
     rows = _rows(feature_rows, n=32)
     manifest = heads_of(model).write_pipeline(model, tmp_path / "pipe", lambda src, out: src)
@@ -152,6 +165,10 @@ def test_patience_rule_in_pytorch_and_onnx(tiny_bert, tiny_ctx, feature_rows, tm
     np.testing.assert_array_equal(where, ref_where)
     np.testing.assert_allclose(logits, ref_logits, atol=1e-4)
     assert (where >= 1).all()          # patience 1: the first exit can never decide alone
+    seg = tmp_path / "pipe" / "segment2" / "model.fp32.onnx"           # a changed graph is refused
+    seg.write_bytes(seg.read_bytes() + b"\0")
+    with pytest.raises(ValueError, match="does not match the sha256"):
+        pipeline.read(manifest)
 
 
 def test_patience_rule_counts_agreeing_exits():
@@ -160,15 +177,6 @@ def test_patience_rule_counts_agreeing_exits():
     votes = [[[1, 0], [0, 1]], [[1, 0], [1, 0]], [[1, 0], [0, 1]], [[1, 0], [0, 1]]]   # row 0 always class 0
     left = [rule.step(np.array(v, dtype=np.float32), state).tolist() for v in votes]
     assert left == [[False, False], [False, False], [True, False], [True, False]]
-
-
-def test_tampered_segment_is_refused(tiny_bert, tiny_ctx, tmp_path):
-    model = early_exit(tiny_bert, EarlyExit(exits=2, steps=1), tiny_ctx)
-    manifest = heads_of(model).write_pipeline(model, tmp_path / "pipe", lambda src, out: src)
-    seg = tmp_path / "pipe" / "segment1" / "model.fp32.onnx"
-    seg.write_bytes(seg.read_bytes() + b"\0")
-    with pytest.raises(ValueError, match="does not match the sha256"):
-        pipeline.read(manifest)
 
 
 # ---------------------------------------------------------------- the expected latency
@@ -263,6 +271,13 @@ def test_trial_scores_the_pipeline_and_stores_expected_latency(trial_world):
     assert score(trial_world["data"].spec, logits, trial_world["data"].val["label"], "val").main == \
         pytest.approx(t.accuracy("val"))
     assert np.bincount(where, minlength=4).tolist() == m["left_at"]
+    # re-timed side by side with another graph (as fronts are): segment by segment, then weighed again
+    from autocompress.hardware.obtain import obtain_side_by_side
+
+    again = obtain_side_by_side({"pipe": manifest, "seg": m["segments"][0]["file"]}, trial_world["cpu"])
+    d = again["pipe"].detail
+    assert set(again) == {"pipe", "seg"} and d["expected"] and len(d["segment_ms"]) == 4
+    assert again["pipe"].median_ms == pytest.approx(sum(r * s for r, s in zip(m["reach"], d["segment_ms"])), rel=1e-3)
     assert t.size_mb == pytest.approx(sum(f.stat().st_size for f in pipeline.files(manifest)) / 1e6)
     assert result["latency_ms"] == t.latencies["server-gpu"]["median_ms"]
 

@@ -126,11 +126,16 @@ def _expected(manifest: str | os.PathLike, profile: HardwareProfile, *, log=None
     """A pipeline's expected latency on ``profile``: each segment's figure obtained the way the profile
     says (its final graph; its fp32 graph for fp16 profiles), weighted by the share of the scored inputs
     that reach it (``pipeline.expected``)."""
+    segments = pipeline.read(manifest)["segments"]
+    return _combine(manifest, [obtain_latency(s["file"], profile, fp32_path=s["fp32"], log=log, **protocol)
+                               for s in segments])
+
+
+def _combine(manifest: str | os.PathLike, segment_latencies: list[Latency]) -> Latency:
     reach, over = pipeline.reach(manifest)
-    m = pipeline.read(manifest)
-    lats = [obtain_latency(s["file"], profile, fp32_path=s["fp32"], log=log, **protocol) for s in m["segments"]]
-    return pipeline.expected(lats, reach, over, extra={"exit_rule": f"{m['rule']} {m['threshold']:g}",
-                                                       "exits_after": m.get("exits_after")})
+    m = pipeline.read(manifest, verify=False)
+    return pipeline.expected(segment_latencies, reach, over, extra={"exit_rule": f"{m['rule']} {m['threshold']:g}",
+                                                                    "exits_after": m.get("exits_after")})
 
 
 def _measure_here(src: Path, profile: HardwareProfile, **protocol) -> Latency:
@@ -152,10 +157,32 @@ def obtain_side_by_side(onnx_paths: dict[Any, str | os.PathLike], profile: Hardw
     host-operators prediction is redone from a side-by-side host measurement (its operator mix from the
     ``stored`` figure); a roofline has nothing to re-time and returns {}."""
     profile = load_profile(profile)
-    fp32_paths = fp32_paths or {}
-    # a pipeline's expected latency is a weighted sum of its segments' figures, not one graph to
-    # interleave with others: its per-trial figure stands
-    onnx_paths = {k: p for k, p in onnx_paths.items() if not pipeline.is_pipeline(p)}
+    fp32_paths = dict(fp32_paths or {})
+    # a pipeline (early exit) takes part segment by segment; its expected latency is then made again
+    # from its segments' new figures (a host-operators prediction, which needs each segment's stored
+    # operator mix, is not redone: its per-trial figure stands)
+    onnx_paths, pipes = dict(onnx_paths), {}
+    for k, p in list(onnx_paths.items()):
+        if pipeline.is_pipeline(p):
+            del onnx_paths[k]
+            pipes[k] = (p, pipeline.read(p)["segments"])
+            for j, seg in enumerate(pipes[k][1]):
+                onnx_paths[(_SEGMENT, k, j)], fp32_paths[(_SEGMENT, k, j)] = seg["file"], seg["fp32"]
+    out = _side_by_side(onnx_paths, profile, stored or {}, fp32_paths)
+    for k, (manifest, segments) in pipes.items():
+        lats = [out.pop((_SEGMENT, k, j), None) for j in range(len(segments))]
+        if all(lats):
+            out[k] = _combine(manifest, lats)
+    return out
+
+
+_SEGMENT = "pipeline segment"
+
+
+def _side_by_side(onnx_paths: dict[Any, str | os.PathLike], profile: HardwareProfile, stored: dict[Any, dict],
+                  fp32_paths: dict[Any, str | os.PathLike]) -> dict[Any, Latency]:
+    if not onnx_paths:
+        return {}
     srcs = {k: source_graph(p, profile, fp32_paths.get(k)) for k, p in onnx_paths.items()}
     how = route(profile)
     if how.kind == HERE:
