@@ -14,8 +14,8 @@ from .store import RunRecord, Store, TrialRecord, first_line
 
 
 EXPECTED_MARK = "§"
-EXPECTED_LEGEND = (f"{EXPECTED_MARK} = expected latency (early exit): the sum of its segments' latencies weighted by "
-                   "the share of the validation inputs reaching each; an input's own latency depends on where it leaves")
+EXPECTED_LEGEND = (f"{EXPECTED_MARK} = expected latency (early exit): its segments' latencies weighted by the share of\n"
+                   "    the validation inputs reaching each")
 
 
 def _member(t: TrialRecord, profile: str, teacher: TrialRecord | None) -> dict[str, Any]:
@@ -191,7 +191,8 @@ def tables(data: dict[str, Any]) -> str:
                  "was obtained: measured, or predicted and by what; fronts and teacher re-timed side by side where\n"
                  "measured or host-predicted, so speed-ups are ratios from one measurement); * = best within budget")
     if any(m["latency_expected"] for d in data["devices"].values() for m in d["front"]):
-        lines.append(f"{EXPECTED_LEGEND} (re-timed segment by segment beside the others where measured)")
+        lines.append(f"{EXPECTED_LEGEND} (an input's own latency depends on where it leaves; re-timed\n"
+                     "    segment by segment beside the others where measured)")
     return "\n".join(lines)
 
 
@@ -203,7 +204,8 @@ def _latency_note(d: dict[str, Any]) -> str:
     predicted = [lat for lat in lats if lat.get("how") == "predicted"]
     if not predicted:
         return "measured"
-    first = describe(predicted[0])
+    plain = [lat for lat in predicted if not (lat.get("detail") or {}).get("expected")]   # not an early exit's sum
+    first = describe(plain[0]) if plain else describe(predicted[0]).split("; each segment ", 1)[-1]
     return first if len(predicted) == len(lats) else f"some {first} (hollow markers), the rest measured"
 
 
@@ -269,7 +271,7 @@ def plot_png(data: dict[str, Any], path: str | Path) -> Path:
                         xytext=(-9, 4), fontsize=8, color="C3")
         if expected:
             ax.plot([], [], ls="none", marker="$" + EXPECTED_MARK + "$", color="C3",
-                    label=EXPECTED_LEGEND.split(": the sum")[0] + ": over the validation inputs")
+                    label="expected latency (early exit), over the validation inputs")
         if d["budget_ms"]:
             ax.axvline(d["budget_ms"], ls="--", color="r", label=f"budget {d['budget_ms']:g} ms")
         how = (d.get("obtained") or {}).get("how", "")

@@ -9,6 +9,11 @@ budget: recovery steps, export, ONNX steps, and scoring on the very ONNX file th
 latency is the one taken before training when the shipped graph has the same signature (operators,
 attributes, tensor shapes and types: see ``graph_signature``), and is obtained again otherwise.
 
+A recipe with a method whose latency depends on the input (early exit: ``input_dependent_latency``) is
+trained first; its shipped form is a pipeline (``autocompress.pipeline``: a manifest and one graph per
+segment), scored with its exit rule, and its latency on every profile is the expected one over the
+validation inputs (the share reaching each segment is written into the manifest when it is scored).
+
 ``evaluate_candidate`` is plain Python (the teacher baseline uses it directly); ``trainable`` wraps it
 for Ray Tune.
 """
