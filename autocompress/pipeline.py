@@ -120,7 +120,9 @@ def reach(path: str | os.PathLike) -> tuple[list[float], str]:
 
 def expected(segment_latencies: list, reach_: list[float], over: str, extra: dict | None = None):
     """The expected latency of a pipeline: ``sum_i reach_i x latency_i`` for the median (and likewise
-    for the spread and percentiles: weighted sums of the segments' figures, an approximation). Its
+    for the spread and percentiles, and the profile's other shapes: weighted sums of the segments'
+    figures, an approximation; at a batch above 1 a segment runs when any row of the batch reaches it,
+    on fewer rows, and the per-row reach stands for that). Its
     ``how`` is the segments' (all obtained the same way on one profile); its ``detail`` keeps where and
     how they were obtained and adds ``expected_over`` (what the reach was measured on), ``reach``,
     ``segment_ms`` and whatever ``extra`` says (early exit: the exit rates)."""
@@ -140,6 +142,13 @@ def expected(segment_latencies: list, reach_: list[float], over: str, extra: dic
     detail.update(expected=True, expected_over=over, reach=[round(r, 4) for r in reach_],
                   segment_ms=[round(lat.median_ms, 4) for lat in lats],
                   segment_how=[lat.how for lat in lats], **(extra or {}))
+    shapes = [[(o["batch_size"], o["seq_len"]) for o in lat.detail.get("other_shapes") or []] for lat in lats]
+    if shapes[0] and all(s == shapes[0] for s in shapes):
+        detail["other_shapes"] = []
+        for i, (b, q) in enumerate(shapes[0]):
+            figures = [lat.detail["other_shapes"][i] for lat in lats]
+            detail["other_shapes"].append({"batch_size": b, "seq_len": q, "median_ms": float(
+                sum(r * f["median_ms"] for r, f in zip(reach_, figures)))})
     return Latency(first.profile, weighted("median_ms"), weighted("spread_ms"), weighted("p10_ms"),
                    weighted("p90_ms"), min(lat.n for lat in lats), first.how, detail)
 

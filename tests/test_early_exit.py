@@ -171,6 +171,28 @@ def test_patience_rule_in_pytorch_and_onnx_and_tampering(tiny_bert, tiny_ctx, fe
         pipeline.read(manifest)
 
 
+def test_on_top_of_structure_methods(tiny_bert, tiny_ctx, feature_rows, tmp_path):
+    """Pruned heads, shared FFNs, factorized embeddings and magnitude masks, then exits: the pipeline
+    still matches PyTorch, and the model saves and reloads with its heads."""
+    from autocompress import export
+    from autocompress.methods.base import finalize
+
+    recipe = Recipe((Step("prune_heads", {"ratio": 0.5, "score_batches": 2}),
+                     Step("share_layers", {"groups": 2, "what": "ffn"}), Step("factorize_embeddings", {"dim": 16}),
+                     Step("magnitude_prune", {"sparsity": 0.5}), Step("distill", {"steps": 2}),
+                     Step("early_exit", {"exits": 1, "threshold": 0.95, "steps": 3})))
+    model = finalize(recipe.apply_torch(tiny_bert, tiny_ctx))
+    manifest, fp32 = export.export_candidate(model, tmp_path, lambda src, out: recipe.apply_onnx(src, out, tiny_ctx))
+    assert manifest == fp32 == tmp_path / "pipeline" / "manifest.json"
+    rows = _rows(feature_rows, n=32)
+    logits, where = pipeline.predict(manifest, rows)
+    ref_logits, ref_where = _torch_run(model, rows)
+    np.testing.assert_array_equal(where, ref_where)
+    np.testing.assert_allclose(logits, ref_logits, atol=1e-4)
+    checkpoint.save_model(model, None, tmp_path / "ckpt")
+    np.testing.assert_allclose(_torch_run(checkpoint.load_model(tmp_path / "ckpt"), rows)[0], ref_logits, atol=1e-6)
+
+
 def test_patience_rule_counts_agreeing_exits():
     rule = pipeline.ExitRule("patience", 2)
     state = rule.start(2)
@@ -181,15 +203,19 @@ def test_patience_rule_counts_agreeing_exits():
 
 # ---------------------------------------------------------------- the expected latency
 def test_expected_latency_is_the_reach_weighted_sum():
-    segs = [Latency("p", 2.0, 0.2, 1.8, 2.4, 30, "measured", {"host": "h", "host_ms": 9}),
-            Latency("p", 1.0, 0.1, 0.9, 1.2, 20, "measured", {"host": "h"}),
-            Latency("p", 3.0, 0.4, 2.5, 3.5, 25, "measured", {"host": "h"})]
+    def other(ms):
+        return {"other_shapes": [{"batch_size": 8, "seq_len": 128, "median_ms": ms}]}
+
+    segs = [Latency("p", 2.0, 0.2, 1.8, 2.4, 30, "measured", {"host": "h", "host_ms": 9, **other(10.0)}),
+            Latency("p", 1.0, 0.1, 0.9, 1.2, 20, "measured", {"host": "h", **other(4.0)}),
+            Latency("p", 3.0, 0.4, 2.5, 3.5, 25, "measured", {"host": "h", **other(8.0)})]
     reach = [1.0, 0.5, 0.25]
     lat = pipeline.expected(segs, reach, "the validation inputs (8 rows)")
     assert lat.median_ms == pytest.approx(2.0 + 0.5 * 1.0 + 0.25 * 3.0)
     assert lat.p90_ms == pytest.approx(2.4 + 0.6 + 0.875) and lat.n == 20 and lat.how == "measured"
     assert lat.detail["expected"] and lat.detail["reach"] == reach and lat.detail["segment_ms"] == [2.0, 1.0, 3.0]
     assert "host_ms" not in lat.detail                      # a per-graph figure is not carried over
+    assert lat.detail["other_shapes"] == [{"batch_size": 8, "seq_len": 128, "median_ms": 10.0 + 2.0 + 2.0}]
     text = describe(lat.to_dict())
     assert text.startswith("expected over the validation inputs (8 rows)") and "[100%, 50%, 25%]" in text
     assert pipeline.reach_of(np.array([0, 2, 1, 2]), 3) == [1.0, 0.75, 0.5]
@@ -280,6 +306,18 @@ def test_trial_scores_the_pipeline_and_stores_expected_latency(trial_world):
     assert again["pipe"].median_ms == pytest.approx(sum(r * s for r, s in zip(m["reach"], d["segment_ms"])), rel=1e-3)
     assert t.size_mb == pytest.approx(sum(f.stat().st_size for f in pipeline.files(manifest)) / 1e6)
     assert result["latency_ms"] == t.latencies["server-gpu"]["median_ms"]
+
+
+def test_dev_rescore_runs_the_pipeline(trial_world):
+    from autocompress.evaluate import EVAL_MAX_LENGTH, encode, score
+    from autocompress.search.runner import rescore_dev
+
+    store, data = trial_world["store"], trial_world["data"]
+    rescore_dev(store, "e", [store.trial("e", 1)], data, trial_world["teacher"])
+    t = store.trial("e", 1)
+    logits, _ = pipeline.predict(t.artifacts["onnx"], encode(trial_world["teacher"].tokenizer, data.dev, EVAL_MAX_LENGTH))
+    assert t.metrics["dev"]["n"] == len(data.dev)
+    assert t.accuracy("dev") == pytest.approx(score(data.spec, logits, data.dev["label"], "dev").main)
 
 
 def test_front_marks_expected_latency(trial_world, tmp_path):
