@@ -76,9 +76,12 @@ def test_default_space_may_add_exits():
     assert "exit" not in space.recipe_from_params(params, 6).short()
 
 
-def test_exit_past_the_depth_is_refused(tiny_bert, tiny_ctx):
+def test_exit_past_the_depth_or_twice_is_refused(tiny_bert, tiny_ctx):
     with pytest.raises(RecipeError, match="exits: an exit after layer 4"):
         early_exit(tiny_bert, EarlyExit(exits=[1, TINY_LAYERS], steps=1), tiny_ctx)
+    model = early_exit(tiny_bert, EarlyExit(exits=2, steps=1), tiny_ctx)
+    with pytest.raises(RecipeError, match="has exits already"):
+        early_exit(model, EarlyExit(exits=1, steps=1), tiny_ctx)
 
 
 # ---------------------------------------------------------------- the heads and training

@@ -175,6 +175,7 @@ def heads_of(model) -> ExitHeads | None:
 @register("early_exit", "recovery", EarlyExit, label=_label, not_followed_by=("*",), input_dependent_latency=True)
 def early_exit(model, cfg: EarlyExit, ctx: Context):
     """Add early exits (DeeBERT/PABEE) after chosen layers, trained by distillation from the teacher's logits."""
+    check(heads_of(model) is None, "early_exit", "the model has exits already: give one early_exit step")
     depth = arch.num_layers(model.config)
     check(isinstance(cfg.exits, int) or max(cfg.exits) < depth, "early_exit",
           f"exits: an exit after layer {max(cfg.exits) if isinstance(cfg.exits, tuple) else cfg.exits} needs more "
