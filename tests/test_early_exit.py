@@ -371,3 +371,26 @@ def test_cli_pick_and_predict_a_pipeline(trial_world, tmp_path, capsys):
     assert main(["predict", str(out), "a gripping , funny film", "--json"]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["layers_run"] in (1, 2, 3, 4) and set(line["probabilities"]) == {"negative", "positive"}
+
+
+def test_a_single_graph_still_ships_as_model_onnx(trial_world, tmp_path):
+    """The pipeline branch of pick leaves the one-file candidates as they were."""
+    from autocompress import ship
+    from autocompress.search.trial import TrialSetup, evaluate_candidate
+
+    store = trial_world["store"]
+    setup = TrialSetup(store_url=store.url, run="e", run_dir=str(trial_world["tmp"] / "run"),
+                       data_path=str(trial_world["tmp"] / "run" / "data"), teacher_path=str(trial_world["teacher"].path),
+                       profiles=(trial_world["cpu"],), device="test-cpu", budget_ms=None, space_text="", num_layers=4,
+                       threads=1)
+    evaluate_candidate(setup, 2, Recipe((Step("quantize_int8"),)), data=trial_world["data"],
+                       teacher=trial_world["teacher"])
+    t = store.trial("e", 2)
+    assert not t.latencies["test-cpu"]["detail"].get("expected")
+    choice = ship.Choice(store.get_run("e"), "test-cpu", None, None, "val", "accuracy", t, None)
+    out = ship.export(store, choice, tmp_path / "one", command="autocompress pick ...")
+    assert (out / "model.onnx").is_file() and not (out / "pipeline").exists()
+    card = (out / "README.md").read_text()
+    assert "`model.onnx`:" in card and "ORTModelForSequenceClassification" in card and "**expected**" not in card
+    got = ship.ShippedModel(out).predict("a fine film")
+    assert "layers_run" not in got and abs(sum(got["probabilities"].values()) - 1) < 1e-6
