@@ -29,6 +29,7 @@ class Layout:
     ffn_in: str                 # hidden -> intermediate
     ffn_out: str                # intermediate -> hidden
     token_type_ids: bool        # whether the model takes segment ids
+    attn_dropout: str = "dropout"   # inside the heads module: the dropout on the attention probabilities
 
 
 _BERT = Layout("bert", "encoder.layer", "attention.self.query", "attention.self.key", "attention.self.value",
@@ -147,6 +148,11 @@ def num_heads(model, layer) -> int:
 
 def head_size(model, layer) -> int:
     return int(heads_module(model, layer).attention_head_size)
+
+
+def attention_dropout(model, layer) -> torch.nn.Dropout:
+    """The dropout applied to a layer's attention probabilities (eager attention returns them after it)."""
+    return get(heads_module(model, layer), layout(model).attn_dropout)
 
 
 def set_num_heads(model, layer, n: int) -> None:

@@ -41,10 +41,23 @@ class Recipe:
         stages = [STAGES.index(get_method(s.method).stage) for s in self.steps]  # also validates names
         for s in self.steps:
             s.config  # validates parameters
+        groups: dict[str, list[str]] = {}
+        for s in self.steps:                        # alternatives: at most one step of each group
+            group = get_method(s.method).exclusive
+            if group:
+                groups.setdefault(group, []).append(s.method)
+        for group, names in groups.items():
+            if len(names) > 1:
+                raise RecipeError(f"a recipe takes at most one {group} step, got {' and '.join(names)}: "
+                                  "they are alternatives, keep one")
         for (a, sa), (b, sb) in zip(zip(self.steps, stages), zip(self.steps[1:], stages[1:])):
             if sb < sa:
                 raise RecipeError(f"{b.method} ({STAGES[sb]}) cannot come after {a.method} ({STAGES[sa]}): "
                                   "a recipe runs structure steps, then recovery, then ONNX steps (quantization)")
+        for a in self.steps:                        # methods that do not go together in any order
+            for other, why in get_method(a.method).not_with:
+                if any(b.method == other for b in self.steps):
+                    raise RecipeError(f"{other} cannot be combined with {a.method}: {why}")
         for i, a in enumerate(self.steps):          # combinations a method itself rules out
             forbidden = get_method(a.method).not_followed_by
             for b in self.steps[i + 1:]:
@@ -120,6 +133,7 @@ class Recipe:
     def apply_onnx(self, path: str | os.PathLike, out_dir: str | os.PathLike, ctx: Context | None = None) -> Path:
         """Apply the ONNX steps (quantization) to an exported model; returns the final ONNX file."""
         path = Path(path)
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
         for i, s in enumerate(self.onnx_steps):
             dst = Path(out_dir) / f"model.{i + 1}.{s.method}.onnx"
             get_method(s.method).fn(path, dst, s.config, ctx)

@@ -21,11 +21,14 @@ EXPECTED_LEGEND = (f"{EXPECTED_MARK} = expected latency (early exit): its segmen
 def _member(t: TrialRecord, profile: str, teacher: TrialRecord | None) -> dict[str, Any]:
     lat = t.latencies[profile]
     base = teacher.latencies.get(profile) if teacher else None
+    methods = [get_method(s.method) for s in Recipe.from_json(t.recipe).steps]
+    on_cpu = (lat.get("detail") or {}).get("provider") == "CPUExecutionProvider"
     return {
         "trial": t.number,
         "role": t.role,
         "recipe": Recipe.from_json(t.recipe).short(),
-        "size_only_steps": [s.method for s in Recipe.from_json(t.recipe).steps if get_method(s.method).size_only],
+        "size_only_steps": [m.name for m in methods if m.size_only],
+        "cpu_notes": [m.cpu_note for m in methods if m.cpu_note] if on_cpu else [],   # e.g. fp16 on a CPU
         "recipe_json": t.recipe,
         "recipe_hash": t.recipe_hash,
         "val": t.metrics.get("val"),
@@ -177,16 +180,19 @@ def tables(data: dict[str, Any]) -> str:
             lat = m["latency"]
             lat_s = f"{lat['median_ms']:.2f} ±{lat['spread_ms'] / 2:.2f}"
             sp = f"{m['speedup']:.2f}x" if m["speedup"] else "-"
-            dagger = (" †" if m["size_only_steps"] else "") + (f" {EXPECTED_MARK}" if m["latency_expected"] else "")
+            dagger = ((" †" if m["size_only_steps"] else "") + (" ‡" if m.get("cpu_notes") else "")
+                      + (f" {EXPECTED_MARK}" if m["latency_expected"] else ""))
             lines.append(f"  {mark:1} {m['trial']:>5} {_pct(m['val']):>6} {_pct(m['dev']):>6} {lat_s:>16} "
                          f"{_tag(lat):>17} {sp:>7} {m['size_mb']:>6} {_mb(m['size_zip_mb']):>6}  {m['recipe']}{dagger}")
         if d["budget_ms"] and d["best_within_budget"] is None:
             lines.append(f"  no model is within {d['budget_ms']:g} ms")
+    notes = sorted({n for d in data["devices"].values() for m in d["front"] for n in m.get("cpu_notes", [])})
     lines.append("\nval = validation split carved from train (search decisions); dev = held-out dev set, GLUE's or\n"
                  "your --dev file (fronts only);\n"
                  "MB = the shipped ONNX file; zip MB = that file zipped (deflate): what a download costs;\n"
                  "† = has a size-only step (sparsity, shared weights, factorized embeddings): a dense runtime runs it\n"
                  "    no faster (latency unchanged by that step); it is on the front for its zipped size;\n"
+                 + "".join(f"‡ = on a CPU device: {n};\n" for n in notes) +
                  "latency = median ± half the interquartile range at the device's shape (its line above says how it\n"
                  "was obtained: measured, or predicted and by what; fronts and teacher re-timed side by side where\n"
                  "measured or host-predicted, so speed-ups are ratios from one measurement); * = best within budget")

@@ -75,6 +75,7 @@ class TrialRow(Base):
     params: Mapped[dict] = mapped_column(JSON, default=dict)    # the searcher's raw suggestions
     node: Mapped[str | None] = mapped_column(String(200))       # where it ran: host/Ray node
     recovery_seconds: Mapped[float | None] = mapped_column(Float)   # time the recovery (training) steps took
+    reused_from: Mapped[str | None] = mapped_column(String(200))    # RUN/TRIAL whose trained model it reused
     run: Mapped[RunRow] = relationship(back_populates="trials")
     metrics: Mapped[list["MetricRow"]] = relationship(cascade="all, delete-orphan")
     latencies: Mapped[list["LatencyRow"]] = relationship(cascade="all, delete-orphan")
@@ -136,6 +137,7 @@ class TrialRecord:
     artifacts: dict[str, str] = field(default_factory=dict)            # kind -> path
     size_zip_mb: float | None = None                                    # the final ONNX file zipped (deflate)
     recovery_seconds: float | None = None                               # time its recovery training took
+    reused_from: str | None = None      # "RUN/TRIAL" whose trained model (same structure + recovery) it reused
 
     def accuracy(self, split: str) -> float | None:
         return self.metrics.get(split, {}).get("main")
@@ -174,7 +176,7 @@ def _run_record(r: RunRow) -> RunRecord:
 def _trial_record(t: TrialRow) -> TrialRecord:
     rec = TrialRecord(t.number, t.role, t.recipe, t.recipe_hash, t.status, t.error, t.seconds, t.size_mb,
                       t.n_params, dict(t.params or {}), t.node, size_zip_mb=t.size_zip_mb,
-                      recovery_seconds=t.recovery_seconds)
+                      recovery_seconds=t.recovery_seconds, reused_from=t.reused_from)
     for m in t.metrics:
         rec.metrics.setdefault(m.split, {"n": m.n_examples})[m.name] = m.value
     for lat in t.latencies:
@@ -390,9 +392,11 @@ class Store:
 
     def finish_trial(self, trial_id: int, status: str, *, error: str | None = None, seconds: float | None = None,
                      size_mb: float | None = None, size_zip_mb: float | None = None,
-                     n_params: int | None = None, recovery_seconds: float | None = None) -> None:
+                     n_params: int | None = None, recovery_seconds: float | None = None,
+                     reused_from: str | None = None) -> None:
         with self._session() as s, s.begin():
             t = s.get(TrialRow, trial_id)
+            t.reused_from = reused_from if reused_from is not None else t.reused_from
             t.status, t.error, t.finished = status, error, _now()
             t.recovery_seconds = recovery_seconds if recovery_seconds is not None else t.recovery_seconds
             t.seconds = seconds if seconds is not None else t.seconds

@@ -152,6 +152,31 @@ def test_a_repeated_recipe_reuses_the_earlier_trial(run):
     assert dup.number == 99 and dup.error == "same recipe as trial 1" and not dup.latencies
 
 
+def test_a_trial_of_static_int8_alone_calibrates_on_the_transfer_set(run):
+    """A recipe with nothing but an ONNX step that needs training rows (static int8): the trial hands its
+    transfer set to the ONNX steps, so the candidate is calibrated, scored and timed like any other."""
+    import onnx
+
+    from autocompress.hardware.profiles import load_profile
+    from autocompress.recipe import Recipe, Step
+    from autocompress.search.trial import TrialSetup, evaluate_candidate
+    from autocompress.store import Store, default_url
+
+    store = Store(default_url(run["tmp"] / "runs"), create=False)
+    r = store.get_run("e2e")           # its teacher and data, in a run of its own (e2e's fronts stay as searched)
+    store.create_run("e2e-static", task=r.task, model=r.model, device="mobile-cpu", budget_ms=None, space="",
+                     run_dir=str(run["tmp"] / "runs" / "e2e-static"), settings=r.settings)
+    setup = TrialSetup(store_url=store.url, run="e2e-static", run_dir=str(run["tmp"] / "runs" / "e2e-static"),
+                       data_path=r.settings["data_path"], teacher_path=r.settings["teacher"],
+                       profiles=(load_profile("mobile-cpu"),), device="mobile-cpu", budget_ms=None, space_text="",
+                       num_layers=6, threads=1)
+    out = evaluate_candidate(setup, 1, Recipe((Step("quantize_static", {"rows": 16}),)))
+    trial = store.trial("e2e-static", 1)
+    assert trial.status == "done" and out["val_accuracy"] == trial.accuracy("val") > 0.7
+    ops = {n.op_type for n in onnx.load(trial.artifacts["onnx"]).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and trial.size_mb < 30
+
+
 FAILING_PLUGIN = """
 from dataclasses import dataclass
 

@@ -394,3 +394,19 @@ def test_a_single_graph_still_ships_as_model_onnx(trial_world, tmp_path):
     assert "`model.onnx`:" in card and "ORTModelForSequenceClassification" in card and "**expected**" not in card
     got = ship.ShippedModel(out).predict("a fine film")
     assert "layers_run" not in got and abs(sum(got["probabilities"].values()) - 1) < 1e-6
+
+
+def test_calibrated_quantization_is_not_combined_with_exits():
+    """Static and mixed int8 calibrate on token inputs, which later segments do not take: a recipe refuses
+    the pair in one line, and a space leaves the quantization step out when exits were chosen."""
+    from autocompress.search.space import load_space
+
+    with pytest.raises(RecipeError, match="quantize_static cannot be combined with early_exit: its calibration"):
+        Recipe((Step("early_exit", {"steps": 1}), Step("quantize_static")))
+    space = load_space("default")
+    params = dict(space.seeds[1], **{"early_exit": True, "early_exit.exits": 2, "early_exit.threshold": 0.3,
+                                     "early_exit.steps": 200, "quantization": "quantize_static",
+                                     "quantize_static.calibration": "minmax"})
+    assert space.recipe_from_params(params, 6).short() == "layers 4 · ffn -25% · kd 600 · exit/2 H<0.3"
+    params["quantization"] = "quantize_fp16"          # keeps float32 inputs and outputs: fine per segment
+    assert space.recipe_from_params(params, 6).short().endswith("exit/2 H<0.3 · fp16")

@@ -5,6 +5,7 @@ import optuna
 import pytest
 import yaml
 
+from autocompress.methods.base import get_method
 from autocompress.recipe import Recipe, Step
 from autocompress.search.space import SpaceError, bundled_spaces, load_space, parse_space
 
@@ -22,7 +23,8 @@ def test_bundled_spaces_load_and_validate(name):
     structure = ["drop_layers", "prune_heads", "prune_ffn"] + (
         ["share_layers", "low_rank", "factorize_embeddings", "magnitude_prune"] if name == "default" else [])
     recovery = ["distill"] + (["early_exit"] if name == "default" else [])
-    assert [st["method"] for st in s.steps] == structure + recovery + ["quantize_int8"]
+    assert [st.get("method", st.get("choose")) for st in s.steps] == structure + recovery + [
+        "quantization" if name == "default" else "quantize_int8"]
     assert s.trials == {"quick": 12, "default": 14}[name]
     assert s.seeds and yaml.safe_load(s.text)["name"] == name
     s.validate(6)
@@ -82,7 +84,7 @@ def test_optuna_trials_reproduce_from_params():
         again = s.recipe_from_params(trial.params, 6)
         assert again.hash == r.hash and again == r
         methods = [st.method for st in r.steps]
-        assert ("distill" in methods) == any(m in methods for m in ("drop_layers", "prune_heads", "prune_ffn"))
+        assert ("distill" in methods) == any(get_method(m).stage == "structure" for m in methods)
         for st in r.steps:                                        # all within the space's bounds
             c = st.config
             if st.method == "drop_layers":
@@ -132,6 +134,24 @@ BAD = {
     "bad trials": ("trials: 0\nsteps:\n  - method: quantize_int8\n", "trials"),
     "bad seeds": ("steps:\n  - method: quantize_int8\nseeds: [1, 2]\n", "seeds"),
     "not yaml": ("steps: [\n", "YAML"),
+    "choose without steps": ("steps:\n  - choose: precision\n", "non-empty 'steps'"),
+    "choose twice the same": ("steps:\n  - choose: p\n    steps: [{method: quantize_int8}, {method: quantize_int8}]\n",
+                              "distinct"),
+    "choose step with optional": ("steps:\n  - choose: p\n    steps: [{method: quantize_int8, optional: true}]\n",
+                                  "'method' and its 'params' only"),
+    "choose name with a dot": ("steps:\n  - choose: p.q\n    steps: [{method: quantize_int8}]\n", "without dots"),
+    "choose unknown key": ("steps:\n  - choose: p\n    optinal: true\n    steps: [{method: quantize_int8}]\n", "optinal"),
+    "choose unknown parameter": ("steps:\n  - choose: p\n    steps: [{method: quantize_static, params: {bins: 8}}]\n",
+                                 "bins"),
+    "choose unknown method": ("steps:\n  - choose: p\n    steps: [{method: quantize_int4}]\n", "quantize_int4"),
+    "choose and again": ("steps:\n  - method: quantize_int8\n    optional: true\n  - choose: p\n"
+                         "    steps: [{method: quantize_int8}, {method: quantize_fp16}]\n", "list it once"),
+    "optional not a bool": ("steps:\n  - method: distill\n    params: {steps: 10, hidden: {float: [1, 2], optional: 1}}\n",
+                            "optional must be true or false"),
+    "misspelt optional": ("steps:\n  - method: distill\n    params: {steps: 10, hidden: {float: [1, 2], optinal: true}}\n",
+                          "optinal"),
+    "unknown choices key": ("steps:\n  - method: distill\n    params: {steps: 10, mapping: {choices: [last], log: true}}\n",
+                            "unknown key 'log'"),
 }
 
 
@@ -223,6 +243,54 @@ def test_constant_and_optional_steps():
     assert s.recipe_from_params({"quantize_int8": False}, 6).short() == "layers 3 alt · kd 10"
 
 
+CONDITIONAL = """
+    name: conditional
+    steps:
+      - method: drop_layers
+        params: {keep: 3}
+      - method: distill
+        params:
+          steps: 10
+          attention: {float: [0.5, 4.0], log: true, optional: true}
+          mapping: {choices: [origin, uniform], optional: true}
+"""
+
+
+def test_optional_parameters_exist_only_when_switched_on():
+    s = space(CONDITIONAL)
+    s.validate(6)
+    assert s.params() == {"distill.attention.on": {"choices": [True, False]},
+                          "distill.attention": {"float": [0.5, 4.0], "log": True},
+                          "distill.mapping.on": {"choices": [True, False]},
+                          "distill.mapping": {"choices": ["origin", "uniform"]}}
+    off = s.recipe_from_params({"distill.attention.on": False, "distill.mapping.on": False}, 6)
+    assert off.short() == "layers 3 · kd 10" and off.steps[1].config.attention == 0.0        # the default: no target
+    on = s.recipe_from_params({"distill.attention.on": True, "distill.attention": 2.0,
+                               "distill.mapping.on": True, "distill.mapping": "uniform"}, 6)
+    assert on.short() == "layers 3 · kd 10 +att uniform" and on.steps[1].config.attention == 2.0
+    with pytest.raises(ValueError):           # switched on, the value must be there
+        s.recipe_from_params({"distill.attention.on": True, "distill.mapping.on": False}, 6)
+    # the searcher asks for a value only after switching it on
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        r = s.suggest(trial, 6)
+        on = trial.params["distill.attention.on"]
+        seen.add(on)
+        assert ("distill.attention" in trial.params) == on
+        assert (r.steps[1].config.attention > 0) == on
+        assert s.recipe_from_params(trial.params, 6).hash == r.hash
+        study.tell(trial, 0.5)
+    assert seen == {True, False}
+
+
+def test_optional_parameters_are_validated_as_if_switched_on():
+    s = space(CONDITIONAL.replace("[0.5, 4.0], log: true", "[-1.0, 4.0]"))
+    with pytest.raises(SpaceError, match=r"distill: attention \(a loss weight\) must be a number >= 0, got -1.0"):
+        s.validate(6)
+
+
 def test_identity_is_judged_on_the_layers_left():
     """Sharing in 4 groups changes nothing once only 4 layers are left: it is dropped from the recipe."""
     s = space("""
@@ -248,3 +316,93 @@ def test_combinations_a_method_rules_out_are_rejected_before_any_work():
     """)
     with pytest.raises(SpaceError, match="upper corner: prune_ffn cannot come after magnitude_prune: it must be the last"):
         s.validate(6)
+
+
+# ---------------------------------------------------------------- choose: alternatives
+CHOOSE = """
+    name: alternatives
+    steps:
+      - method: prune_ffn
+        params: {ratio: {float: [0.0, 0.5], step: 0.25}}
+      - choose: precision
+        optional: true
+        steps:
+          - method: quantize_int8
+          - method: quantize_static
+            params: {calibration: {choices: [minmax, percentile]}, rows: 64}
+          - method: quantize_mixed
+            params: {keep_fp32: {int: [2, 6], step: 2}}
+    seeds:
+      - {prune_ffn.ratio: 0.25, precision: quantize_mixed, quantize_mixed.keep_fp32: 4}
+      - {prune_ffn.ratio: 0.0, precision: none}
+"""
+
+
+def test_choose_picks_one_step_and_its_parameters_only():
+    s = space(CHOOSE)
+    s.validate(6)
+    assert s.params() == {"precision": {"choices": ["quantize_int8", "quantize_static", "quantize_mixed", "none"]},
+                          "prune_ffn.ratio": {"float": [0.0, 0.5], "step": 0.25},
+                          "quantize_static.calibration": {"choices": ["minmax", "percentile"]},
+                          "quantize_mixed.keep_fp32": {"int": [2, 6], "step": 2}}
+    assert [s.recipe_from_params(seed, 6).short() for seed in s.seeds] == ["ffn -25% · int8 mixed (4 fp32)", "fp32 (unchanged)"]
+    r = s.recipe_from_params({"prune_ffn.ratio": 0.0, "precision": "quantize_static",
+                              "quantize_static.calibration": "percentile"}, 6)       # no keep_fp32 needed
+    assert r == Recipe((Step("quantize_static", {"calibration": "percentile", "rows": 64}),))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    picked = set()
+    for _ in range(30):
+        trial = study.ask()
+        r = s.suggest(trial, 6)
+        onnx = [st.method for st in r.onnx_steps]
+        assert len(onnx) <= 1 and onnx == ([] if trial.params["precision"] == "none" else [trial.params["precision"]])
+        assert ("quantize_static.calibration" in trial.params) == (onnx == ["quantize_static"])
+        assert ("quantize_mixed.keep_fp32" in trial.params) == (onnx == ["quantize_mixed"])
+        assert s.recipe_from_params(trial.params, 6) == r
+        picked.add(trial.params["precision"])
+        study.tell(trial, 0.0)
+    assert picked == {"quantize_int8", "quantize_static", "quantize_mixed", "none"}
+
+
+def test_choose_without_optional_always_picks_one():
+    s = space("""
+        steps:
+          - choose: precision
+            steps: [{method: quantize_int8}, {method: quantize_fp16}]
+    """)
+    assert s.params() == {"precision": {"choices": ["quantize_int8", "quantize_fp16"]}}
+    assert s.recipe_from_params({"precision": "quantize_fp16"}, 6).short() == "fp16"
+
+
+def test_validate_builds_every_alternative():
+    """Each alternative of a choose is built at both corners: here only the second one is impossible."""
+    s = space("""
+        name: clash
+        steps:
+          - method: magnitude_prune
+            params: {sparsity: 0.5}
+          - choose: then
+            steps: [{method: distill, params: {steps: 10}}, {method: prune_ffn, params: {ratio: 0.25}}]
+    """)
+    with pytest.raises(SpaceError, match="lower corner, then = prune_ffn: prune_ffn cannot come after magnitude_prune"):
+        s.validate(6)
+
+
+def test_two_quantization_steps_in_a_space_are_rejected_before_the_search():
+    s = space("""
+        name: both
+        steps:
+          - method: quantize_int8
+            optional: true
+          - method: quantize_static
+            optional: true
+    """)
+    with pytest.raises(SpaceError, match="lower corner: a recipe takes at most one precision step, got "
+                                         "quantize_int8 and quantize_static"):
+        s.validate(6)
+
+
+def test_default_space_offers_every_quantization_method_as_alternatives():
+    s = load_space("default")
+    assert set(s.params()["quantization"]["choices"]) == {"quantize_int8", "quantize_static", "quantize_mixed",
+                                                          "quantize_fp16", "none"}

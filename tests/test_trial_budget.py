@@ -8,6 +8,7 @@ import dataclasses
 
 import optuna
 import pytest
+import torch
 
 from autocompress import checkpoint
 from autocompress.hardware.latency import describe
@@ -134,3 +135,23 @@ def test_graph_signature_ignores_weights_only(world, tmp_path):
     c = export.export_onnx(drop_layers(teacher.model(), LayerDrop(keep=2)), tmp_path / "c.onnx")
     assert a.read_bytes() != b.read_bytes()
     assert graph_signature(a) == graph_signature(b) != graph_signature(c)
+
+
+def test_a_recipe_sharing_the_trained_prefix_reuses_the_model(world):
+    """The light recipe then int8: the same structure and recovery steps as trial 2, so its trained model
+    is loaded from the teacher's prefix cache instead of being trained again; another seed trains anew."""
+    from safetensors.torch import load_file
+
+    setup, store, run = world["setup"], world["store"], world["tmp"] / "run"
+    quantized = Recipe(LIGHT.steps + (Step("quantize_int8", {}),))
+    out = evaluate_candidate(setup, 4, quantized, data=world["data"], teacher=world["teacher"])
+    assert out["trained"] is True and world["calls"] == [3]          # distillation did not run again
+    t = store.trial("b", 4)
+    assert t.status == "done" and t.reused_from == "b/2" and t.recovery_seconds is None
+    a = load_file(str(run / "trial-002" / "checkpoint" / "model.safetensors"))
+    b = load_file(str(run / "trial-004" / "checkpoint" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert t.size_mb < 0.5 * store.trial("b", 2).size_mb                # its own ONNX step did run (int8)
+    other = Recipe(LIGHT.steps + (Step("quantize_int8", {"reduce_range": True}),))    # not a duplicate recipe
+    evaluate_candidate(dataclasses.replace(setup, seed=1), 5, other, data=world["data"], teacher=world["teacher"])
+    assert world["calls"] == [3, 3] and store.trial("b", 5).reused_from is None

@@ -1,17 +1,54 @@
-"""Recovery by knowledge distillation from the teacher's logits (Hinton et al., 2015).
+"""Recovery by knowledge distillation from the teacher, with the targets the survey reviews (Ganesh et al.,
+2021, §knowledge distillation).
 
-The teacher's logits on the transfer set are computed once when the teacher is built and cached
-beside it, so a distillation step costs one student forward and backward only.
+Targets, each with its own weight in the loss (weight 0: not a target):
+
+- ``logits`` — KL between the temperature-softened output distributions, plus the hard labels by
+  ``1 - alpha`` (Hinton et al., 2015; DistilBERT). The teacher's logits on the transfer set are cached
+  beside the teacher, so logits alone cost one student forward and backward per step: the teacher
+  never runs.
+- ``hidden`` — MSE between the student's layer outputs and the teacher's (PKD, Sun et al., 2019;
+  TinyBERT, Jiao et al., 2020), through a learned linear projection where the widths differ.
+- ``attention`` — KL between the teacher's and the student's attention distributions, per layer and
+  head (MiniLM, Wang et al., 2020; TinyBERT).
+- ``embeddings`` — MSE between the embedding layers' outputs (TinyBERT), projected like ``hidden``.
+
+With any of the last three the teacher (``Context.teacher``) runs forward once per batch, without
+gradients; with ``attention`` both models run eager attention (the only kind that returns its
+probabilities) and the student's dropout on attention probabilities is off while it trains: eager
+attention returns the probabilities *after* dropout, zeroed and rescaled, which are no distribution
+to compare (hidden-state dropout stays on).
+
+**Layer mapping** (which teacher layer each student layer learns from): ``origin`` (default) — the
+teacher layer the student layer was copied from (``config.autocompress_layers``, kept by
+``drop_layers``), so a layer is asked to stay what it was; ``uniform`` — student layer i of S learns
+from teacher layer (i+1)·T/S − 1 (TinyBERT's mapping: the last learns from the last); ``last`` — only
+the last layers are paired (MiniLM). ``benchmarks/methods.py`` compares them.
+
+**Heads**: a student layer paired with the layer it came from compares each head it kept
+(``kept_heads``, recorded by ``prune_heads``) with that very head of the teacher — it *is* that head
+(same query and key weights), so per-head targets are exact; a mean over heads would blur distinct
+patterns into one and let heads trade roles. Layers paired otherwise compare head by head when the
+head counts agree (MiniLM), else the mean over heads on both sides.
+
+**Projections** are training aids: they live in ``Targets``, never in the student, so they reach no
+checkpoint or ONNX file. Where the widths agree there is none: the student matches the teacher's
+states themselves, and the loss is zero when student and teacher agree.
 """
 from __future__ import annotations
 
+import math
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from .. import arch
-from .base import Context, check, register
+from .base import Context, RecipeError, check, register
+
+MAPPINGS = ("origin", "uniform", "last")
+TARGETS = {"attention": "att", "hidden": "hid", "embeddings": "emb"}   # intermediate targets -> label
 
 
 @dataclass(frozen=True)
@@ -20,8 +57,13 @@ class Distillation:
     lr: float = 1e-4
     batch_size: int = 32
     temperature: float = 2.0
-    alpha: float = 0.9          # weight of the soft (teacher) loss; 1 - alpha on the hard labels
+    alpha: float = 0.9          # within the logit loss: weight of the soft (teacher) part; 1 - alpha on the labels
     warmup: float = 0.1         # fraction of steps with a linear warm-up
+    logits: float = 1.0         # loss weights; 0: not a target
+    hidden: float = 0.0
+    attention: float = 0.0
+    embeddings: float = 0.0
+    mapping: str = "origin"     # student layer -> teacher layer: origin | uniform | last
 
     def __post_init__(self):
         check(isinstance(self.steps, int) and self.steps >= 1, "distill", f"steps must be an int >= 1, got {self.steps!r}")
@@ -30,8 +72,31 @@ class Distillation:
         check(self.temperature > 0, "distill", "temperature must be > 0")
         check(0.0 <= self.alpha <= 1.0, "distill", f"alpha must be in [0, 1], got {self.alpha!r}")
         check(0.0 <= self.warmup < 1.0, "distill", "warmup must be in [0, 1)")
+        for name in ("logits", *TARGETS):
+            w = getattr(self, name)
+            check(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0,
+                  "distill", f"{name} (a loss weight) must be a number >= 0, got {w!r}")
+        check(self.logits > 0 or bool(self.intermediate), "distill",
+              "every loss weight is 0: give logits, hidden, attention or embeddings a weight > 0")
+        check(self.mapping in MAPPINGS, "distill", f"mapping must be one of {', '.join(MAPPINGS)}, got {self.mapping!r}")
+
+    @property
+    def intermediate(self) -> tuple[str, ...]:
+        """The targets inside the network (they need the teacher to run)."""
+        return tuple(t for t in TARGETS if getattr(self, t) > 0)
 
 
+def label(c: Distillation) -> str:
+    """``kd 400``, ``kd 400 +att+hid``, ``kd 400 +att uniform``, ``kd 400 +hid (no logits)``."""
+    text = f"kd {c.steps}"
+    if c.intermediate:
+        text += " " + "".join(f"+{TARGETS[t]}" for t in c.intermediate)
+        if c.mapping != "origin":
+            text += f" {c.mapping}"
+    return text + ("" if c.logits > 0 else " (no logits)")
+
+
+# ---------------------------------------------------------------- losses
 def kd_loss(student_logits, teacher_logits, labels, temperature: float, alpha: float) -> torch.Tensor:
     t = temperature
     soft = F.kl_div(F.log_softmax(student_logits / t, -1), F.softmax(teacher_logits / t, -1),
@@ -40,32 +105,199 @@ def kd_loss(student_logits, teacher_logits, labels, temperature: float, alpha: f
     return alpha * soft + (1 - alpha) * hard
 
 
-@register("distill", "recovery", Distillation, label=lambda c: f"kd {c.steps}")
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` [B, T] over the real (unpadded) tokens, ``mask`` [B, T]."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def hidden_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """MSE between hidden states [B, T, H] over the real tokens."""
+    return _masked_mean((student - teacher).pow(2).mean(-1), mask)
+
+
+def attention_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor,
+                   heads: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(teacher || student) between attention distributions [B, heads, T, T] (over keys), averaged
+    over heads and real query tokens. ``heads``: the teacher head each student head is compared with;
+    None: the mean over heads on both sides."""
+    if heads is None:
+        student, teacher = student.mean(1, keepdim=True), teacher.mean(1, keepdim=True)
+    else:
+        teacher = teacher[:, heads]
+    tiny = torch.finfo(student.dtype).tiny        # masked keys hold exact zeros on both sides: 0 * log 0 = 0
+    kl = (teacher * (teacher.clamp_min(tiny).log() - student.clamp_min(tiny).log())).sum(-1)   # [B, heads, T]
+    return _masked_mean(kl.mean(1), mask)
+
+
+# ---------------------------------------------------------------- layer and head mapping
+def origin_layers(model, n_teacher: int) -> list[int] | None:
+    """The teacher layer each layer of ``model`` was copied from: ``config.autocompress_layers``, or
+    the identity for a model as deep as the teacher; None when unknown."""
+    n = len(arch.layers(model))
+    recorded = getattr(model.config, "autocompress_layers", None)
+    if recorded:
+        return list(recorded)
+    return list(range(n)) if n == n_teacher else None
+
+
+def layer_pairs(student, n_teacher: int, mapping: str) -> list[tuple[int, int]]:
+    """(student layer, teacher layer) pairs whose outputs and attention maps are compared."""
+    n = len(arch.layers(student))
+    if mapping == "last":
+        return [(n - 1, n_teacher - 1)]
+    if mapping == "uniform":
+        return [(i, max(0, (i + 1) * n_teacher // n - 1)) for i in range(n)]
+    origin = origin_layers(student, n_teacher)
+    if origin is None:
+        raise RecipeError(f"distill: mapping 'origin' needs the teacher layer each student layer came from "
+                          f"(config.autocompress_layers, kept by drop_layers); this student has {n} layers and "
+                          f"the teacher {n_teacher}: use mapping 'uniform' or 'last'")
+    if len(origin) != n or not all(0 <= t < n_teacher for t in origin):
+        raise RecipeError(f"distill: the student's record of its teacher layers {origin} does not fit a "
+                          f"{n}-layer student of a {n_teacher}-layer teacher: is this its teacher?")
+    return list(enumerate(origin))
+
+
+def head_map(student, teacher, s_layer: int, t_layer: int) -> torch.Tensor | None:
+    """The teacher head compared with each head of student layer ``s_layer``, or None: the mean over heads."""
+    s, t = arch.layers(student)[s_layer], arch.layers(teacher)[t_layer]
+    ns, nt = arch.num_heads(student, s), arch.num_heads(teacher, t)
+    kept = getattr(arch.heads_module(student, s), "kept_heads", None)
+    origin = origin_layers(student, len(arch.layers(teacher)))
+    if kept is not None and origin is not None and origin[s_layer] == t_layer:
+        position = {h: i for i, h in enumerate(getattr(arch.heads_module(teacher, t), "kept_heads", range(nt)))}
+        if all(h in position for h in kept):
+            return torch.tensor([position[h] for h in kept])
+    return torch.arange(ns) if ns == nt else None
+
+
+# ---------------------------------------------------------------- intermediate targets
+class Targets(torch.nn.Module):
+    """The intermediate losses between a student and its teacher, with the learned projections
+    (training aids: they live here, never in the student)."""
+
+    def __init__(self, cfg: Distillation, student, teacher, widths: dict[str, tuple[int, int]]):
+        super().__init__()
+        self.cfg = cfg
+        self.pairs = layer_pairs(student, len(arch.layers(teacher)), cfg.mapping)
+        self.heads = [head_map(student, teacher, s, t) for s, t in self.pairs]
+        self.project = torch.nn.ModuleDict({
+            name: torch.nn.Linear(*widths[name]) for name in ("hidden", "embeddings")
+            if getattr(cfg, name) > 0 and widths[name][0] != widths[name][1]})
+
+    def _projected(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        return self.project[name](x) if name in self.project else x
+
+    def forward(self, student_out, teacher_out, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each intermediate target's loss. ``hidden_states[0]`` is the embedding output, ``[i + 1]``
+        layer i's output; ``attentions[i]`` layer i's probabilities [B, heads, T, T]."""
+        s_h, t_h = student_out.hidden_states, teacher_out.hidden_states
+        losses = {}
+        if self.cfg.hidden > 0:
+            losses["hidden"] = torch.stack([hidden_loss(self._projected("hidden", s_h[s + 1]), t_h[t + 1], mask)
+                                            for s, t in self.pairs]).mean()
+        if self.cfg.embeddings > 0:
+            losses["embeddings"] = hidden_loss(self._projected("embeddings", s_h[0]), t_h[0], mask)
+        if self.cfg.attention > 0:
+            s_a, t_a = student_out.attentions, teacher_out.attentions
+            losses["attention"] = torch.stack([attention_loss(s_a[s], t_a[t], mask, heads)
+                                               for (s, t), heads in zip(self.pairs, self.heads)]).mean()
+        return losses
+
+
+def target_widths(student, teacher, batch) -> dict[str, tuple[int, int]]:
+    """(student, teacher) widths of the embedding output and of the layer outputs, read off one forward."""
+    with torch.no_grad():
+        s = student(**arch.inputs(student, batch), output_hidden_states=True).hidden_states
+        t = teacher(**arch.inputs(teacher, batch), output_hidden_states=True).hidden_states
+    return {"embeddings": (s[0].shape[-1], t[0].shape[-1]), "hidden": (s[-1].shape[-1], t[-1].shape[-1])}
+
+
+@contextmanager
+def attention_maps(student, teacher):
+    """Both models on eager attention (it returns its probabilities), the student's attention dropout off."""
+    saved = [(m, m.config._attn_implementation) for m in (student, teacher)]
+    drops = [arch.attention_dropout(student, layer) for layer in arch.layers(student)]
+    rates = [d.p for d in drops]
+    for m, _ in saved:
+        m.set_attn_implementation("eager")
+    for d in drops:
+        d.p = 0.0
+    try:
+        yield
+    finally:
+        for m, impl in saved:
+            m.set_attn_implementation(impl)
+        for d, p in zip(drops, rates):
+            d.p = p
+
+
+# ---------------------------------------------------------------- the method
+@register("distill", "recovery", Distillation, label=label)
 def distill(model, cfg: Distillation, ctx: Context):
-    """Recover accuracy by distilling the teacher's logits into the model."""
+    """Recover accuracy by distilling the teacher (logits; optionally hidden states, attention, embeddings)."""
+    return train(model, cfg, ctx)[0]
+
+
+def train(model, cfg: Distillation, ctx: Context) -> tuple[object, Targets | None]:
+    """``distill``, also returning its ``Targets`` (the learned projections), which the model never holds."""
     embeddings = arch.vocab_weight(model)
     was_trainable = embeddings.requires_grad
     embeddings.requires_grad_(False)          # a 30k x H matrix: updating it costs more than it helps here
     try:
-        return train(model, cfg, ctx, lambda batch: kd_loss(model(**arch.inputs(model, batch)).logits,
-                                                            batch["teacher_logits"], batch["labels"],
-                                                            cfg.temperature, cfg.alpha))
+        return _train(model, cfg, ctx)
     finally:
         embeddings.requires_grad_(was_trainable)
 
 
-def train(model, cfg: Distillation, ctx: Context, loss_fn, params: list | None = None, name: str = "distill"):
-    """The recovery training loop: ``cfg.steps`` AdamW steps (linear warm-up and decay, gradients clipped
-    at 1) on ``loss_fn(batch)`` over the transfer set's batches, updating ``params`` (default: every
-    parameter that requires a gradient). Early exit trains its exit heads with it."""
-    params = [p for p in model.parameters() if p.requires_grad] if params is None else params
+def _teacher(cfg: Distillation, ctx: Context):
+    if ctx.teacher is None:
+        raise RecipeError(f"distill: the {', '.join(cfg.intermediate)} target(s) need the teacher model, and "
+                          "this context has none (Context.teacher)")
+    teacher = ctx.teacher().eval()
+    arch.layout(teacher)                      # the same adapter must know it
+    return teacher
+
+
+def _train(model, cfg: Distillation, ctx: Context):
+    teacher = _teacher(cfg, ctx) if cfg.intermediate else None
+    targets = Targets(cfg, model, teacher, target_widths(model.eval(), teacher, ctx.transfer.collate([0]))) if teacher else None
+    params = [p for p in model.parameters() if p.requires_grad] + (list(targets.parameters()) if targets else [])
+    wants = {}
+    if cfg.hidden > 0 or cfg.embeddings > 0:
+        wants["output_hidden_states"] = True
+    if cfg.attention > 0:
+        wants["output_attentions"] = True
+
+    def loss_fn(batch):
+        out = model(**arch.inputs(model, batch), **wants)
+        losses = {}
+        if cfg.logits > 0:
+            losses["logits"] = kd_loss(out.logits, batch["teacher_logits"], batch["labels"], cfg.temperature, cfg.alpha)
+        if targets is not None:
+            with torch.no_grad():
+                t_out = teacher(**arch.inputs(teacher, batch), **wants)
+            losses.update(targets(out, t_out, batch["attention_mask"]))
+        return sum(getattr(cfg, name) * value for name, value in losses.items()), losses
+
+    with attention_maps(model, teacher) if cfg.attention > 0 else nullcontext():
+        optimise(model, params, cfg, ctx, loss_fn)
+    return model, targets
+
+
+def optimise(model, params: list, cfg: Distillation, ctx: Context, loss_fn, name: str = "distill") -> None:
+    """The recovery training loop: ``cfg.steps`` AdamW steps on ``params`` (linear warm-up and decay,
+    gradients clipped at 1) over the transfer set's batches; ``loss_fn(batch) -> (loss, {part: loss})``
+    (the parts are shown in the progress line). ``model`` trains meanwhile and is left in eval mode.
+    Early exit trains its exit heads with it."""
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     warm = max(1, int(cfg.steps * cfg.warmup))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warm, max(0.0, (cfg.steps - s) / max(1, cfg.steps - warm))))
     model.train()
     for step, batch in enumerate(ctx.transfer.batches(cfg.batch_size, cfg.steps, seed=ctx.seed + 1)):
-        loss = loss_fn(batch)
+        loss, losses = loss_fn(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{name}: the loss became {loss.item()} at step {step + 1} of {cfg.steps} "
                                      f"(lr {cfg.lr:g}): the trial is stopped")
@@ -75,6 +307,6 @@ def train(model, cfg: Distillation, ctx: Context, loss_fn, params: list | None =
         sched.step()
         opt.zero_grad(set_to_none=True)
         if ctx.progress and (step + 1) % 50 == 0:
-            ctx.progress(f"{name} {step + 1}/{cfg.steps} loss {loss.item():.3f}")
+            parts = " ".join(f"{k} {v.item():.3f}" for k, v in losses.items())
+            ctx.progress(f"{name} {step + 1}/{cfg.steps} loss {loss.item():.3f} ({parts})")
     model.eval()
-    return model

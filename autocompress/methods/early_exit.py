@@ -25,7 +25,7 @@ from .. import arch
 from ..checkpoint import module_kind
 from ..pipeline import RULES, ExitRule
 from .base import Context, RecipeError, check, register
-from .distillation import Distillation, kd_loss, train
+from .distillation import Distillation, kd_loss, optimise
 
 EXITS_ATTR = "early_exits"        # where the heads hang on the classifier (a direct child module)
 
@@ -172,7 +172,12 @@ def heads_of(model) -> ExitHeads | None:
     return getattr(model, EXITS_ATTR, None)
 
 
-@register("early_exit", "recovery", EarlyExit, label=_label, not_followed_by=("*",), input_dependent_latency=True)
+_CALIBRATED = ("its calibration feeds the model's token inputs, and an early-exit pipeline's later segments take "
+               "hidden states: use quantize_int8 (dynamic) with early_exit")
+
+
+@register("early_exit", "recovery", EarlyExit, label=_label, not_followed_by=("*",), input_dependent_latency=True,
+          not_with={"quantize_static": _CALIBRATED, "quantize_mixed": _CALIBRATED})
 def early_exit(model, cfg: EarlyExit, ctx: Context):
     """Add early exits (DeeBERT/PABEE) after chosen layers, trained by distillation from the teacher's logits."""
     check(heads_of(model) is None, "early_exit", "the model has exits already: give one early_exit step")
@@ -195,13 +200,13 @@ def early_exit(model, cfg: EarlyExit, ctx: Context):
     def loss(batch):
         with torch.no_grad():
             states = model(**arch.inputs(model, batch), output_hidden_states=True).hidden_states
-        exits = heads(states)
-        return sum(kd_loss(lg, batch["teacher_logits"], batch["labels"], cfg.temperature, cfg.alpha)
-                   for lg in exits) / len(exits)
+        losses = {f"exit{k}": kd_loss(lg, batch["teacher_logits"], batch["labels"], cfg.temperature, cfg.alpha)
+                  for k, lg in zip(heads.after, heads(states))}
+        return sum(losses.values()) / len(losses), losses
 
     kd = Distillation(cfg.steps, cfg.lr, cfg.batch_size, cfg.temperature, cfg.alpha)
     try:
-        train(model, kd, ctx, loss, params=list(heads.parameters()), name="early_exit")
+        optimise(model, list(heads.parameters()), kd, ctx, loss, name="early_exit")
     finally:
         for p in frozen:
             p.requires_grad_(True)

@@ -20,7 +20,11 @@ for Ray Tune.
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
+import json
 import shutil
+import tempfile
 import socket
 import time
 import traceback
@@ -89,7 +93,9 @@ def evaluate_candidate(setup: TrialSetup, number: int, recipe: Recipe, role: str
             data = data or load_task_data(setup.data_path)
             teacher = teacher or load_teacher(setup.teacher_path)
             model = teacher.model()
-            ctx = Context(teacher.transfer_set(data), seed=setup.seed + number) if recipe.torch_steps or recipe.onnx_steps else None
+            ctx = (Context(teacher.transfer_set(data), seed=setup.seed + number,
+                           teacher=functools.cache(teacher.model))     # the teacher model: loaded on first use
+                   if recipe.steps else None)
             model = recipe.apply_torch(model, ctx, recipe.structure_steps)   # the architecture is final here
         train = bool(recipe.recovery_steps)
         pre_dir = out_dir / "structure" if train else out_dir     # untrained files are shipped only if nothing trains
@@ -109,8 +115,9 @@ def evaluate_candidate(setup: TrialSetup, number: int, recipe: Recipe, role: str
                                     timed[0], out_dir, t0)
         with shared_machine():
             t_rec = time.time()
+            reused = None
             if train:
-                model = recipe.apply_torch(model, ctx, recipe.recovery_steps)
+                model, reused = recover(setup, recipe, model, ctx, teacher, number)
             recovery_s = time.time() - t_rec
             model = finalize(model)      # e.g. pruning masks become plain zeros
             checkpoint.save_model(model, teacher.tokenizer, out_dir / "checkpoint")
@@ -130,11 +137,52 @@ def evaluate_candidate(setup: TrialSetup, number: int, recipe: Recipe, role: str
         size = sum(checkpoint.size_mb(f) for f in shipped)
         store.finish_trial(trial_id, "done", seconds=time.time() - t0, size_mb=size,
                            size_zip_mb=sum(checkpoint.zipped_mb(f) for f in shipped), n_params=checkpoint.count_params(model),
-                           recovery_seconds=recovery_s if recipe.recovery_steps else None)
+                           recovery_seconds=recovery_s if recipe.recovery_steps and not reused else None,
+                           reused_from=f"{reused['run']}/{reused['trial']}" if reused else None)
     except BaseException as e:
         store.finish_trial(trial_id, "failed", error=_reason(e), seconds=time.time() - t0)
         raise
     return _result(setup, number, recipe, val.main, latencies[setup.device].median_ms, size)
+
+
+def prefix_key(setup: TrialSetup, recipe: Recipe) -> str:
+    """What the trained model of a recipe depends on besides the teacher: its PyTorch steps (structure
+    and recovery, with their parameters) and the run's seed; not its ONNX steps."""
+    torch_part = Recipe(recipe.torch_steps)
+    return hashlib.sha256(f"{torch_part.hash}|seed {setup.seed}".encode()).hexdigest()[:16]
+
+
+def recover(setup: TrialSetup, recipe: Recipe, model, ctx: Context, teacher, number: int):
+    """The recovery steps, done once per (prefix, teacher): recipes that share their structure and recovery
+    steps and differ only after them (int8 dynamic or static, fp16, none) train the same model. The trained,
+    finalized model is kept in the teacher's folder under ``prefixes/KEY`` (the teacher folder is what
+    every worker of a cluster reads, and it outlives the run: a later search with this teacher reuses it
+    too). Returns (model, None) after training, or (the cached model, where it came from)."""
+    folder = Path(teacher.path) / "prefixes" / prefix_key(setup, recipe)
+    origin = folder / "origin.json"
+    if origin.is_file():
+        try:
+            return checkpoint.load_model(folder), json.loads(origin.read_text())
+        except Exception:            # a damaged entry (e.g. a disk filled up while writing it): train again
+            shutil.rmtree(folder, ignore_errors=True)
+    model = finalize(recipe.apply_torch(model, ctx, recipe.recovery_steps))
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent if folder.parent.is_dir() else _made(folder.parent),
+                                    prefix=".tmp-"))
+        checkpoint.save_model(model, None, tmp)
+        (tmp / "origin.json").write_text(json.dumps({"run": setup.run, "trial": number, "recipe": recipe.to_json()}))
+        try:
+            tmp.rename(folder)       # atomic: a parallel trial that finished first keeps its entry
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError:                  # a read-only teacher folder: nothing is cached, nothing is lost
+        pass
+    return model, None
+
+
+def _made(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _latencies(setup: TrialSetup, final: Path, fp32: Path) -> dict[str, Latency]:
