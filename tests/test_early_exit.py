@@ -373,6 +373,26 @@ def test_cli_pick_and_predict_a_pipeline(trial_world, tmp_path, capsys):
     assert line["layers_run"] in (1, 2, 3, 4) and set(line["probabilities"]) == {"negative", "positive"}
 
 
+def test_same_exits_other_precision_reuse_the_trained_model(trial_world):
+    """early_exit + fp16 after early_exit + int8: the trained model (exit heads included) comes from the
+    teacher's prefix cache, and its pipeline's exits are the very ones trained for trial 1."""
+    from autocompress.search.trial import TrialSetup, evaluate_candidate
+
+    store = trial_world["store"]
+    setup = TrialSetup(store_url=store.url, run="e", run_dir=str(trial_world["tmp"] / "run"),
+                       data_path=str(trial_world["tmp"] / "run" / "data"), teacher_path=str(trial_world["teacher"].path),
+                       profiles=(trial_world["cpu"],), device="test-cpu", budget_ms=None, space_text="", num_layers=4,
+                       threads=1)
+    recipe = Recipe((Step("early_exit", {"exits": 1, "threshold": 0.9, "steps": 5, "batch_size": 16}),
+                     Step("quantize_fp16")))
+    evaluate_candidate(setup, 3, recipe, data=trial_world["data"], teacher=trial_world["teacher"])
+    t = store.trial("e", 3)
+    assert t.status == "done" and t.reused_from == "e/1" and t.latencies["test-cpu"]["detail"]["expected"]
+    m1, m3 = (pipeline.read(store.trial("e", n).artifacts["onnx"]) for n in (1, 3))
+    assert [s["exit"] for s in m3["segments"]] == [s["exit"] for s in m1["segments"]] == [1, 2, 3, None]
+    assert all("quantize_fp16" in s["file"] for s in m3["segments"])
+
+
 def test_a_single_graph_still_ships_as_model_onnx(trial_world, tmp_path):
     """The pipeline branch of pick leaves the one-file candidates as they were."""
     from autocompress import ship
@@ -383,9 +403,9 @@ def test_a_single_graph_still_ships_as_model_onnx(trial_world, tmp_path):
                        data_path=str(trial_world["tmp"] / "run" / "data"), teacher_path=str(trial_world["teacher"].path),
                        profiles=(trial_world["cpu"],), device="test-cpu", budget_ms=None, space_text="", num_layers=4,
                        threads=1)
-    evaluate_candidate(setup, 2, Recipe((Step("quantize_int8"),)), data=trial_world["data"],
+    evaluate_candidate(setup, 4, Recipe((Step("quantize_int8"),)), data=trial_world["data"],
                        teacher=trial_world["teacher"])
-    t = store.trial("e", 2)
+    t = store.trial("e", 4)
     assert not t.latencies["test-cpu"]["detail"].get("expected")
     choice = ship.Choice(store.get_run("e"), "test-cpu", None, None, "val", "accuracy", t, None)
     out = ship.export(store, choice, tmp_path / "one", command="autocompress pick ...")
