@@ -160,3 +160,30 @@ def set_num_heads(model, layer, n: int) -> None:
     setattr(m, layout(model).heads_attr, n)
     if hasattr(m, "all_head_size"):
         m.all_head_size = n * m.attention_head_size
+
+
+# ---------------------------------------------------------------- running a model from a hidden state
+def hidden_size(model) -> int:
+    return int(model.config.hidden_size)      # DistilBertConfig maps it to dim
+
+
+class _PassThrough(torch.nn.Module):
+    """Stands in for the embeddings: returns the hidden state given as ``inputs_embeds`` unchanged
+    (BERT-style models pass it by keyword, DistilBERT by position)."""
+
+    def forward(self, *args, **kwargs):
+        x = kwargs.get("inputs_embeds")
+        if x is None:
+            x = next(a for a in args if torch.is_tensor(a) and a.is_floating_point())
+        return x
+
+
+def bypass_embeddings(model) -> None:
+    """Make ``model(inputs_embeds=h, attention_mask=m)`` run its encoder layers (and head) on the hidden
+    state ``h`` as it is: the embeddings (lookup, positions, segment ids, LayerNorm) and any projection
+    after them (ELECTRA's ``embeddings_project``) are taken out, while the model's own attention-mask
+    code still runs. Early exit's later segments are models treated so."""
+    base = model.base_model
+    base.embeddings = _PassThrough()
+    if hasattr(base, "embeddings_project"):
+        del base.embeddings_project

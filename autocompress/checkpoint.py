@@ -10,6 +10,8 @@ weights strictly: nothing is unpickled.
 Methods that put modules of their own into a model (a factorized Linear, say) register the module
 class here with ``@module_kind("name")``; the class gives ``spec()`` and ``from_spec(spec)``.
 Parameters shared between layers are saved once and tied again on load (``config.autocompress_tied``).
+Modules a method hangs on the model itself (a registered kind whose class says ``attached = True``, such
+as early exit's heads) are recorded in ``config.autocompress_attached`` (attribute -> spec) and hung again.
 """
 from __future__ import annotations
 
@@ -113,6 +115,8 @@ def save_model(model, tokenizer, path: str | os.PathLike) -> Path:
     model.config.autocompress_structure = structure_record(model)
     tied = _tied(model)
     model.config.autocompress_tied = tied
+    model.config.autocompress_attached = {name: module_spec(m) for name, m in model.named_children()
+                                          if getattr(m, "attached", False)}
     model.config.architectures = [type(model).__name__]
     model.config.save_pretrained(path)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k not in tied}
@@ -135,6 +139,8 @@ def load_model(path: str | os.PathLike, attn_implementation: str = "sdpa"):
     config.num_hidden_layers = len(record["layers"])
     model = AutoModelForSequenceClassification.from_config(config, attn_implementation=attn_implementation)
     rebuild(model, record)
+    for name, spec in (getattr(config, "autocompress_attached", None) or {}).items():
+        setattr(model, name, _build(spec, None))      # modules a method hung on the model (early exit's heads)
     tied = dict(getattr(config, "autocompress_tied", None) or {})
     for name, source in tied.items():       # tie before loading, so the saved tensor fills both
         _set_parameter(model, name, _get_parameter(model, source))

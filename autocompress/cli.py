@@ -598,9 +598,11 @@ def cmd_predict(args) -> int:
         if args.json:
             print(json.dumps({"label": out["label"], "probability": round(out["probability"], 6),
                               "latency_ms": round(ms, 3), "texts": list(example),
-                              "probabilities": out["probabilities"]}))
+                              "probabilities": out["probabilities"],
+                              **({"layers_run": out["layers_run"]} if "layers_run" in out else {})}))
         else:
-            print(f"{out['label']}\t{out['probability']:.4f}\t{ms:.2f} ms\t{' | '.join(example)}")
+            run = f"\t{out['layers_run']} layers" if "layers_run" in out else ""     # early exit: where it left
+            print(f"{out['label']}\t{out['probability']:.4f}\t{ms:.2f} ms{run}\t{' | '.join(example)}")
     _log(f"label, probability, latency of the call (tokenizer + ONNX Runtime, batch 1, {model.threads} CPU "
          "thread(s), after one warm-up call)")
     return 0

@@ -37,6 +37,11 @@ def _batches(features, batch_size: int, pad_id: int):
 
 def predict_onnx(path: str | os.PathLike, features, *, pad_id: int = 0, batch_size: int = 64,
                  threads: int | None = None) -> np.ndarray:
+    """Logits of an ONNX model (or of a pipeline manifest, run with its exit rule) on tokenised rows."""
+    from . import pipeline
+
+    if pipeline.is_pipeline(path):
+        return pipeline.predict(path, features, pad_id=pad_id, batch_size=batch_size, threads=threads)[0]
     import onnxruntime as ort
 
     opts = ort.SessionOptions()

@@ -41,24 +41,53 @@ def export_onnx(model, path: str | os.PathLike, input_names: tuple[str, ...] | N
     methods do not know, such as the latency predictors' reference architectures).
     """
     check_final(model, "export")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    impl = model.config._attn_implementation
-    model.set_attn_implementation("eager")
-    model.eval()
     names = input_names or arch.input_names(model)
     ids = torch.randint(0, model.config.vocab_size, (2, 16))
     example = (ids, torch.ones_like(ids), torch.zeros_like(ids))[: len(names)]
-    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    dims = {name: {0: batch, 1: seq} for name in names}
+    with eager_attention(model):
+        return export_module(_Logits(model), example, path, names, ("logits",))
+
+
+def export_candidate(model, out_dir: str | os.PathLike, apply_onnx) -> tuple[Path, Path]:
+    """A candidate's shipped form and its fp32 form: ``out_dir/model.fp32.onnx`` with the recipe's ONNX
+    steps applied (``apply_onnx(fp32, out_dir) -> final``), or, for a model carrying a module that
+    writes a pipeline (early exit's heads: ``write_pipeline``), the pipeline folder ``out_dir/pipeline``,
+    whose manifest stands for both (it names each segment's final and fp32 graphs)."""
+    out_dir = Path(out_dir)
+    writer = next((m for _, m in model.named_children() if hasattr(m, "write_pipeline")), None)
+    if writer is not None:
+        check_final(model, "export")
+        manifest = writer.write_pipeline(model, out_dir / "pipeline", apply_onnx)
+        return manifest, manifest
+    fp32 = export_onnx(model, out_dir / "model.fp32.onnx")
+    return Path(apply_onnx(fp32, out_dir)), fp32
+
+
+@contextlib.contextmanager
+def eager_attention(model):
+    """The model with eager attention while the block runs (ONNX Runtime fuses its pattern), in eval mode."""
+    impl = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    model.eval()
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-            program = torch.onnx.export(_Logits(model).eval(), example, input_names=list(names),
-                                        output_names=["logits"], dynamic_shapes=dims, dynamo=True, optimize=True)
+        yield model
     finally:
         model.set_attn_implementation(impl)
+
+
+def export_module(module: torch.nn.Module, example: tuple, path: str | os.PathLike, input_names: tuple[str, ...],
+                  output_names: tuple[str, ...]) -> Path:
+    """Export any module of the project (a whole classifier, or one of early exit's segments) to a single
+    self-contained ONNX file. Every input has a dynamic batch (axis 0) and sequence (axis 1) axis."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    dims = tuple({0: batch, 1: seq} for _ in input_names)       # positional: the module's own argument names may differ
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        program = torch.onnx.export(module.eval(), tuple(example), input_names=list(input_names),
+                                    output_names=list(output_names), dynamic_shapes=dims, dynamo=True, optimize=True)
     _store_shared_weights_once(program.model)
     program.save(str(path), external_data=False)
     return path

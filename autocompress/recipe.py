@@ -54,6 +54,10 @@ class Recipe:
             if sb < sa:
                 raise RecipeError(f"{b.method} ({STAGES[sb]}) cannot come after {a.method} ({STAGES[sa]}): "
                                   "a recipe runs structure steps, then recovery, then ONNX steps (quantization)")
+        for a in self.steps:                        # methods that do not go together in any order
+            for other, why in get_method(a.method).not_with:
+                if any(b.method == other for b in self.steps):
+                    raise RecipeError(f"{other} cannot be combined with {a.method}: {why}")
         for i, a in enumerate(self.steps):          # combinations a method itself rules out
             forbidden = get_method(a.method).not_followed_by
             for b in self.steps[i + 1:]:

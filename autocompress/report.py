@@ -13,6 +13,11 @@ from .search import pareto
 from .store import RunRecord, Store, TrialRecord, first_line
 
 
+EXPECTED_MARK = "§"
+EXPECTED_LEGEND = (f"{EXPECTED_MARK} = expected latency (early exit): its segments' latencies weighted by the share of\n"
+                   "    the validation inputs reaching each")
+
+
 def _member(t: TrialRecord, profile: str, teacher: TrialRecord | None) -> dict[str, Any]:
     lat = t.latencies[profile]
     base = teacher.latencies.get(profile) if teacher else None
@@ -30,6 +35,7 @@ def _member(t: TrialRecord, profile: str, teacher: TrialRecord | None) -> dict[s
         "dev": t.metrics.get("dev"),
         "latency": lat,
         "latency_obtained": describe(lat),
+        "latency_expected": bool((lat.get("detail") or {}).get("expected")),   # early exit: depends on the input
         "speedup": round(base["median_ms"] / lat["median_ms"], 3) if base else None,
         "size_mb": round(t.size_mb, 2) if t.size_mb is not None else None,
         "size_zip_mb": round(t.size_zip_mb, 2) if t.size_zip_mb is not None else None,
@@ -174,7 +180,8 @@ def tables(data: dict[str, Any]) -> str:
             lat = m["latency"]
             lat_s = f"{lat['median_ms']:.2f} ±{lat['spread_ms'] / 2:.2f}"
             sp = f"{m['speedup']:.2f}x" if m["speedup"] else "-"
-            dagger = (" †" if m["size_only_steps"] else "") + (" ‡" if m.get("cpu_notes") else "")
+            dagger = ((" †" if m["size_only_steps"] else "") + (" ‡" if m.get("cpu_notes") else "")
+                      + (f" {EXPECTED_MARK}" if m["latency_expected"] else ""))
             lines.append(f"  {mark:1} {m['trial']:>5} {_pct(m['val']):>6} {_pct(m['dev']):>6} {lat_s:>16} "
                          f"{_tag(lat):>17} {sp:>7} {m['size_mb']:>6} {_mb(m['size_zip_mb']):>6}  {m['recipe']}{dagger}")
         if d["budget_ms"] and d["best_within_budget"] is None:
@@ -189,6 +196,9 @@ def tables(data: dict[str, Any]) -> str:
                  "latency = median ± half the interquartile range at the device's shape (its line above says how it\n"
                  "was obtained: measured, or predicted and by what; fronts and teacher re-timed side by side where\n"
                  "measured or host-predicted, so speed-ups are ratios from one measurement); * = best within budget")
+    if any(m["latency_expected"] for d in data["devices"].values() for m in d["front"]):
+        lines.append(f"{EXPECTED_LEGEND} (an input's own latency depends on where it leaves; re-timed\n"
+                     "    segment by segment beside the others where measured)")
     return "\n".join(lines)
 
 
@@ -200,7 +210,8 @@ def _latency_note(d: dict[str, Any]) -> str:
     predicted = [lat for lat in lats if lat.get("how") == "predicted"]
     if not predicted:
         return "measured"
-    first = describe(predicted[0])
+    plain = [lat for lat in predicted if not (lat.get("detail") or {}).get("expected")]   # not an early exit's sum
+    first = describe(plain[0]) if plain else describe(predicted[0]).split("; each segment ", 1)[-1]
     return first if len(predicted) == len(lats) else f"some {first} (hollow markers), the rest measured"
 
 
@@ -260,6 +271,13 @@ def plot_png(data: dict[str, Any], path: str | Path) -> Path:
         for m in series["teacher_quantized"]:
             ax.plot(m["latency"]["median_ms"], _score(m, "val"), "D", color="C2", ms=7,
                     label=f"teacher + {m['recipe']} (val)")
+        expected = [m for key in ("front", "front_size", "candidates") for m in series[key] if m["latency_expected"]]
+        for m in expected:
+            ax.annotate(EXPECTED_MARK, (m["latency"]["median_ms"], _score(m, "val")), textcoords="offset points",
+                        xytext=(-9, 4), fontsize=8, color="C3")
+        if expected:
+            ax.plot([], [], ls="none", marker="$" + EXPECTED_MARK + "$", color="C3",
+                    label="expected latency (early exit), over the validation inputs")
         if d["budget_ms"]:
             ax.axvline(d["budget_ms"], ls="--", color="r", label=f"budget {d['budget_ms']:g} ms")
         how = (d.get("obtained") or {}).get("how", "")
@@ -287,7 +305,7 @@ def _hover(m: dict[str, Any], metric: str) -> str:
     from .hardware.latency import describe
 
     lat = m["latency"]
-    rows = [f"<b>trial {m['trial']}</b>: {m['recipe']}"]
+    rows = [f"<b>trial {m['trial']}</b>: {m['recipe']}" + (f" {EXPECTED_MARK} expected latency" if m.get("latency_expected") else "")]
     for split in ("val", "dev"):
         if m.get(split):
             rows.append(f"{split} {metric} {100 * m[split]['main']:.2f}% (n={m[split]['n']})")

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 MODEL_FILE = "model.onnx"
+PIPELINE_DIR = "pipeline"       # an early-exit model: manifest.json and one graph per segment
 
 
 class PickError(Exception):
@@ -118,16 +119,29 @@ def export(store, choice: Choice, out: str | os.PathLike, command: str) -> Path:
     labels, metric, pair = stored_task(run.task, run.settings)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    from . import pipeline
+
     try:
-        sha = _copy_verified(Path(onnx.path), onnx.sha256, tmp / MODEL_FILE, trial.number)
+        if pipeline.is_pipeline(onnx.path):       # early exit: the manifest and its segment graphs
+            (tmp / PIPELINE_DIR).mkdir()
+            sha = _copy_verified(Path(onnx.path), onnx.sha256, tmp / PIPELINE_DIR / pipeline.MANIFEST, trial.number)
+            for rel, seg_sha in pipeline.relative_files(onnx.path):
+                (tmp / PIPELINE_DIR / rel).parent.mkdir(parents=True, exist_ok=True)
+                _copy_verified(Path(onnx.path).parent / rel, seg_sha, tmp / PIPELINE_DIR / rel, trial.number)
+            shipped = tmp / PIPELINE_DIR
+            size = sum(f.stat().st_size for f in shipped.rglob("*") if f.is_file())
+        else:
+            sha = _copy_verified(Path(onnx.path), onnx.sha256, tmp / MODEL_FILE, trial.number)
+            shipped, size = tmp / MODEL_FILE, (tmp / MODEL_FILE).stat().st_size
         AutoTokenizer.from_pretrained(ckpt.path).save_pretrained(str(tmp))
         config = _config(Path(ckpt.path) / "config.json", choice, labels, pair)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         from .recipe import Recipe
 
         (tmp / "recipe.json").write_text(json.dumps(Recipe.from_json(trial.recipe).to_dict(), indent=2) + "\n")
-        (tmp / "README.md").write_text(model_card(choice, labels, metric, pair, sha, (tmp / MODEL_FILE).stat().st_size,
-                                                  command))
+        (tmp / "README.md").write_text(model_card(choice, labels, metric, pair, sha, size, command,
+                                                  pipeline_segments=len(pipeline.relative_files(shipped / pipeline.MANIFEST))
+                                                  if shipped.is_dir() else None))
         os.chmod(tmp, 0o755)
         if out.exists():
             out.rmdir()         # the CLI has checked it is empty
@@ -188,7 +202,7 @@ def _scores_rows(t, metric: str) -> list[str]:
 
 
 def model_card(choice: Choice, labels: tuple[str, ...], metric: str, pair: bool, sha256: str, size_bytes: int,
-               command: str) -> str:
+               command: str, pipeline_segments: int | None = None) -> str:
     """The folder's README.md: what the model does, how well and how fast (with how each figure was
     obtained), how big, what was done to it, and the commands that made it."""
     from .evaluate import EVAL_MAX_LENGTH
@@ -222,10 +236,20 @@ def model_card(choice: Choice, labels: tuple[str, ...], metric: str, pair: bool,
         speed = f"{base['median_ms'] / lat['median_ms']:.2f}x faster" if base and teacher.number != t.number else "-"
         mark = " (target)" if profile == run.device else ""
         lines.append(f"| {profile}{mark} | {lat['median_ms']:.2f} | {speed} | {describe(lat)} |")
+    expected = sorted({(lat.get("detail") or {}).get("expected_over") for lat in t.latencies.values()
+                       if (lat.get("detail") or {}).get("expected")})
+    if expected:
+        lines += ["", f"These latencies are **expected** latencies (early exit): the model stops at the first exit "
+                      f"sure enough of its answer, so its latency depends on the input. Each figure is the sum over "
+                      f"its segments of (share of {', '.join(expected)} that reached the segment) x (that segment's "
+                      "latency); an input that runs every layer takes longer, one that leaves at the first exit less."]
     example = '"first text", "second text"' if pair else '"a text"'
     zipped = getattr(t, "size_zip_mb", None)
-    lines += ["", "## Size", "",
-              f"- `model.onnx`: {size_bytes / 1e6:.2f} MB on disk (sha256 `{sha256}`, as the store recorded it)"]
+    what = (f"`{PIPELINE_DIR}/`: {pipeline_segments} ONNX graphs run one after another and `manifest.json` "
+            f"(sha256 `{sha256}`, as the store recorded it; it holds every graph's sha256), {size_bytes / 1e6:.2f} MB"
+            if pipeline_segments else
+            f"`model.onnx`: {size_bytes / 1e6:.2f} MB on disk (sha256 `{sha256}`, as the store recorded it)")
+    lines += ["", "## Size", "", f"- {what}"]
     if zipped is not None:
         lines.append(f"- zipped: {zipped:.2f} MB")
     if t.n_params is not None:
@@ -237,7 +261,15 @@ def model_card(choice: Choice, labels: tuple[str, ...], metric: str, pair: bool,
               run.settings.get("command") or "# the search command was not recorded (a run made before runs recorded it)",
               *([f"cd {os.getcwd()}"] if run.settings.get("cwd") not in (None, os.getcwd()) else []),
               command, "```", "",
-              "## Use it", "", "With ONNX Runtime and the tokenizer:", "", "```python",
+              "## Use it", ""]
+    if pipeline_segments:
+        lines += ["One ONNX graph cannot stop half-way, so this early-exit model is a pipeline of graphs that "
+                  f"`manifest.json` describes (exit rule, segments). Run it with `autocompress predict DIR "
+                  f"{example.replace(',', '')}`, or in Python:", "", "```python",
+                  "from autocompress.ship import ShippedModel",
+                  f"print(ShippedModel(\"DIR\").predict({example}))", "```", ""]
+        return "\n".join(lines) + "\n"
+    lines += ["With ONNX Runtime and the tokenizer:", "", "```python",
               "import numpy as np, onnxruntime as ort",
               "from transformers import AutoTokenizer",
               "",
@@ -262,7 +294,8 @@ class ShippedModel:
 
     def __init__(self, folder: str | os.PathLike, threads: int | None = None):
         folder = Path(folder)
-        for name in (MODEL_FILE, "config.json"):
+        self.is_pipeline = (folder / PIPELINE_DIR / "manifest.json").is_file()
+        for name in (PIPELINE_DIR + "/manifest.json" if self.is_pipeline else MODEL_FILE, "config.json"):
             if not (folder / name).is_file():
                 raise PickError(f"{folder} has no {name}: give a folder written by `autocompress pick`")
         import onnxruntime as ort
@@ -278,6 +311,17 @@ class ShippedModel:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
         self.threads = opts.intra_op_num_threads
+        self.pipeline = None
+        if self.is_pipeline:
+            from . import pipeline
+
+            try:
+                self.pipeline = pipeline.Pipeline(folder / PIPELINE_DIR / pipeline.MANIFEST, threads=self.threads)
+            except ValueError as e:
+                raise PickError(f"{folder}: {e}") from None
+            self.inputs = self.pipeline.first_inputs
+            self.exits = self.pipeline.manifest.get("exits_after") or []
+            return
         self.session = ort.InferenceSession(str(folder / MODEL_FILE), opts, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
 
@@ -286,9 +330,16 @@ class ShippedModel:
         enc = self.tokenizer(text, pair, truncation=True, max_length=self.max_length, return_tensors="np")
         ids = enc["input_ids"].astype(np.int64)
         feeds = {k: (enc[k].astype(np.int64) if k in enc else np.zeros_like(ids)) for k in self.inputs}
-        logits = self.session.run(["logits"], feeds)[0][0].astype(np.float64)
+        extra = {}
+        if self.pipeline is not None:
+            batch, where = self.pipeline.run(feeds)
+            logits = batch[0].astype(np.float64)
+            depth = self.pipeline.manifest["num_layers"]
+            extra["layers_run"] = self.exits[where[0]] if where[0] < len(self.exits) else depth
+        else:
+            logits = self.session.run(["logits"], feeds)[0][0].astype(np.float64)
         probs = np.exp(logits - logits.max())
         probs /= probs.sum()
         i = int(probs.argmax())
         return {"label": self.labels[i] if i < len(self.labels) else str(i), "probability": float(probs[i]),
-                "probabilities": {name: float(p) for name, p in zip(self.labels, probs)}}
+                "probabilities": {name: float(p) for name, p in zip(self.labels, probs)}, **extra}

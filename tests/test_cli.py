@@ -101,6 +101,8 @@ def test_bad_input_refused_before_the_teacher(case, tmp_path, capsys, monkeypatc
 def test_ray_address_auto_without_a_cluster(tmp_path, capsys, monkeypatch, glue_dir):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "ray"))   # no cluster was ever started there
+    import ray._private.services as services        # "auto" also takes any Ray process running on this machine
+    monkeypatch.setattr(services, "find_gcs_addresses", lambda: [])   # (another job's): as on a machine with none
     _refused_early(["--ray-address", "auto"], tmp_path, capsys, monkeypatch, glue_dir, "no running Ray cluster")
 
 

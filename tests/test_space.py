@@ -22,8 +22,9 @@ def test_bundled_spaces_load_and_validate(name):
     assert s.name == name
     structure = ["drop_layers", "prune_heads", "prune_ffn"] + (
         ["share_layers", "low_rank", "factorize_embeddings", "magnitude_prune"] if name == "default" else [])
-    assert [st.get("method", st.get("choose")) for st in s.steps] == structure + [
-        "distill", "quantization" if name == "default" else "quantize_int8"]
+    recovery = ["distill"] + (["early_exit"] if name == "default" else [])
+    assert [st.get("method", st.get("choose")) for st in s.steps] == structure + recovery + [
+        "quantization" if name == "default" else "quantize_int8"]
     assert s.trials == {"quick": 12, "default": 14}[name]
     assert s.seeds and yaml.safe_load(s.text)["name"] == name
     s.validate(6)

@@ -57,6 +57,18 @@ class Latency:
 
 
 def describe(lat: dict) -> str:
+    text = _describe(lat)
+    d = lat.get("detail") or {}
+    if not d.get("expected"):
+        return text
+    reach = ", ".join(f"{100 * r:.0f}%" for r in d.get("reach") or [])
+    segs = ", ".join(f"{ms:.2f}" for ms in d.get("segment_ms") or [])
+    return (f"expected over {d.get('expected_over', '?')} (early exit, {d.get('exit_rule', '?')}): sum of the "
+            f"segments' latencies [{segs}] ms weighted by the share of inputs reaching each [{reach}]; "
+            f"each segment {text}")
+
+
+def _describe(lat: dict) -> str:
     """How a latency was obtained, in one line (tables, JSON, plots and model cards all use this):
     ``measured on HOST (CPU), PROVIDER, N thread(s), batch 1 x seq 128, n=40, IQR 0.31 ms`` (then, where
     known: the Ray node, the confidence interval, the other shapes) or ``predicted by MODEL, device ...,
@@ -173,7 +185,9 @@ def _inputs(session: Any, batch: int, seq: int) -> dict[str, np.ndarray]:
     feeds = {}
     for inp in session.get_inputs():
         dtype = _ORT_DTYPES.get(inp.type, np.int64)
-        if inp.name == "attention_mask":
+        if len(inp.shape) == 3 and np.issubdtype(dtype, np.floating):   # a hidden state handed on (a pipeline's segment)
+            value = rng.standard_normal((batch, seq, int(inp.shape[2])))
+        elif inp.name == "attention_mask":
             value = np.ones(shape)
         elif inp.name == "input_ids":
             value = rng.integers(1000, 5000, size=shape)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .. import pipeline
 from .latency import Latency, measure_latency, measure_side_by_side
 from .profiles import HardwareProfile, ProfileError, load_profile
 
@@ -108,6 +109,8 @@ def obtain_latency(onnx_path: str | os.PathLike, profile: HardwareProfile | str,
     same candidate before its ONNX steps (what fp16 profiles convert). ``protocol`` passes measurement
     settings (runs, caps) through to ``latency`` when measuring."""
     profile = load_profile(profile)
+    if pipeline.is_pipeline(onnx_path):
+        return _expected(onnx_path, profile, log=log, **protocol)
     src = source_graph(onnx_path, profile, fp32_path)
     how = route(profile)
     if how.kind == HERE:
@@ -117,6 +120,22 @@ def obtain_latency(onnx_path: str | os.PathLike, profile: HardwareProfile | str,
     from .predictor import predict
 
     return predict(src, profile, log=log)
+
+
+def _expected(manifest: str | os.PathLike, profile: HardwareProfile, *, log=None, **protocol) -> Latency:
+    """A pipeline's expected latency on ``profile``: each segment's figure obtained the way the profile
+    says (its final graph; its fp32 graph for fp16 profiles), weighted by the share of the scored inputs
+    that reach it (``pipeline.expected``)."""
+    segments = pipeline.read(manifest)["segments"]
+    return _combine(manifest, [obtain_latency(s["file"], profile, fp32_path=s["fp32"], log=log, **protocol)
+                               for s in segments])
+
+
+def _combine(manifest: str | os.PathLike, segment_latencies: list[Latency]) -> Latency:
+    reach, over = pipeline.reach(manifest)
+    m = pipeline.read(manifest, verify=False)
+    return pipeline.expected(segment_latencies, reach, over, extra={"exit_rule": f"{m['rule']} {m['threshold']:g}",
+                                                                    "exits_after": m.get("exits_after")})
 
 
 def _measure_here(src: Path, profile: HardwareProfile, **protocol) -> Latency:
@@ -138,7 +157,32 @@ def obtain_side_by_side(onnx_paths: dict[Any, str | os.PathLike], profile: Hardw
     host-operators prediction is redone from a side-by-side host measurement (its operator mix from the
     ``stored`` figure); a roofline has nothing to re-time and returns {}."""
     profile = load_profile(profile)
-    fp32_paths = fp32_paths or {}
+    fp32_paths = dict(fp32_paths or {})
+    # a pipeline (early exit) takes part segment by segment; its expected latency is then made again
+    # from its segments' new figures (a host-operators prediction, which needs each segment's stored
+    # operator mix, is not redone: its per-trial figure stands)
+    onnx_paths, pipes = dict(onnx_paths), {}
+    for k, p in list(onnx_paths.items()):
+        if pipeline.is_pipeline(p):
+            del onnx_paths[k]
+            pipes[k] = (p, pipeline.read(p)["segments"])
+            for j, seg in enumerate(pipes[k][1]):
+                onnx_paths[(_SEGMENT, k, j)], fp32_paths[(_SEGMENT, k, j)] = seg["file"], seg["fp32"]
+    out = _side_by_side(onnx_paths, profile, stored or {}, fp32_paths)
+    for k, (manifest, segments) in pipes.items():
+        lats = [out.pop((_SEGMENT, k, j), None) for j in range(len(segments))]
+        if all(lats):
+            out[k] = _combine(manifest, lats)
+    return out
+
+
+_SEGMENT = "pipeline segment"
+
+
+def _side_by_side(onnx_paths: dict[Any, str | os.PathLike], profile: HardwareProfile, stored: dict[Any, dict],
+                  fp32_paths: dict[Any, str | os.PathLike]) -> dict[Any, Latency]:
+    if not onnx_paths:
+        return {}
     srcs = {k: source_graph(p, profile, fp32_paths.get(k)) for k, p in onnx_paths.items()}
     how = route(profile)
     if how.kind == HERE:

@@ -7,7 +7,7 @@ workers of a local Ray inherit the variable, so they see the same methods.
 import importlib
 import os
 
-from . import distillation, factorization, pruning, quantization, sharing, sparsity  # noqa: F401
+from . import distillation, early_exit, factorization, pruning, quantization, sharing, sparsity  # noqa: F401
 from .base import REGISTRY, Context, RecipeError, TransferSet, get_method  # noqa: F401
 
 PLUGINS_ENV = "AUTOCOMPRESS_PLUGINS"

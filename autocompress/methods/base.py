@@ -48,6 +48,8 @@ class Method:
     not_followed_by: tuple[str, ...] = ()   # methods that may not come after it in a recipe ("*": none may)
     exclusive: str | None = None            # a group of alternatives: at most one step of the group per recipe
     cpu_note: str | None = None             # why it does not pay on a CPU profile (fronts show it there)
+    input_dependent_latency: bool = False   # latency depends on the input (early exit): known only after training
+    not_with: tuple[tuple[str, str], ...] = ()   # (method, why): methods that may not be in the same recipe
 
     @property
     def kind(self) -> str:
@@ -70,7 +72,8 @@ REGISTRY: dict[str, Method] = {}
 
 def register(name: str, stage: Stage, config_cls: type, label: Callable[[Any], str] | None = None, *,
              size_only: bool = False, not_followed_by: tuple[str, ...] = (), exclusive: str | None = None,
-             cpu_note: str | None = None):
+             cpu_note: str | None = None, input_dependent_latency: bool = False,
+             not_with: dict[str, str] | None = None):
     """Decorator: ``@register("prune_heads", "structure", HeadPruning, label=lambda c: ...)`` on
     ``fn(model, cfg, ctx)`` (``fn(src, dst, cfg, ctx)`` for the onnx stage). Without a label, the
     method's name is its label. ``size_only``: the method makes models smaller but no faster on a
@@ -78,7 +81,10 @@ def register(name: str, stage: Stage, config_cls: type, label: Callable[[Any], s
     it must be the stage's last), checked when a recipe is built, before any work. ``exclusive``: the
     name of a group of alternatives (``"precision"``: the quantization methods), of which a recipe holds
     at most one step, also checked before any work. ``cpu_note``: one line saying why the method buys
-    nothing on a CPU profile (fp16); fronts mark such candidates on CPU devices with it."""
+    nothing on a CPU profile (fp16); fronts mark such candidates on CPU devices with it.
+    ``input_dependent_latency``: the candidate's latency depends on its input (early exit), so it is
+    known only once the model is trained and scored; the search cannot spare it training. ``not_with``:
+    methods (of any stage) that may not be in the same recipe -> why, checked when a recipe is built."""
     if stage not in STAGES:
         raise ValueError(f"method {name!r}: stage must be one of {', '.join(STAGES)}, got {stage!r}")
 
@@ -87,7 +93,8 @@ def register(name: str, stage: Stage, config_cls: type, label: Callable[[Any], s
             raise RuntimeError(f"method {name!r} registered twice")
         doc = (fn.__doc__ or name).strip().splitlines()[0]
         REGISTRY[name] = Method(name, stage, config_cls, fn, doc, label or (lambda cfg: name), size_only,
-                                tuple(not_followed_by), exclusive, cpu_note)
+                                tuple(not_followed_by), exclusive, cpu_note,
+                                input_dependent_latency, tuple((not_with or {}).items()))
         return fn
 
     return wrap

@@ -264,38 +264,49 @@ def _train(model, cfg: Distillation, ctx: Context):
     teacher = _teacher(cfg, ctx) if cfg.intermediate else None
     targets = Targets(cfg, model, teacher, target_widths(model.eval(), teacher, ctx.transfer.collate([0]))) if teacher else None
     params = [p for p in model.parameters() if p.requires_grad] + (list(targets.parameters()) if targets else [])
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
-    warm = max(1, int(cfg.steps * cfg.warmup))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (cfg.steps - s) / max(1, cfg.steps - warm))))
     wants = {}
     if cfg.hidden > 0 or cfg.embeddings > 0:
         wants["output_hidden_states"] = True
     if cfg.attention > 0:
         wants["output_attentions"] = True
-    model.train()
+
+    def loss_fn(batch):
+        out = model(**arch.inputs(model, batch), **wants)
+        losses = {}
+        if cfg.logits > 0:
+            losses["logits"] = kd_loss(out.logits, batch["teacher_logits"], batch["labels"], cfg.temperature, cfg.alpha)
+        if targets is not None:
+            with torch.no_grad():
+                t_out = teacher(**arch.inputs(teacher, batch), **wants)
+            losses.update(targets(out, t_out, batch["attention_mask"]))
+        return sum(getattr(cfg, name) * value for name, value in losses.items()), losses
+
     with attention_maps(model, teacher) if cfg.attention > 0 else nullcontext():
-        for step, batch in enumerate(ctx.transfer.batches(cfg.batch_size, cfg.steps, seed=ctx.seed + 1)):
-            out = model(**arch.inputs(model, batch), **wants)
-            losses = {}
-            if cfg.logits > 0:
-                losses["logits"] = kd_loss(out.logits, batch["teacher_logits"], batch["labels"], cfg.temperature,
-                                           cfg.alpha)
-            if targets is not None:
-                with torch.no_grad():
-                    t_out = teacher(**arch.inputs(teacher, batch), **wants)
-                losses.update(targets(out, t_out, batch["attention_mask"]))
-            loss = sum(getattr(cfg, name) * value for name, value in losses.items())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"distill: the loss became {loss.item()} at step {step + 1} of {cfg.steps} "
-                                         f"(lr {cfg.lr:g}): the trial is stopped")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            if ctx.progress and (step + 1) % 50 == 0:
-                parts = " ".join(f"{k} {v.item():.3f}" for k, v in losses.items())
-                ctx.progress(f"distill {step + 1}/{cfg.steps} loss {loss.item():.3f} ({parts})")
-    model.eval()
+        optimise(model, params, cfg, ctx, loss_fn)
     return model, targets
+
+
+def optimise(model, params: list, cfg: Distillation, ctx: Context, loss_fn, name: str = "distill") -> None:
+    """The recovery training loop: ``cfg.steps`` AdamW steps on ``params`` (linear warm-up and decay,
+    gradients clipped at 1) over the transfer set's batches; ``loss_fn(batch) -> (loss, {part: loss})``
+    (the parts are shown in the progress line). ``model`` trains meanwhile and is left in eval mode.
+    Early exit trains its exit heads with it."""
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    warm = max(1, int(cfg.steps * cfg.warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (cfg.steps - s) / max(1, cfg.steps - warm))))
+    model.train()
+    for step, batch in enumerate(ctx.transfer.batches(cfg.batch_size, cfg.steps, seed=ctx.seed + 1)):
+        loss, losses = loss_fn(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{name}: the loss became {loss.item()} at step {step + 1} of {cfg.steps} "
+                                     f"(lr {cfg.lr:g}): the trial is stopped")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if ctx.progress and (step + 1) % 50 == 0:
+            parts = " ".join(f"{k} {v.item():.3f}" for k, v in losses.items())
+            ctx.progress(f"{name} {step + 1}/{cfg.steps} loss {loss.item():.3f} ({parts})")
+    model.eval()

@@ -58,6 +58,11 @@ def _options(spec: dict[str, Any]) -> list[str]:
     return [o["method"] for o in spec["steps"]] + ([NONE] if spec.get("optional") else [])
 
 
+def _not_with(a: str, b: str) -> bool:
+    """Whether methods ``a`` and ``b`` may not be in one recipe (either says so)."""
+    return any(other == b for other, _ in get_method(a).not_with) or any(other == a for other, _ in get_method(b).not_with)
+
+
 @dataclass
 class Space:
     name: str
@@ -69,7 +74,9 @@ class Space:
     def suggest(self, trial, num_layers: int) -> Recipe:
         """Ask ``trial`` (an optuna Trial or FixedTrial) for every choice; return the recipe it makes.
         A step that changes nothing (``is_identity``, judged on the layers left by earlier steps) is
-        left out; a ``when: changed`` step only follows a structure step that changed something."""
+        left out, and so is a step that cannot be combined with an earlier one (``not_with``: static
+        int8 after early exit, say); a ``when: changed`` step only follows a structure step that changed
+        something."""
         steps, changed, layers = [], False, num_layers
         for spec in self.steps:
             if spec.get("when") == "changed" and not changed:
@@ -88,6 +95,8 @@ class Space:
             cfg = step.config
             is_identity = getattr(cfg, "is_identity", None)
             if is_identity is not None and is_identity(layers):
+                continue
+            if any(_not_with(s.method, method) for s in steps):
                 continue
             layers = getattr(cfg, "layers_after", lambda n: n)(layers)
             changed = changed or get_method(method).stage == "structure"

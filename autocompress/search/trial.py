@@ -9,6 +9,11 @@ budget: recovery steps, export, ONNX steps, and scoring on the very ONNX file th
 latency is the one taken before training when the shipped graph has the same signature (operators,
 attributes, tensor shapes and types: see ``graph_signature``), and is obtained again otherwise.
 
+A recipe with a method whose latency depends on the input (early exit: ``input_dependent_latency``) is
+trained first; its shipped form is a pipeline (``autocompress.pipeline``: a manifest and one graph per
+segment), scored with its exit rule, and its latency on every profile is the expected one over the
+validation inputs (the share reaching each segment is written into the manifest when it is scored).
+
 ``evaluate_candidate`` is plain Python (the teacher baseline uses it directly); ``trainable`` wraps it
 for Ray Tune.
 """
@@ -27,7 +32,9 @@ from pathlib import Path
 
 import torch
 
-from .. import checkpoint, export
+import numpy as np
+
+from .. import checkpoint, export, pipeline
 from ..evaluate import EVAL_MAX_LENGTH, encode, predict_onnx, score
 from ..hardware.latency import Latency, shared_machine
 from ..hardware.obtain import graph_signature, obtain_latency
@@ -114,8 +121,7 @@ def evaluate_candidate(setup: TrialSetup, number: int, recipe: Recipe, role: str
             model = finalize(model)      # e.g. pruning masks become plain zeros
             checkpoint.save_model(model, teacher.tokenizer, out_dir / "checkpoint")
             if train or timed is None:
-                fp32 = export.export_onnx(model, out_dir / "model.fp32.onnx")
-                final = recipe.apply_onnx(fp32, out_dir, ctx)
+                final, fp32 = export.export_candidate(model, out_dir, lambda src, dst: recipe.apply_onnx(src, dst, ctx))
             else:
                 final, fp32 = timed
             val = _score(final, teacher, data, "val", setup.threads)
@@ -126,9 +132,10 @@ def evaluate_candidate(setup: TrialSetup, number: int, recipe: Recipe, role: str
         store.add_artifact(trial_id, "onnx", final)
         store.add_artifact(trial_id, "onnx_fp32", fp32)
         store.add_artifact(trial_id, "checkpoint", out_dir / "checkpoint")
-        size = checkpoint.size_mb(final)
+        shipped = pipeline.files(final) if pipeline.is_pipeline(final) else [final]
+        size = sum(checkpoint.size_mb(f) for f in shipped)
         store.finish_trial(trial_id, "done", seconds=time.time() - t0, size_mb=size,
-                           size_zip_mb=checkpoint.zipped_mb(final), n_params=checkpoint.count_params(model),
+                           size_zip_mb=sum(checkpoint.zipped_mb(f) for f in shipped), n_params=checkpoint.count_params(model),
                            recovery_seconds=recovery_s if recipe.recovery_steps and not reused else None,
                            reused_from=f"{reused['run']}/{reused['trial']}" if reused else None)
     except BaseException as e:
@@ -224,9 +231,19 @@ def _over_budget(store: Store, setup: TrialSetup, trial_id: int, number: int, re
 
 
 def _score(onnx_path: Path, teacher, data, split: str, threads: int | None = None):
+    """The validation score of the shipped file; a pipeline (early exit) runs with its exit rule, and the
+    share of the validation inputs reaching each segment is written into its manifest (what its
+    expected latency weighs the segments by)."""
     pad = teacher.tokenizer.pad_token_id or 0
-    logits = predict_onnx(onnx_path, encode(teacher.tokenizer, data.val, EVAL_MAX_LENGTH), pad_id=pad,
-                          threads=threads)
+    features = encode(teacher.tokenizer, data.val, EVAL_MAX_LENGTH)
+    if not pipeline.is_pipeline(onnx_path):
+        logits = predict_onnx(onnx_path, features, pad_id=pad, threads=threads)
+        return score(data.spec, logits, data.val["label"], split)
+    logits, where = pipeline.predict(onnx_path, features, pad_id=pad, threads=threads)
+    n_seg = len(pipeline.read(onnx_path, verify=False)["segments"])
+    pipeline.update(onnx_path, reach=pipeline.reach_of(where, n_seg),
+                    reach_over=f"the validation inputs ({len(features)} rows)",
+                    left_at=[int(c) for c in np.bincount(where, minlength=n_seg)])
     return score(data.spec, logits, data.val["label"], split)
 
 
