@@ -349,3 +349,18 @@ def test_front_marks_fp16_on_cpu_devices_only(tmp_path):
     assert [line.endswith("fp16 ‡") for line in cpu.splitlines() if "fp16" in line and "‡ =" not in line] == [True]
     assert "fp16 ‡" not in gpu.split("\nval =")[0] and "fp16" in gpu
     assert f"‡ = on a CPU device: {get_method('quantize_fp16').cpu_note}" in text
+
+
+@pytest.mark.parametrize("step", [Step("quantize_static", {"rows": 16}), Step("quantize_int8")],
+                         ids=["static", "dynamic"])
+def test_int8_after_factorized_embeddings(step, tiny_bert_factory, tiny_transfer, feature_rows, tmp_path):
+    """Factorized embeddings (V x E table, then an E x H MatMul): int8 still builds and stays close to fp32
+    (the default space combines them; static int8 once failed there inside ONNX Runtime's Gather pass)."""
+    from autocompress.methods.factorization import EmbeddingFactorization, factorize_embeddings
+
+    model = factorize_embeddings(tiny_bert_factory(), EmbeddingFactorization(dim=16))
+    fp32 = export.export_onnx(model, tmp_path / "fact.onnx")
+    out = Recipe((step,)).apply_onnx(fp32, tmp_path / "q", Context(tiny_transfer, seed=0))
+    rows = feature_rows(48, seed=7)
+    a, b = predict_onnx(fp32, rows), predict_onnx(out, rows)
+    assert np.abs(a - b).max() <= INT8_TOL * np.abs(a).max() and (a.argmax(-1) == b.argmax(-1)).mean() >= 0.9

@@ -196,8 +196,20 @@ def quantize_static(src: str | os.PathLike, dst: str | os.PathLike, cfg: StaticI
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=method, calibration_cache_path=f"{tmp}/ranges.json",
                             nodes_to_exclude=last)
-        quantize_dynamic(f"{tmp}/qdq.onnx", str(dst), op_types_to_quantize=["Gather"], weight_type=QuantType.QInt8)
+        quantize_dynamic(f"{tmp}/qdq.onnx", str(dst), op_types_to_quantize=["Gather"], weight_type=QuantType.QInt8,
+                         nodes_to_exclude=_gathers_into_qdq(f"{tmp}/qdq.onnx"))
     return dst
+
+
+def _gathers_into_qdq(path: str) -> list[str]:
+    """Gathers whose output the static pass already quantizes (a factorized embedding's V x E table feeds
+    the quantized E x H MatMul): ONNX Runtime's weight-only Gather pass cannot add its own dequantization
+    there (it asserts), so these tables stay fp32 (V x E is small next to V x H)."""
+    import onnx
+
+    graph = onnx.load(path, load_external_data=False).graph
+    quantized = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
+    return [n.name for n in graph.node if n.op_type == "Gather" and n.output[0] in quantized]
 
 
 # ---------------------------------------------------------------- fp16
