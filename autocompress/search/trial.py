@@ -166,8 +166,8 @@ def recover(setup: TrialSetup, recipe: Recipe, model, ctx: Context, teacher, num
             shutil.rmtree(folder, ignore_errors=True)
     model = finalize(recipe.apply_torch(model, ctx, recipe.recovery_steps))
     try:
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent if folder.parent.is_dir() else _made(folder.parent),
-                                    prefix=".tmp-"))
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
         checkpoint.save_model(model, None, tmp)
         (tmp / "origin.json").write_text(json.dumps({"run": setup.run, "trial": number, "recipe": recipe.to_json()}))
         try:
@@ -177,11 +177,6 @@ def recover(setup: TrialSetup, recipe: Recipe, model, ctx: Context, teacher, num
     except OSError:                  # a read-only teacher folder: nothing is cached, nothing is lost
         pass
     return model, None
-
-
-def _made(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def _latencies(setup: TrialSetup, final: Path, fp32: Path) -> dict[str, Latency]:
