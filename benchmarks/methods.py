@@ -343,20 +343,31 @@ def _recovery_text(bench: Bench) -> str:
             f"temperature {cfg.temperature:g}), seeds {' '.join(map(str, bench.args.seeds))}")
 
 
-def _alone(bench: Bench, variants: Variants, then: tuple[Step, ...] = ()) -> list[Row]:
-    return [bench.teacher_row()] + [bench.run(name, Recipe(steps + then)) for name, steps in variants]
+def alone_recipes(steps: int, lr: float) -> dict[str, list[tuple[str, Recipe]]]:
+    """Each section's variants as it runs them (row name, recipe): a structural method followed by the
+    common recovery; an ONNX step or early exit on the unchanged teacher."""
+    kd = (recovery(steps, lr),)
+    return {"structure": [(name, Recipe(s + kd)) for name, s in structure_variants()],
+            "size": [(name, Recipe(s + kd)) for name, s in size_variants()],
+            "quantization": [(name, Recipe(s)) for name, s in quantization_variants()],
+            "early_exit": [(name, Recipe(s)) for name, s in early_exit_variants(steps)]}
+
+
+def _alone(bench: Bench, name: str) -> list[Row]:
+    variants = alone_recipes(bench.args.steps, bench.args.lr)[name]
+    return [bench.teacher_row()] + [bench.run(variant, recipe) for variant, recipe in variants]
 
 
 @section("structure")
 def structure(bench: Bench) -> list[Row]:
-    rows = _alone(bench, structure_variants(), (recovery(bench.args.steps, bench.args.lr),))
+    rows = _alone(bench, "structure")
     print(f"\n{_recovery_text(bench)}; heads and FFN neurons ranked by importance on transfer rows.")
     return rows
 
 
 @section("size")
 def size(bench: Bench) -> list[Row]:
-    rows = _alone(bench, size_variants(), (recovery(bench.args.steps, bench.args.lr),))
+    rows = _alone(bench, "size")
     print(f"\n{_recovery_text(bench)}. Size only: the benefit is the zipped file; on a dense "
           "runtime the latency is the unchanged model's (sparsity's zeros are still multiplied, shared weights are "
           "still run once per layer).")
@@ -365,7 +376,7 @@ def size(bench: Bench) -> list[Row]:
 
 @section("quantization")
 def quantization(bench: Bench) -> list[Row]:
-    rows = _alone(bench, quantization_variants())
+    rows = _alone(bench, "quantization")
     notes = {get_method(s.method).cpu_note for _, steps in quantization_variants() for s in steps} - {None}
     print("\nno training: each variant is the teacher's fp32 ONNX file through the recipe's ONNX step (calibration "
           "and sensitivity rows drawn from the transfer set with each seed); val and dev accuracy are the quantized "
@@ -375,7 +386,7 @@ def quantization(bench: Bench) -> list[Row]:
 
 @section("early_exit")
 def early_exit(bench: Bench) -> list[Row]:
-    rows = _alone(bench, early_exit_variants(bench.args.steps))
+    rows = _alone(bench, "early_exit")
     print(f"\nexit heads trained {bench.args.steps} steps by distillation on the teacher's logits (backbone frozen); "
           f"accuracy with the exit rule on each split. {EXPECTED_LEGEND} ({len(bench.data.val)} rows); the segments "
           "are timed side by side with the other rows; reach: share of val inputs running each segment.")
