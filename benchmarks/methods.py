@@ -388,7 +388,7 @@ def quantization(bench: Bench) -> list[Row]:
 def early_exit(bench: Bench) -> list[Row]:
     rows = _alone(bench, "early_exit")
     print(f"\nexit heads trained {bench.args.steps} steps by distillation on the teacher's logits (backbone frozen); "
-          f"accuracy with the exit rule on each split. {EXPECTED_LEGEND} ({len(bench.data.val)} rows); the segments "
+          f"accuracy with the exit rule on each split. {' '.join(EXPECTED_LEGEND.split())} ({len(bench.data.val)} rows); the segments "
           "are timed side by side with the other rows; reach: share of val inputs running each segment.")
     return rows
 
