@@ -25,7 +25,7 @@ fails when a method has no row), beside the unchanged teacher:
   backbone frozen), every layer at entropy thresholds 0.2 / 0.5 and every 2 layers at 0.5. It ships as a
   pipeline (one graph per segment): scored with its exit rule, and its latency is the *expected* one
   (marked §): each segment timed side by side with the other rows, weighted by the share of the
-  validation inputs that reach it (``hardware.obtain.expected_latency``, as a search trial obtains it).
+  validation inputs that reach it (as a search trial obtains it).
 - ``distillation``: the distillation targets at the same student (``drop_layers keep 4``): logits
   only, +hidden states, +attention, +hidden+attention, +embeddings as well, and two other layer
   mappings — same steps, learning rate and seeds. Two controls: logits only with the student's
@@ -38,10 +38,11 @@ options (``--train-examples``, ``--epochs``, ``--val-size``, ``--seed``; default
 built as a search trial builds it: structure steps, recovery, ``finalize``, export
 (``export.export_candidate``: one ONNX file, or a pipeline folder for early exit), ONNX steps; its
 accuracy is measured on that shipped file, on the validation split carved from train (what the search
-sees) and on the GLUE dev set. Latencies: every variant's file, timed side by side in interleaved
-rounds on each profile (``hardware.latency.measure_side_by_side``), so their ratios hold on a shared
-machine while the milliseconds themselves are provisional. Both profiles are timed on this machine's
-CPU with the profile's threads and shape (mobile-cpu is not predicted here). Training seconds per step
+sees) and on the GLUE dev set. Latencies: each profile's figure is obtained as a search obtains it
+(``hardware.obtain``): laptop-cpu measured here, every variant side by side in interleaved rounds;
+mobile-cpu (a Pixel 4) predicted from this host's operator timings, per variant, then re-predicted
+from one side-by-side host measurement, so the ratios of both columns come from one run while the
+milliseconds on a shared machine are provisional; the line under each table says how. Training seconds per step
 are wall-clock on this machine: comparable only within one run.
 
     AUTOCOMPRESS_GLUE_DIR=../shared/glue python benchmarks/methods.py [--section structure] \\
@@ -67,8 +68,8 @@ from autocompress import arch, pipeline
 from autocompress.checkpoint import count_params, zipped_mb
 from autocompress.evaluate import EVAL_MAX_LENGTH, encode, predict_onnx, score
 from autocompress.export import export_candidate
-from autocompress.hardware.latency import describe, measure_side_by_side, shared_machine
-from autocompress.hardware.obtain import expected_latency
+from autocompress.hardware.latency import describe, shared_machine
+from autocompress.hardware.obtain import HERE, obtain_latency, obtain_side_by_side, route
 from autocompress.hardware.profiles import load_profile
 from autocompress.methods.base import Context, finalize, get_method
 from autocompress.recipe import Recipe, Step
@@ -394,21 +395,16 @@ def early_exit(bench: Bench) -> list[Row]:
 
 
 # ---------------------------------------------------------------- table
-def side_by_side(paths: dict[str, Path], profile, rounds: int) -> dict:
-    """``measure_side_by_side`` over every row's file; a pipeline (early exit) takes part segment by
-    segment, and its figure is then the expected latency made from its segments' (``expected_latency``:
-    weighted by the reach its manifest records), as ``hardware.obtain.obtain_side_by_side`` does."""
-    flat, pipes = {}, {}
-    for k, path in paths.items():
-        if not pipeline.is_pipeline(path):
-            flat[k] = path
-            continue
-        pipes[k] = pipeline.read(path)["segments"]
-        flat.update({(k, j): seg["file"] for j, seg in enumerate(pipes[k])})
-    lats = measure_side_by_side(flat, profile, rounds=rounds)
-    for k, segments in pipes.items():
-        lats[k] = expected_latency(paths[k], [lats.pop((k, j)) for j in range(len(segments))])
-    return lats
+def obtain_all(paths: dict[str, Path], profile) -> dict:
+    """Every row's latency on ``profile`` the way a search obtains it: measured here side by side, or,
+    for a predicted profile (mobile-cpu: a Pixel 4 predicted from this host's operator timings),
+    predicted per row and then re-predicted from one side-by-side host measurement
+    (``hardware.obtain.obtain_side_by_side``), so ratios come from one run. A pipeline (early exit)
+    gets its expected latency (segments weighted by the share of val inputs reaching them)."""
+    profile = load_profile(profile)
+    first = {} if route(profile).kind == HERE else {k: obtain_latency(p, profile) for k, p in paths.items()}
+    again = obtain_side_by_side(paths, profile, stored={k: lat.to_dict() for k, lat in first.items()})
+    return {**first, **again}
 
 
 def print_table(rows: list[Row], latencies: dict[str, dict[str, float]], bench: Bench) -> None:
@@ -445,7 +441,6 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=2e-4, help="distillation learning rate of every variant")
     ap.add_argument("--keep", type=int, default=4, help="distillation section: the student's layers")
     ap.add_argument("--strategy", default="top", choices=("top", "alternate"), help="which layers the student keeps")
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds (10 runs each per model)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="ac-methods-bench-") as out:
         bench = Bench(args, Path(out))
@@ -454,13 +449,13 @@ def main() -> int:
             rows = SECTIONS[name](bench)
             latencies, how = {}, []
             for p in PROFILES:
-                lats = side_by_side({r.variant: r.onnx for r in rows}, load_profile(p), args.rounds)
+                lats = obtain_all({r.variant: r.onnx for r in rows}, p)
                 latencies[p] = {k: v.median_ms for k, v in lats.items()}
                 how.append(f"{p}: {describe(lats[rows[0].variant].to_dict())}")
             print()
             print_table(rows, latencies, bench)
-            print("latency: median ms; every variant side by side in interleaved rounds on one machine (shared: "
-                  "ratios hold, milliseconds are provisional); " + "; ".join(how))
+            print("latency: median ms, obtained side by side per profile (ratios hold on a shared machine, "
+                  "milliseconds are provisional); " + "; ".join(how))
     return 0
 
 

@@ -127,13 +127,11 @@ def _expected(manifest: str | os.PathLike, profile: HardwareProfile, *, log=None
     says (its final graph; its fp32 graph for fp16 profiles), weighted by the share of the scored inputs
     that reach it (``pipeline.expected``)."""
     segments = pipeline.read(manifest)["segments"]
-    return expected_latency(manifest, [obtain_latency(s["file"], profile, fp32_path=s["fp32"], log=log, **protocol)
+    return _combine(manifest, [obtain_latency(s["file"], profile, fp32_path=s["fp32"], log=log, **protocol)
                                for s in segments])
 
 
-def expected_latency(manifest: str | os.PathLike, segment_latencies: list[Latency]) -> Latency:
-    """A pipeline's expected latency from its segments' figures (in its manifest's order), weighted by the
-    reach its manifest records (``pipeline.expected``), with its exit rule in the detail."""
+def _combine(manifest: str | os.PathLike, segment_latencies: list[Latency]) -> Latency:
     reach, over = pipeline.reach(manifest)
     m = pipeline.read(manifest, verify=False)
     return pipeline.expected(segment_latencies, reach, over, extra={"exit_rule": f"{m['rule']} {m['threshold']:g}",
@@ -174,7 +172,7 @@ def obtain_side_by_side(onnx_paths: dict[Any, str | os.PathLike], profile: Hardw
     for k, (manifest, segments) in pipes.items():
         lats = [out.pop((_SEGMENT, k, j), None) for j in range(len(segments))]
         if all(lats):
-            out[k] = expected_latency(manifest, lats)
+            out[k] = _combine(manifest, lats)
     return out
 
 
