@@ -256,3 +256,12 @@ def predict(path: str | os.PathLike, features, *, pad_id: int = 0, batch_size: i
 def reach_of(where: np.ndarray, n_segments: int) -> list[float]:
     """Share of the rows that ran each segment, from the segment each row left at."""
     return [float(np.mean(where >= j)) for j in range(n_segments)]
+
+
+def record_reach(path: str | os.PathLike, where: np.ndarray, over: str) -> Path:
+    """Write into the manifest the share of the scored inputs that ran each segment (``where``: the
+    segment each row left at, from ``predict``) and what they were (``over``): what its expected latency
+    weighs the segments by."""
+    n_seg = len(read(path, verify=False)["segments"])
+    return update(path, reach=reach_of(where, n_seg), reach_over=over,
+                  left_at=[int(c) for c in np.bincount(where, minlength=n_seg)])

@@ -32,8 +32,6 @@ from pathlib import Path
 
 import torch
 
-import numpy as np
-
 from .. import checkpoint, export, pipeline
 from ..evaluate import EVAL_MAX_LENGTH, encode, predict_onnx, score
 from ..hardware.latency import Latency, shared_machine
@@ -235,10 +233,7 @@ def _score(onnx_path: Path, teacher, data, split: str, threads: int | None = Non
         logits = predict_onnx(onnx_path, features, pad_id=pad, threads=threads)
         return score(data.spec, logits, data.val["label"], split)
     logits, where = pipeline.predict(onnx_path, features, pad_id=pad, threads=threads)
-    n_seg = len(pipeline.read(onnx_path, verify=False)["segments"])
-    pipeline.update(onnx_path, reach=pipeline.reach_of(where, n_seg),
-                    reach_over=f"the validation inputs ({len(features)} rows)",
-                    left_at=[int(c) for c in np.bincount(where, minlength=n_seg)])
+    pipeline.record_reach(onnx_path, where, f"the validation inputs ({len(features)} rows)")
     return score(data.spec, logits, data.val["label"], split)
 
 
