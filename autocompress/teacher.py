@@ -60,26 +60,28 @@ class TeacherSettings:
     task: str = "sst2"
     train_examples: int = 0       # rows of the train split used for fine-tuning (0 = all)
     epochs: int | None = None     # None: from the row count (see ``plan_epochs``)
-    lr: float = 1e-4
-    batch_size: int = 32
+    lr: float = 1.5e-4           # with batches of 64 and two passes: SST-2 dev 89.9% (2e-4: 88.6%)
+    batch_size: int = 64          # length-bucketed: on 2 CPU cores ~1.4x the rows/s of batches of 32
     max_length: int = TRAIN_MAX_LENGTH
     transfer_examples: int = 16000  # rows whose teacher logits are cached for distillation
     val_size: int = 1000            # rows carved from train for validation (they are not trained on)
     seed: int = 0
     min_steps: int = 600          # small data sets: at least this many optimiser steps ...
     max_epochs: int = 20          # ... within this many passes over the rows
-    version: int = 2              # the training recipe; a change retrains cached teachers
+    two_passes_up_to: int = 100_000   # rows: two passes up to this size (SST-2: +0.5 dev over one), one above
+    version: int = 3              # the training recipe; a change retrains cached teachers
     data: str = ""                # fingerprint of your own data files (FileTask.fingerprint); empty for GLUE
 
     def plan_epochs(self, rows: int) -> int:
-        """Epochs for ``rows`` training rows: as asked, else one pass over large data sets and, for small
-        ones, enough passes for ``min_steps`` optimiser steps (a few hundred steps teach a classifier
-        head and the top layers; two passes over 1,500 rows are 94 steps, which leave the model at
-        the majority class)."""
+        """Epochs for ``rows`` training rows: as asked, else two passes (one over data sets larger than
+        ``two_passes_up_to``, where one pass is already long on a CPU) and, for small ones, enough passes
+        for ``min_steps`` optimiser steps (a few hundred steps teach a classifier head and the top
+        layers; two passes over 1,500 rows are 47 steps, which leave the model at the majority class)."""
         if self.epochs:
             return self.epochs
         steps_per_epoch = max(1, -(-rows // self.batch_size))
-        return max(1, min(self.max_epochs, -(-self.min_steps // steps_per_epoch)))
+        floor = 2 if rows <= self.two_passes_up_to else 1
+        return max(floor, min(self.max_epochs, -(-self.min_steps // steps_per_epoch)))
 
     @property
     def key(self) -> str:

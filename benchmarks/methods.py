@@ -69,7 +69,7 @@ from autocompress.checkpoint import count_params, zipped_mb
 from autocompress.evaluate import EVAL_MAX_LENGTH, encode, predict_onnx, score
 from autocompress.export import export_candidate
 from autocompress.hardware.latency import describe, shared_machine
-from autocompress.hardware.obtain import HERE, obtain_latency, obtain_side_by_side, route
+from autocompress.hardware.obtain import obtain_together
 from autocompress.hardware.profiles import load_profile
 from autocompress.methods.base import Context, finalize, get_method
 from autocompress.recipe import Recipe, Step
@@ -395,18 +395,6 @@ def early_exit(bench: Bench) -> list[Row]:
 
 
 # ---------------------------------------------------------------- table
-def obtain_all(paths: dict[str, Path], profile) -> dict:
-    """Every row's latency on ``profile`` the way a search obtains it: measured here side by side, or,
-    for a predicted profile (mobile-cpu: a Pixel 4 predicted from this host's operator timings),
-    predicted per row and then re-predicted from one side-by-side host measurement
-    (``hardware.obtain.obtain_side_by_side``), so ratios come from one run. A pipeline (early exit)
-    gets its expected latency (segments weighted by the share of val inputs reaching them)."""
-    profile = load_profile(profile)
-    first = {} if route(profile).kind == HERE else {k: obtain_latency(p, profile) for k, p in paths.items()}
-    again = obtain_side_by_side(paths, profile, stored={k: lat.to_dict() for k, lat in first.items()})
-    return {**first, **again}
-
-
 def print_table(rows: list[Row], latencies: dict[str, dict[str, float]], bench: Bench) -> None:
     seeds = bench.args.seeds
     n_val, n_dev = len(bench.data.val), len(bench.data.dev)
@@ -449,7 +437,7 @@ def main() -> int:
             rows = SECTIONS[name](bench)
             latencies, how = {}, []
             for p in PROFILES:
-                lats = obtain_all({r.variant: r.onnx for r in rows}, p)
+                lats = obtain_together({r.variant: r.onnx for r in rows}, p)
                 latencies[p] = {k: v.median_ms for k, v in lats.items()}
                 how.append(f"{p}: {describe(lats[rows[0].variant].to_dict())}")
             print()

@@ -176,6 +176,17 @@ def obtain_side_by_side(onnx_paths: dict[Any, str | os.PathLike], profile: Hardw
     return out
 
 
+def obtain_together(onnx_paths: dict[Any, str | os.PathLike], profile: HardwareProfile | str) -> dict[Any, Latency]:
+    """Models compared on ``profile`` with no figures stored for them yet (benchmarks): measured side
+    by side where the profile is measured; predicted one by one where it is predicted, then a
+    host-operators prediction is redone from one side-by-side host measurement. Ratios between the
+    models come from one run either way; a pipeline gets its expected latency."""
+    profile = load_profile(profile)
+    first = {} if route(profile).kind == HERE else {k: obtain_latency(p, profile) for k, p in onnx_paths.items()}
+    again = obtain_side_by_side(onnx_paths, profile, stored={k: lat.to_dict() for k, lat in first.items()})
+    return {**first, **again}
+
+
 _SEGMENT = "pipeline segment"
 
 
