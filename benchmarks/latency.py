@@ -1,7 +1,8 @@
 """Device profiles, in one run:
 
 1. the same model re-obtained 5 times on each CPU profile (laptop-cpu measured here; mobile-cpu predicted
-   from this host's operator timings): max/min of the medians, target <= 1.03; and, what the fronts
+   from this host's operator timings): max/min of the medians, target <= 1.03, and the same before the
+   figures were scaled to the host's nominal speed by the interleaved reference; and, what the fronts
    rely on, a candidate's speed-up over it obtained side by side 5 times: max/min of the ratios;
 2. the mobile predictor calibrated afresh on this host, and its error on published anchors it was not
    fitted on (leave-one-out);
@@ -68,6 +69,9 @@ def repeatability(onnx: Path, repeats: int) -> None:
         cis = ", ".join(f"{100 * _ci(lat):.1f}%" for lat in lats)
         print(f"   {name:12} {lats[0].how:10} {', '.join(f'{m:.2f}' for m in medians):48} {r:8.3f}  {ok}"
               f"  (each median's 95% CI: ±{cis})")
+        raw = [lat.median_ms / _factor(lat) for lat in lats]
+        print(f"   {'':12} {'as timed':10} {', '.join(f'{m:.2f}' for m in raw):48} {max(raw) / min(raw):8.3f}  "
+              f"(before scaling to nominal speed; factors {', '.join(f'{_factor(lat):.3f}' for lat in lats)})")
 
 
 def ratio_repeatability(teacher: Path, candidate: Path, repeats: int) -> None:
@@ -84,6 +88,11 @@ def ratio_repeatability(teacher: Path, candidate: Path, repeats: int) -> None:
         r = max(ratios) / min(ratios)
         print(f"   {name:12} {how:10} {', '.join(f'{x:.3f}x' for x in ratios):48} {r:8.3f}  "
               f"{'ok' if r <= 1.03 else 'over'}")
+
+
+def _factor(lat) -> float:
+    """The host-speed factor a figure was scaled by (``hardware.latency.HostReference``; 1 where none)."""
+    return (lat.detail.get("host_reference") or {}).get("factor", 1.0)
 
 
 def _ci(lat) -> float:

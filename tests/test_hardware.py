@@ -74,7 +74,9 @@ ONE = HardwareProfile("one-thread", "this CPU, one thread", "onnxruntime", "CPUE
 def test_bundled_profiles_load_with_threads():
     assert list_profiles() == ["laptop-cpu", "mobile-cpu", "server-gpu"]
     mobile, laptop, gpu = load_profile("mobile-cpu"), load_profile("laptop-cpu"), load_profile("server-gpu")
-    assert laptop.threads == min(4, os.cpu_count()) and laptop.measure_here and laptop.ci_target == 0.02
+    assert laptop.threads == min(4, os.cpu_count()) and laptop.measure_here
+    for p in (laptop, mobile):                     # at least 100 runs, then to ±1% or 10 s
+        assert (p.min_runs, p.ci_target, p.max_seconds) == (100, 0.01, 10.0)
     assert not mobile.measure_here and mobile.resource == "hw-mobile-cpu" and "Pixel 4" in mobile.device
     assert mobile.predictor["kind"] == "host-operators" and mobile.predictor["host_threads"] == 1
     assert {a["name"]: a["ms"][128][1] for a in mobile.predictor["anchors"]} == {
@@ -108,6 +110,7 @@ def test_load_profile_from_path(tmp_path):
         ("name: x\ndescription: d\nruntime: onnxruntime\nprovider: CPUExecutionProvider\nmax_threads: 1\nprecision: int4\n", "precision"),
         ("name: x\ndescription: d\nruntime: onnxruntime\nprovider: CPUExecutionProvider\nmax_threads: 1\nextra_shapes: [8]\n", "extra_shapes"),
         ("name: x\ndescription: d\nruntime: onnxruntime\nprovider: CPUExecutionProvider\nmax_threads: 1\nci_target: 2\n", "ci_target"),
+        ("name: x\ndescription: d\nruntime: onnxruntime\nprovider: CPUExecutionProvider\nmax_threads: 1\nmin_runs: 0\n", "min_runs"),
         ("name: x\ndescription: d\nruntime: onnxruntime\nprovider: CPUExecutionProvider\nmax_threads: 1\npredictor: {kind: magic}\n", "predictor"),
     ],
 )
@@ -147,6 +150,11 @@ def test_measure_latency_stats(models):
     assert lat.detail["provider"] == "CPUExecutionProvider" and lat.detail["seq_len"] == 128
     assert lat.detail["ci95_rel"] >= 0 and "stopped at" in lat.detail["protocol"]
     assert isinstance(lat.detail["int8_isa"], list)
+    assert "host_reference" not in lat.detail and "raw_median_ms" not in lat.detail     # as timed
+    scaled = measure_latency(small, ONE, drift_reference=True, **FAST)
+    ref = scaled.detail["host_reference"]              # scaled to the host's nominal speed, and says by how much
+    assert ref["factor"] == pytest.approx(ref["nominal_ms"] / ref["median_ms"], rel=1e-3)
+    assert scaled.median_ms == pytest.approx(scaled.detail["raw_median_ms"] * ref["factor"], rel=1e-3)
 
 
 def test_min_runs_honoured_even_past_time_budget(models):
@@ -166,11 +174,12 @@ def test_bigger_model_is_slower(models):
 
 def test_side_by_side_times_every_model_alike(models):
     small, big = models
-    lat = measure_side_by_side({"small": small, "big": big}, ONE, rounds=3, runs_per_round=4)
+    lat = measure_side_by_side({"small": small, "big": big}, ONE, rounds=3, runs_per_round=4, drift_reference=True)
     assert set(lat) == {"small", "big"}
     for v in lat.values():
         assert v.n == 12 and v.how == "measured" and v.p10_ms <= v.median_ms <= v.p90_ms
         assert "side by side with 2 models" in v.detail["protocol"]
+        assert v.median_ms == pytest.approx(v.detail["raw_median_ms"] * v.detail["host_reference"]["factor"], rel=1e-3)
     assert lat["big"].median_ms > 3 * lat["small"].median_ms
 
 

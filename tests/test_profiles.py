@@ -3,6 +3,7 @@ error, roofline arithmetic), the dispatch that says how each latency is obtained
 figure shown (tables, JSON, CLI)."""
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,6 +63,66 @@ def test_protocol_stops_at_the_time_cap_when_the_median_stays_unsure():
     clock = FakeClock([10.0, 30.0] * 1000)
     times, why = repeat(clock.run, warmup=0, min_runs=10, max_runs=25, max_seconds=1e9, ci_target=0.02, clock=clock)
     assert why == "run cap (25 runs)" and len(times) == 25
+
+
+def test_reference_blocks_bracket_every_ten_timed_runs():
+    order = []
+    clock = FakeClock([5.0] * 200)
+
+    def run():
+        order.append("m")
+        clock.run()
+
+    def block():
+        order.append("R")
+        clock.t += 0.016                                     # a block takes time, outside the timed runs
+        return [2.0, 2.1]
+
+    ref_times = []
+    times, why = repeat(run, warmup=2, min_runs=23, max_runs=23, max_seconds=1e9, ci_target=0.0, clock=clock,
+                        reference=block, reference_times=ref_times)
+    assert why == "run cap (23 runs)" and times == pytest.approx([5.0] * 23)
+    assert "".join(order) == "mm" + "R" + "m" * 10 + "R" + "m" * 10 + "R" + "mmm" + "R"   # after warm-up, every 10, at the end
+    assert ref_times == [2.0, 2.1] * 4
+
+
+def test_a_figure_timed_beside_the_reference_is_scaled_to_nominal_speed(tmp_path):
+    """The machine ran at half speed during the measurement: the reference took twice its nominal time,
+    so the model's 10 ms are 5 ms at nominal speed; the raw figure and the factor stay in the detail."""
+    from autocompress.hardware.latency import HostReference, _latency
+
+    ref = HostReference(tmp_path / "ref.onnx", 1, nominal_ms=2.0, date="2026-01-01")
+    profile = load_profile("laptop-cpu")
+    times = [9.0, 10.0, 10.0, 11.0, 10.0]
+    lat = _latency(profile, times, "CPUExecutionProvider", 1, {}, ref, [4.0, 4.1, 3.9, 4.0, 4.0])
+    assert lat.median_ms == pytest.approx(5.0) and lat.p10_ms < lat.median_ms < lat.p90_ms
+    assert lat.spread_ms == pytest.approx(0.5 * float(np.subtract(*np.percentile(times, [75, 25]))))
+    assert lat.detail["raw_median_ms"] == pytest.approx(10.0)
+    assert lat.detail["host_reference"]["factor"] == pytest.approx(0.5)
+    text = describe(lat.to_dict())
+    assert text.startswith("measured on") and "x0.500 to the host's nominal speed" in text and "nominal 2.00 ms" in text
+    unscaled = _latency(profile, times, "CPUExecutionProvider", 1, {})
+    assert unscaled.median_ms == 10.0 and "host_reference" not in unscaled.detail
+    assert "nominal speed" not in describe(unscaled.to_dict())
+
+
+def test_the_host_reference_is_timed_once_per_host_and_cached(tmp_path, monkeypatch):
+    from autocompress.hardware import latency as L
+
+    monkeypatch.setenv("AUTOCOMPRESS_CALIBRATION_DIR", str(tmp_path))
+    monkeypatch.setattr(P, "build_anchor", lambda config, path, num_layers=None: _tiny(path))
+    first = L.host_reference(1)
+    assert first.nominal_ms > 0 and first.path.is_file() and first.path.parent == tmp_path
+    calls = []
+    monkeypatch.setattr(L, "repeat", lambda *a, **k: calls.append(1))
+    again = L.host_reference(1)
+    assert again == first and not calls                     # read from the cache, not timed again
+
+
+def _tiny(path):
+    from test_hardware import tiny_bert_like
+
+    return Path(tiny_bert_like(path, hidden=32, layers=1))
 
 
 # ------------------------------------------------------------------ host-operators predictor

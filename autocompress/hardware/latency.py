@@ -5,10 +5,19 @@ the profile's shape, warm up, then time single runs until the 95% confidence int
 is within the profile's target (2% by default) or a time cap is reached, all while holding the
 machine exclusively (a file lock that training and other measurements respect). On CUDA, inputs and
 outputs stay on the device (I/O binding) and every run is synchronised before the clock stops.
+
+Host timings that feed a prediction for another device (``profile_operators``, and the side-by-side
+re-timing of predicted figures) are bracketed by blocks of a fixed reference workload
+(``HostReference``: a block after the warm-up, after every 10 timed runs and at the end), and scaled by
+the reference's nominal time over its median during the measurement: the speed of this shared machine
+drifts (by 5-10% between windows of a few seconds, in one process or across processes), a model and
+the reference drift alike, and a phone's latency must not follow this host's mood. The raw median
+and the factor are kept in the detail. Figures measured for this machine's own profile are as timed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -87,6 +96,7 @@ def _describe(lat: dict) -> str:
                 f"IQR {lat.get('spread_ms', 0):.2f} ms")
         if d.get("ci95_rel") is not None:
             text += f", median ±{100 * d['ci95_rel']:.1f}% (95% CI)"
+        text += _drift(d)
         if d.get("precision") == "fp16":
             text += ", fp16 conversion of the fp32 graph"
         return text + _before_training(d) + others
@@ -95,6 +105,15 @@ def _describe(lat: dict) -> str:
               "note": "note"}
     extra = "".join(f", {label} {d[k]}" for k, label in labels.items() if d.get(k))
     return f"predicted by {model}{extra}{_before_training(d)}{others}"
+
+
+def _drift(d: dict) -> str:
+    """How a CPU figure was scaled to the host's nominal speed (``HostReference``), if it was."""
+    ref = d.get("host_reference")
+    if not ref:
+        return ""
+    return (f", x{ref['factor']:.3f} to the host's nominal speed (interleaved reference {ref['median_ms']:.2f} ms, "
+            f"nominal {ref['nominal_ms']:.2f} ms)")
 
 
 def _before_training(d: dict) -> str:
@@ -157,26 +176,38 @@ def ci_rel(times: list[float]) -> float:
 
 
 def repeat(run_once: Callable[[], Any], *, warmup: int, min_runs: int, max_runs: int, max_seconds: float,
-           ci_target: float, clock: Callable[[], float] = time.perf_counter) -> tuple[list[float], str]:
+           ci_target: float, clock: Callable[[], float] = time.perf_counter,
+           reference: Callable[[], list[float]] | None = None, reference_times: list[float] | None = None,
+           reference_every: int = 10) -> tuple[list[float], str]:
     """Time ``run_once`` after ``warmup`` untimed runs until the median's 95% CI is within
     ``ci_target`` of it (at least ``min_runs``), or ``max_runs``, or ``max_seconds`` have passed.
-    Returns the times (ms) and why it stopped."""
+    Returns the times (ms) and why it stopped. With ``reference`` (a block of reference runs that
+    returns its times), a block runs after the warm-up, after every ``reference_every`` timed runs and
+    at the end, so that the reference's times (in ``reference_times``) bracket every timed run."""
+    def block() -> None:
+        if reference is not None:
+            reference_times.extend(reference())
+
     for _ in range(warmup):
         run_once()
+    block()
     times: list[float] = []
-    start = clock()
-    while True:
+    start, why = clock(), ""
+    while not why:
         t0 = clock()
         run_once()
         times.append((clock() - t0) * 1e3)
         if len(times) < min_runs:
-            continue
-        if ci_rel(times) <= ci_target:
-            return times, f"median within ±{100 * ci_target:g}% (95% CI)"
-        if len(times) >= max_runs:
-            return times, f"run cap ({max_runs} runs)"
-        if clock() - start > max_seconds:
-            return times, f"time cap ({max_seconds:g} s)"
+            pass
+        elif ci_rel(times) <= ci_target:
+            why = f"median within ±{100 * ci_target:g}% (95% CI)"
+        elif len(times) >= max_runs:
+            why = f"run cap ({max_runs} runs)"
+        elif clock() - start > max_seconds:
+            why = f"time cap ({max_seconds:g} s)"
+        if len(times) % reference_every == 0 or why:
+            block()
+    return times, why
 
 
 def _inputs(session: Any, batch: int, seq: int) -> dict[str, np.ndarray]:
@@ -231,44 +262,135 @@ def _where(provider: str, threads: int) -> dict[str, Any]:
             "provider": provider, "threads": threads}
 
 
+# ------------------------------------------------------------------ host speed: the interleaved reference
+REFERENCE_CONFIG = {"model_type": "bert", "hidden_size": 384, "num_attention_heads": 12, "intermediate_size": 1536}
+REFERENCE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class HostReference:
+    """A fixed workload timed in blocks between the timed runs of a CPU measurement: one BERT layer of
+    MiniLM's width (random weights), batch 1 x seq 128, on the measurement's threads. ``nominal_ms`` is
+    its median on this host, timed once per CPU, ONNX Runtime version and thread count, and cached with
+    the predictors' calibrations (a re-timing would move every scaled figure by its own noise)."""
+
+    path: Path
+    threads: int
+    nominal_ms: float
+    date: str
+
+    def runner(self) -> Callable[[], Any]:
+        from .profiles import ort_session
+
+        session = ort_session(self.path, threads=self.threads)
+        return _runner(session, _inputs(session, 1, 128), "CPUExecutionProvider")
+
+    def blocks(self, runs: int = 8, settle: int = 3) -> Callable[[], list[float]]:
+        """A block of ``runs`` reference runs, timed after the first ``settle``: what ran before (a large
+        fp32 model drops the clock for a while, and has the caches) slows the first runs after it, by
+        a different amount for each model; the settled runs measure the machine, not its last model."""
+        run = self.runner()
+
+        def block() -> list[float]:
+            out = []
+            for i in range(runs):
+                t0 = time.perf_counter()
+                run()
+                if i >= settle:
+                    out.append((time.perf_counter() - t0) * 1e3)
+            return out
+
+        return block
+
+    def factor(self, reference_times: list[float]) -> float:
+        """What scales a figure timed beside these reference runs to this host's nominal speed."""
+        return self.nominal_ms / float(np.median(reference_times))
+
+    def detail(self, reference_times: list[float], raw_median_ms: float) -> dict:
+        return {"raw_median_ms": round(raw_median_ms, 4),
+                "host_reference": {"model": "one BERT layer (hidden 384, 12 heads), batch 1 x seq 128",
+                                   "nominal_ms": round(self.nominal_ms, 4),
+                                   "median_ms": round(float(np.median(reference_times)), 4),
+                                   "factor": round(self.factor(reference_times), 4)}}
+
+
+def host_reference(threads: int) -> HostReference:
+    """This host's reference at ``threads`` threads: built and timed on first use, then read from the cache."""
+    import onnxruntime as ort
+
+    from . import predictor
+
+    info = cpu_info()
+    blob = json.dumps({"v": REFERENCE_VERSION, "cpu": info["cpu"], "isa": info["int8_isa"], "ort": ort.__version__,
+                       "threads": threads, "config": REFERENCE_CONFIG}, sort_keys=True)
+    key = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    folder = predictor.calibration_dir()
+    onnx_path, meta = folder / f"host-reference-{key}.onnx", folder / f"host-reference-{key}.json"
+    with predictor.locked(meta):
+        if meta.is_file() and onnx_path.is_file():
+            d = json.loads(meta.read_text())
+            return HostReference(onnx_path, threads, d["nominal_ms"], d["date"])
+        if not onnx_path.is_file():
+            tmp = predictor.build_anchor(REFERENCE_CONFIG, folder / f"host-reference-{key}.tmp.onnx", num_layers=1)
+            tmp.replace(onnx_path)
+        ref = HostReference(onnx_path, threads, 0.0, time.strftime("%Y-%m-%d"))
+        with exclusive_machine():
+            times, _ = repeat(ref.runner(), warmup=20, min_runs=300, max_runs=2000, max_seconds=15.0, ci_target=0.005)
+        ref = HostReference(onnx_path, threads, float(np.median(times)), ref.date)
+        meta.write_text(json.dumps({"nominal_ms": ref.nominal_ms, "n": len(times), "date": ref.date, "cpu": info["cpu"],
+                                    "threads": threads, "ci95_rel": round(ci_rel(times), 4)}, indent=2))
+        return ref
+
+
 def measure_latency(
     onnx_path: str | os.PathLike,
     profile: HardwareProfile,
     *,
     warmup: int = 5,
-    min_runs: int = 10,
+    min_runs: int | None = None,
     max_runs: int = 1000,
     max_seconds: float | None = None,
     ci_target: float | None = None,
     threads: int | None = None,
     provider: str | None = None,
+    drift_reference: bool = False,
 ) -> Latency:
     """Latency of an ONNX model on `profile`'s provider and threads, at every shape the profile reports
-    (the primary one in the figure, the others in ``detail['other_shapes']``), holding the machine alone."""
+    (the primary one in the figure, the others in ``detail['other_shapes']``), holding the machine alone.
+    With ``drift_reference`` (CPU only), scaled to the host's nominal speed by the bracketing reference."""
     provider = provider or profile.provider
     threads = threads or profile.threads
+    min_runs = profile.min_runs if min_runs is None else min_runs
     max_seconds = profile.max_seconds if max_seconds is None else max_seconds
     ci_target = profile.ci_target if ci_target is None else ci_target
+    ref = host_reference(threads) if drift_reference and provider == "CPUExecutionProvider" else None
     session = profile.session(onnx_path, threads=threads, provider=provider)
+    reference = ref.blocks() if ref else None
     results = []
     with exclusive_machine():
         for batch, seq in profile.shapes:
             run = _runner(session, _inputs(session, batch, seq), provider)
+            ref_times: list[float] = []
             times, stop = repeat(run, warmup=warmup, min_runs=min_runs, max_runs=max_runs, max_seconds=max_seconds,
-                                 ci_target=ci_target)
-            results.append((batch, seq, times, stop))
-    del session
-    (batch, seq, times, stop), rest = results[0], results[1:]
+                                 ci_target=ci_target, reference=reference, reference_times=ref_times)
+            results.append((batch, seq, times, ref_times, stop))
+    del session, reference
+    (batch, seq, times, ref_times, stop), rest = results[0], results[1:]
     extra = {"warmup": warmup, "protocol": f"sequential; stopped at: {stop}", "ci95_rel": round(ci_rel(times), 4)}
     if rest:
-        extra["other_shapes"] = [{"batch_size": b, "seq_len": s, "median_ms": _stats(t)[0], "n": len(t),
-                                  "ci95_rel": round(ci_rel(t), 4)} for b, s, t, _ in rest]
-    return _latency(profile, times, provider, threads, extra)
+        extra["other_shapes"] = [{"batch_size": b, "seq_len": s, "median_ms": _stats(t)[0] * (ref.factor(r) if ref else 1),
+                                  "n": len(t), "ci95_rel": round(ci_rel(t), 4)} for b, s, t, r, _ in rest]
+    return _latency(profile, times, provider, threads, extra, ref, ref_times)
 
 
-def _latency(profile: HardwareProfile, times_ms: list[float], provider: str, threads: int, extra: dict) -> Latency:
-    median, iqr, p10, p90 = _stats(times_ms)
+def _latency(profile: HardwareProfile, times_ms: list[float], provider: str, threads: int, extra: dict,
+             ref: HostReference | None = None, ref_times: list[float] | None = None) -> Latency:
+    """The figure from a run's times: as timed, or (with the reference's times) scaled to nominal speed."""
+    factor = ref.factor(ref_times) if ref else 1.0
+    median, iqr, p10, p90 = (v * factor for v in _stats(times_ms))
     detail = {**_where(provider, threads), "batch_size": profile.batch_size, "seq_len": profile.seq_len, **extra}
+    if ref:
+        detail.update(ref.detail(ref_times, median / factor))
     return Latency(profile.name, median, iqr, p10, p90, len(times_ms), "measured", detail)
 
 
@@ -280,38 +402,47 @@ def measure_side_by_side(
     rounds: int = 3,
     runs_per_round: int = 10,
     threads: int | None = None,
+    drift_reference: bool = False,
 ) -> dict[Any, Latency]:
     """Time several models in interleaved rounds (A B C, A B C, ...), so that slow phases of a shared
-    machine hit them all alike and their ratios hold. Only one session lives at a time (an idle
-    session's thread pool still spins for a moment and would steal the cores from the next one), and
-    each turn warms up again. The primary shape only. Returns one Latency per key."""
+    machine hit them all alike and their ratios hold; with ``drift_reference`` (CPU only), each turn is
+    bracketed by blocks of the host reference, which scale each model's figure for the drift during its
+    own turns. One model's session lives at a time, and each turn warms up again. The primary shape
+    only. Returns one Latency per key."""
     threads = threads or profile.threads
+    ref = host_reference(threads) if drift_reference and profile.provider == "CPUExecutionProvider" else None
+    reference = ref.blocks() if ref else None
     times: dict[Any, list[float]] = {k: [] for k in onnx_paths}
+    ref_times: dict[Any, list[float]] = {k: [] for k in onnx_paths}
     with exclusive_machine():
         for _ in range(rounds):
             for k, path in onnx_paths.items():
                 session = profile.session(path, threads=threads)
                 run = _runner(session, _inputs(session, profile.batch_size, profile.seq_len), profile.provider)
-                for _ in range(warmup):
-                    run()
-                for _ in range(runs_per_round):
-                    t0 = time.perf_counter()
-                    run()
-                    times[k].append((time.perf_counter() - t0) * 1e3)
+                times[k] += repeat(run, warmup=warmup, min_runs=runs_per_round, max_runs=runs_per_round,
+                                   max_seconds=0.0, ci_target=0.0, reference=reference, reference_times=ref_times[k])[0]
                 del run, session
     extra = {"warmup": warmup, "protocol": f"side by side with {len(onnx_paths)} models, {rounds} interleaved rounds"}
-    return {k: _latency(profile, t, profile.provider, threads, extra) for k, t in times.items()}
+    return {k: _latency(profile, t, profile.provider, threads, extra, ref, ref_times[k]) for k, t in times.items()}
 
 
 # ------------------------------------------------------------------ per operator (what predictors map from)
 def profile_operators(onnx_path: str | os.PathLike, profile: HardwareProfile, *, threads: int = 1,
-                      warmup: int = 5, min_runs: int = 10, max_runs: int = 400, max_seconds: float | None = None,
-                      ci_target: float | None = None) -> tuple[Latency, dict[str, float]]:
+                      warmup: int = 5, min_runs: int | None = None, max_runs: int = 1000,
+                      max_seconds: float | None = None, ci_target: float | None = None,
+                      drift_reference: bool = True) -> tuple[Latency, dict[str, float]]:
     """Time an ONNX model on this host's CPU with ONNX Runtime's profiler on: the whole-run latency
     (same protocol as ``measure_latency``) and, per operator type, the median over the timed runs of
-    the time its kernels took in one run (ms). Predictors map these to a device that is not here."""
+    the time its kernels took in one run (ms). Predictors map these to a device that is not here, so
+    by default both are scaled to the host's nominal speed (``HostReference``): a phone's latency does
+    not change with how busy this host happens to be, and the anchors were timed at that speed too."""
     import onnxruntime as ort
 
+    min_runs = profile.min_runs if min_runs is None else min_runs
+
+    ref = host_reference(threads) if drift_reference else None
+    reference = ref.blocks() if ref else None
+    ref_times: list[float] = []
     max_seconds = profile.max_seconds if max_seconds is None else max_seconds
     ci_target = profile.ci_target if ci_target is None else ci_target
     with tempfile.TemporaryDirectory(prefix="autocompress-ortprof-") as tmp:
@@ -322,9 +453,10 @@ def profile_operators(onnx_path: str | os.PathLike, profile: HardwareProfile, *,
         feeds = _inputs(session, profile.batch_size, profile.seq_len)
         with exclusive_machine():
             times, stop = repeat(lambda: session.run(None, feeds), warmup=warmup, min_runs=min_runs,
-                                 max_runs=max_runs, max_seconds=max_seconds, ci_target=ci_target)
+                                 max_runs=max_runs, max_seconds=max_seconds, ci_target=ci_target,
+                                 reference=reference, reference_times=ref_times)
         events = json.loads(Path(session.end_profiling()).read_text())
-        del session
+        del session, reference
     runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
     timed = runs[-len(times):]                       # the warm-up runs come first
     per_run: list[dict[str, float]] = [{} for _ in timed]
@@ -337,10 +469,11 @@ def profile_operators(onnx_path: str | os.PathLike, profile: HardwareProfile, *,
             op = e.get("args", {}).get("op_name", "?")
             per_run[i][op] = per_run[i].get(op, 0.0) + e["dur"] / 1e3
     ops = sorted({op for r in per_run for op in r})
-    op_ms = {op: float(np.median([r.get(op, 0.0) for r in per_run])) for op in ops}
+    factor = ref.factor(ref_times) if ref else 1.0
+    op_ms = {op: factor * float(np.median([r.get(op, 0.0) for r in per_run])) for op in ops}
     lat = _latency(profile, times, "CPUExecutionProvider", threads,
                    {"warmup": warmup, "protocol": f"ONNX Runtime profiler on; stopped at: {stop}",
-                    "ci95_rel": round(ci_rel(times), 4)})
+                    "ci95_rel": round(ci_rel(times), 4)}, ref, ref_times)
     return lat, op_ms
 
 

@@ -207,7 +207,10 @@ def _side_by_side(onnx_paths: dict[Any, str | os.PathLike], profile: HardwarePro
     from .predictor import repredict_host_operators
 
     keys = [k for k in srcs if stored.get(k, {}).get("how") == "predicted" and "host_ms" in stored[k]["detail"]]
-    host = measure_side_by_side({k: srcs[k] for k in keys}, profile, threads=profile.predictor["host_threads"])
+    # as the predictions' host timings: scaled to the host's nominal speed; one thread is noisier per run
+    # than the profiles measured here, so twice the rounds
+    host = measure_side_by_side({k: srcs[k] for k in keys}, profile, threads=profile.predictor["host_threads"],
+                                rounds=6, drift_reference=True)
     return {k: repredict_host_operators(profile, stored[k], host[k].median_ms) for k in keys}
 
 

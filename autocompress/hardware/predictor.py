@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2   # 2: host timings scaled to the host's nominal speed
 KINDS = ("host-operators", "roofline")
 MATMUL_OPS = frozenset({"MatMul", "FusedMatMul", "Gemm", "FusedGemm", "MatMulInteger", "MatMulIntegerToFloat",
                         "DynamicQuantizeMatMul", "QGemm", "QLinearMatMul", "Attention", "QAttention",
@@ -206,7 +206,7 @@ def cached_calibration(profile) -> dict | None:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "a") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
@@ -222,7 +222,7 @@ def calibrate_host_operators(profile, *, log: Callable[[str], None] | None = Non
     from .latency import profile_operators
 
     path = calibration_path(profile)
-    with _locked(path):
+    with locked(path):
         if path.is_file() and not fresh:
             return json.loads(path.read_text())
         spec = profile.predictor
@@ -305,6 +305,10 @@ def _host_operators_latency(profile, calib: dict, host, op_ms: dict[str, float],
     detail = _host_operators_detail(profile, calib)
     detail.update(host_ms=round(host.median_ms, 3), host_n=host.n, host_ci95_rel=host.detail.get("ci95_rel"),
                   host_classes_ms=dict(zip(CLASSES, np.round(classes, 3).tolist())))
+    if host.detail.get("host_reference"):
+        ref = host.detail["host_reference"]
+        detail.update(host_reference=ref, input=detail["input"] + f", scaled x{ref['factor']:.3f} to the host's nominal "
+                                                                  "speed by an interleaved reference")
     quantized = sorted(graph_ops & QUANTIZED_OPS)
     if quantized:
         detail["note"] = (f"int8 graph ({', '.join(quantized)}): the anchors are fp32, so this host's int8 "

@@ -29,6 +29,23 @@ class ProfileError(Exception):
     """A profile could not be found or is invalid (one-line, user-facing message)."""
 
 
+def ort_session(onnx_path: str | os.PathLike, *, threads: int, provider: str = "CPUExecutionProvider",
+                options: Any = None) -> "onnxruntime.InferenceSession":  # noqa: F821
+    """An ONNX Runtime session for timing: ``threads`` intra-op threads, one inter-op thread, sequential
+    execution, all graph optimisations; its pool threads spin only while a run is under way (so an
+    idle session never takes the cores from the next one, e.g. the interleaved host reference)."""
+    import onnxruntime as ort
+
+    opts = options or ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.force_spinning_stop", "1")
+    providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
+    return ort.InferenceSession(str(onnx_path), sess_options=opts, providers=providers)
+
+
 @dataclass(frozen=True)
 class HardwareProfile:
     name: str
@@ -45,6 +62,7 @@ class HardwareProfile:
     extra_shapes: tuple[tuple[int, int], ...] = ()   # further (batch, seq) shapes, reported in the detail
     ci_target: float = 0.02       # repeat until the median's 95% confidence half-width is within this fraction
     max_seconds: float = 6.0      # ... or this much time has passed
+    min_runs: int = 10            # ... but never fewer runs than this (a short window is one phase of the machine)
     predictor: dict | None = None  # how to predict where the device is absent (see hardware.predictor)
 
     @property
@@ -66,20 +84,13 @@ class HardwareProfile:
 
     def session(self, onnx_path: str | os.PathLike, *, threads: int | None = None,
                 provider: str | None = None, options: Any = None) -> "onnxruntime.InferenceSession":  # noqa: F821
-        """An ONNX Runtime session as the profile says: its provider, its threads (intra-op threads
-        fixed, one inter-op thread, sequential execution), all graph optimisations."""
+        """An ONNX Runtime session as the profile says: its provider, its threads (see ``ort_session``)."""
+        provider = provider or self.provider
         import onnxruntime as ort
 
-        provider = provider or self.provider
         if provider not in ort.get_available_providers():
             raise ProfileError(f"profile '{self.name}': provider {provider} is not available in this onnxruntime")
-        opts = options or ort.SessionOptions()
-        opts.intra_op_num_threads = threads or self.threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
-        return ort.InferenceSession(str(onnx_path), sess_options=opts, providers=providers)
+        return ort_session(onnx_path, threads=threads or self.threads, provider=provider, options=options)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values; ``from_dict`` reads it back (the store keeps a run's profiles this way)."""
@@ -105,7 +116,7 @@ class HardwareProfile:
                 raise ProfileError(f"profile field '{key}' must be a non-empty string, got {d[key]!r}")
         if d["runtime"] not in RUNTIMES:
             raise ProfileError(f"profile field 'runtime' must be one of {', '.join(RUNTIMES)}, got {d['runtime']!r}")
-        for key in ("max_threads", "batch_size", "seq_len"):
+        for key in ("max_threads", "batch_size", "seq_len", "min_runs"):
             if key in d and (not isinstance(d[key], int) or isinstance(d[key], bool) or d[key] < 1):
                 raise ProfileError(f"profile field '{key}' must be a positive integer, got {d[key]!r}")
         if "measure_here" in d and not isinstance(d["measure_here"], bool):
