@@ -894,6 +894,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("autocompress: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:              # the reader went away (`autocompress front RUN | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # (the interpreter's exit flushes stdout)
+        return 0
 
 
 if __name__ == "__main__":

@@ -159,3 +159,13 @@ def test_console_script_exit_code_and_one_line(tmp_path):
     assert "--budget 'fast'" in r.stderr
     r = subprocess.run([str(exe), "search", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "--budget" in r.stdout and "--device" in r.stdout
+
+
+def test_a_reader_that_goes_away_is_not_an_error():
+    """`autocompress profiles | head -1`: the pipe closes before the command writes; no traceback, exit 0."""
+    exe = Path(sys.executable).with_name("autocompress")
+    p = subprocess.Popen([str(exe), "profiles"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.stdout.close()                       # the reader is gone before the first line is written
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
