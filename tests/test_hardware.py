@@ -3,14 +3,15 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from autocompress.hardware.latency import (Latency, exclusive_machine, measure_latency, measure_side_by_side, ratio,
-                                          shared_machine)
+from autocompress.hardware.latency import (Latency, describe, exclusive_machine, measure_latency, measure_side_by_side,
+                                          ratio, shared_machine)
 from autocompress.hardware.profiles import HardwareProfile, ProfileError, list_profiles, load_profile
 
 VOCAB = 5000
@@ -77,6 +78,9 @@ def test_bundled_profiles_load_with_threads():
     assert laptop.threads == min(4, os.cpu_count()) and laptop.measure_here
     for p in (laptop, mobile):                     # at least 100 runs, then to ±1% or 10 s
         assert (p.min_runs, p.ci_target, p.max_seconds) == (100, 0.01, 10.0)
+    # the laptop's figures are scaled to the host's nominal speed; the mobile one's host timings always are
+    # (profile_operators), and nothing scales a GPU's
+    assert laptop.nominal_speed and not mobile.nominal_speed and not gpu.nominal_speed
     assert not mobile.measure_here and mobile.resource == "hw-mobile-cpu" and "Pixel 4" in mobile.device
     assert mobile.predictor["kind"] == "host-operators" and mobile.predictor["host_threads"] == 1
     assert {a["name"]: a["ms"][128][1] for a in mobile.predictor["anchors"]} == {
@@ -111,6 +115,7 @@ def test_load_profile_from_path(tmp_path):
         ("name: x\ndescription: d\nruntime: onnxruntime\nprovider: CPUExecutionProvider\nmax_threads: 1\nextra_shapes: [8]\n", "extra_shapes"),
         ("name: x\ndescription: d\nruntime: onnxruntime\nprovider: CPUExecutionProvider\nmax_threads: 1\nci_target: 2\n", "ci_target"),
         ("name: x\ndescription: d\nruntime: onnxruntime\nprovider: CPUExecutionProvider\nmax_threads: 1\nmin_runs: 0\n", "min_runs"),
+        ("name: x\ndescription: d\nruntime: onnxruntime\nprovider: CPUExecutionProvider\nmax_threads: 1\nnominal_speed: yes please\n", "nominal_speed"),
         ("name: x\ndescription: d\nruntime: onnxruntime\nprovider: CPUExecutionProvider\nmax_threads: 1\npredictor: {kind: magic}\n", "predictor"),
     ],
 )
@@ -151,10 +156,15 @@ def test_measure_latency_stats(models):
     assert lat.detail["ci95_rel"] >= 0 and "stopped at" in lat.detail["protocol"]
     assert isinstance(lat.detail["int8_isa"], list)
     assert "host_reference" not in lat.detail and "raw_median_ms" not in lat.detail     # as timed
-    scaled = measure_latency(small, ONE, drift_reference=True, **FAST)
-    ref = scaled.detail["host_reference"]              # scaled to the host's nominal speed, and says by how much
-    assert ref["factor"] == pytest.approx(ref["nominal_ms"] / ref["median_ms"], rel=1e-3)
-    assert scaled.median_ms == pytest.approx(scaled.detail["raw_median_ms"] * ref["factor"], rel=1e-3)
+    # scaled to the host's nominal speed where asked, or where the profile says so, and says by how much
+    for scaled in (measure_latency(small, ONE, drift_reference=True, **FAST),
+                   measure_latency(small, replace(ONE, nominal_speed=True), **FAST)):
+        ref = scaled.detail["host_reference"]
+        assert ref["factor"] == pytest.approx(ref["nominal_ms"] / ref["median_ms"], rel=1e-3)
+        assert scaled.median_ms == pytest.approx(scaled.detail["raw_median_ms"] * ref["factor"], rel=1e-3)
+        assert "to the host's nominal speed" in describe(scaled.to_dict())
+    unasked = measure_latency(small, replace(ONE, nominal_speed=True), drift_reference=False, **FAST)
+    assert "host_reference" not in unasked.detail
 
 
 def test_min_runs_honoured_even_past_time_budget(models):

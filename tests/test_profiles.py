@@ -110,13 +110,17 @@ def test_the_host_reference_is_timed_once_per_host_and_cached(tmp_path, monkeypa
     from autocompress.hardware import latency as L
 
     monkeypatch.setenv("AUTOCOMPRESS_CALIBRATION_DIR", str(tmp_path))
-    monkeypatch.setattr(P, "build_anchor", lambda config, path, num_layers=None: _tiny(path))
-    first = L.host_reference(1)
+    built = []
+    monkeypatch.setattr(P, "build_anchor", lambda config, path, num_layers=None: built.append(num_layers) or _tiny(path))
+    first, two = L.host_reference(1), L.host_reference(2)
     assert first.nominal_ms > 0 and first.path.is_file() and first.path.parent == tmp_path
+    # one layer on one thread, three on more (a one-layer run is too short to follow a 2-thread model)
+    assert built == [1, 3] and (first.layers, two.layers) == (1, 3) and two.path != first.path
+    assert json.loads(two.path.with_suffix(".json").read_text())["layers"] == 3
     calls = []
     monkeypatch.setattr(L, "repeat", lambda *a, **k: calls.append(1))
     again = L.host_reference(1)
-    assert again == first and not calls                     # read from the cache, not timed again
+    assert again == first and L.host_reference(2) == two and not calls    # read from the cache, not timed again
 
 
 def _tiny(path):
@@ -338,6 +342,8 @@ def test_profiles_command_says_how_each_is_obtained(capsys):
     assert main(["profiles"]) == 0
     out = capsys.readouterr().out
     assert "laptop-cpu:" in out and "measured on this machine" in out
+    laptop = out.split("laptop-cpu:")[1].split("mobile-cpu:")[0]
+    assert "scaled to this host's nominal speed" in laptop           # its figures are, and it says so
     assert "mobile-cpu: Google Pixel 4" in out and "predicted by host-operator map v1" in out
     assert "server-gpu:" in out and "batch 8 x seq 128, batch 1 x seq 128" in out
     assert "held-out error on BERT-large" in out or "measured on this machine (CUDAExecutionProvider)" in out

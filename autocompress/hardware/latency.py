@@ -7,12 +7,13 @@ machine exclusively (a file lock that training and other measurements respect). 
 outputs stay on the device (I/O binding) and every run is synchronised before the clock stops.
 
 Host timings that feed a prediction for another device (``profile_operators``, and the side-by-side
-re-timing of predicted figures) are bracketed by blocks of a fixed reference workload
-(``HostReference``: a block after the warm-up, after every 10 timed runs and at the end), and scaled by
-the reference's nominal time over its median during the measurement: the speed of this shared machine
-drifts (by 5-10% between windows of a few seconds, in one process or across processes), a model and
-the reference drift alike, and a phone's latency must not follow this host's mood. The raw median
-and the factor are kept in the detail. Figures measured for this machine's own profile are as timed.
+re-timing of predicted figures), and the measurements of a CPU profile that says ``nominal_speed: true``
+(laptop-cpu), are bracketed by blocks of a fixed reference workload (``HostReference``: BERT layers of
+MiniLM's width; a block after the warm-up, after every 10 timed runs and at the end), and scaled by
+the reference's nominal time over its median during the measurement: the speed of this shared machine drifts (by 5-10% between windows
+of a few seconds, in one process or across processes), a model and the reference drift alike, and a
+figure should not follow this host's mood (a phone's least of all). The raw median and the factor are
+kept in the detail, and ``describe`` shows them. A profile without the flag is measured as timed.
 """
 
 from __future__ import annotations
@@ -267,10 +268,21 @@ REFERENCE_CONFIG = {"model_type": "bert", "hidden_size": 384, "num_attention_hea
 REFERENCE_VERSION = 1
 
 
+def reference_layers(threads: int) -> int:
+    """Layers of the reference at ``threads`` threads. On one thread, one layer (3.7 ms here) followed the
+    models best; on two, a one-layer run (2.3 ms) is so short that the thread pool's wake-ups weigh in it
+    as they do not in a model's, and three layers followed them better: five processes on this host,
+    each timing MiniLM fp32 / its int8 / the references in turns, spread 1.034 / 1.044 (max/min of model
+    over reference) with one layer, 1.015 / 1.025 with three, against 1.052 / 1.061 as timed; on one
+    thread, 1.008 / 1.024 with one layer, 1.022 / 1.031 with three."""
+    return 1 if threads <= 1 else 3
+
+
 @dataclass(frozen=True)
 class HostReference:
-    """A fixed workload timed in blocks between the timed runs of a CPU measurement: one BERT layer of
-    MiniLM's width (random weights), batch 1 x seq 128, on the measurement's threads. ``nominal_ms`` is
+    """A fixed workload timed in blocks between the timed runs of a CPU measurement: ``layers`` BERT
+    layers of MiniLM's width (random weights; ``reference_layers``), batch 1 x seq 128, on the
+    measurement's threads. ``nominal_ms`` is
     its median on this host, timed once per CPU, ONNX Runtime version and thread count, and cached with
     the predictors' calibrations (a re-timing would move every scaled figure by its own noise)."""
 
@@ -278,6 +290,7 @@ class HostReference:
     threads: int
     nominal_ms: float
     date: str
+    layers: int = 1
 
     def runner(self) -> Callable[[], Any]:
         from .profiles import ort_session
@@ -308,7 +321,7 @@ class HostReference:
 
     def detail(self, reference_times: list[float], raw_median_ms: float) -> dict:
         return {"raw_median_ms": round(raw_median_ms, 4),
-                "host_reference": {"model": "one BERT layer (hidden 384, 12 heads), batch 1 x seq 128",
+                "host_reference": {"model": f"{self.layers} BERT layer(s) (hidden 384, 12 heads), batch 1 x seq 128",
                                    "nominal_ms": round(self.nominal_ms, 4),
                                    "median_ms": round(float(np.median(reference_times)), 4),
                                    "factor": round(self.factor(reference_times), 4)}}
@@ -320,25 +333,29 @@ def host_reference(threads: int) -> HostReference:
 
     from . import predictor
 
-    info = cpu_info()
-    blob = json.dumps({"v": REFERENCE_VERSION, "cpu": info["cpu"], "isa": info["int8_isa"], "ort": ort.__version__,
-                       "threads": threads, "config": REFERENCE_CONFIG}, sort_keys=True)
+    info, layers = cpu_info(), reference_layers(threads)
+    spec = {"v": REFERENCE_VERSION, "cpu": info["cpu"], "isa": info["int8_isa"], "ort": ort.__version__,
+            "threads": threads, "config": REFERENCE_CONFIG}
+    if layers != 1:      # (the one-layer reference's key predates the field: the mobile calibrations use it)
+        spec["layers"] = layers
+    blob = json.dumps(spec, sort_keys=True)
     key = hashlib.sha256(blob.encode()).hexdigest()[:16]
     folder = predictor.calibration_dir()
     onnx_path, meta = folder / f"host-reference-{key}.onnx", folder / f"host-reference-{key}.json"
     with predictor.locked(meta):
         if meta.is_file() and onnx_path.is_file():
             d = json.loads(meta.read_text())
-            return HostReference(onnx_path, threads, d["nominal_ms"], d["date"])
+            return HostReference(onnx_path, threads, d["nominal_ms"], d["date"], layers)
         if not onnx_path.is_file():
-            tmp = predictor.build_anchor(REFERENCE_CONFIG, folder / f"host-reference-{key}.tmp.onnx", num_layers=1)
+            tmp = predictor.build_anchor(REFERENCE_CONFIG, folder / f"host-reference-{key}.tmp.onnx", num_layers=layers)
             tmp.replace(onnx_path)
-        ref = HostReference(onnx_path, threads, 0.0, time.strftime("%Y-%m-%d"))
+        ref = HostReference(onnx_path, threads, 0.0, time.strftime("%Y-%m-%d"), layers)
         with exclusive_machine():
             times, _ = repeat(ref.runner(), warmup=20, min_runs=300, max_runs=2000, max_seconds=15.0, ci_target=0.005)
-        ref = HostReference(onnx_path, threads, float(np.median(times)), ref.date)
+        ref = HostReference(onnx_path, threads, float(np.median(times)), ref.date, layers)
         meta.write_text(json.dumps({"nominal_ms": ref.nominal_ms, "n": len(times), "date": ref.date, "cpu": info["cpu"],
-                                    "threads": threads, "ci95_rel": round(ci_rel(times), 4)}, indent=2))
+                                    "threads": threads, "layers": layers, "ci95_rel": round(ci_rel(times), 4)},
+                                   indent=2))
         return ref
 
 
@@ -353,11 +370,13 @@ def measure_latency(
     ci_target: float | None = None,
     threads: int | None = None,
     provider: str | None = None,
-    drift_reference: bool = False,
+    drift_reference: bool | None = None,
 ) -> Latency:
     """Latency of an ONNX model on `profile`'s provider and threads, at every shape the profile reports
     (the primary one in the figure, the others in ``detail['other_shapes']``), holding the machine alone.
-    With ``drift_reference`` (CPU only), scaled to the host's nominal speed by the bracketing reference."""
+    With ``drift_reference`` (CPU only; by default the profile's ``nominal_speed``), scaled to the host's
+    nominal speed by the bracketing reference."""
+    drift_reference = profile.nominal_speed if drift_reference is None else drift_reference
     provider = provider or profile.provider
     threads = threads or profile.threads
     min_runs = profile.min_runs if min_runs is None else min_runs
@@ -402,14 +421,15 @@ def measure_side_by_side(
     rounds: int = 3,
     runs_per_round: int = 10,
     threads: int | None = None,
-    drift_reference: bool = False,
+    drift_reference: bool | None = None,
 ) -> dict[Any, Latency]:
     """Time several models in interleaved rounds (A B C, A B C, ...), so that slow phases of a shared
     machine hit them all alike and their ratios hold; with ``drift_reference`` (CPU only), each turn is
     bracketed by blocks of the host reference, which scale each model's figure for the drift during its
-    own turns. One model's session lives at a time, and each turn warms up again. The primary shape
-    only. Returns one Latency per key."""
+    own turns (by default where the profile says ``nominal_speed``). One model's session lives at a time,
+    and each turn warms up again. The primary shape only. Returns one Latency per key."""
     threads = threads or profile.threads
+    drift_reference = profile.nominal_speed if drift_reference is None else drift_reference
     ref = host_reference(threads) if drift_reference and profile.provider == "CPUExecutionProvider" else None
     reference = ref.blocks() if ref else None
     times: dict[Any, list[float]] = {k: [] for k in onnx_paths}

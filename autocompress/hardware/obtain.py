@@ -37,7 +37,9 @@ def route(profile: HardwareProfile) -> Route:
     """Where ``profile``'s latency comes from, here and now."""
     if profile.measure_here and profile.available():
         threads = "" if profile.provider == "CUDAExecutionProvider" else f", {profile.threads} thread(s)"
-        return Route(HERE, f"measured on this machine ({profile.provider}{threads})")
+        scaled = ("; scaled to this host's nominal speed by an interleaved reference"
+                  if profile.nominal_speed and profile.provider == "CPUExecutionProvider" else "")
+        return Route(HERE, f"measured on this machine ({profile.provider}{threads}){scaled}")
     if profile.resource and _ray_offers(profile.resource):
         return Route(RAY, f"measured on a Ray node offering the resource {profile.resource}")
     if profile.predictor:

@@ -63,6 +63,7 @@ class HardwareProfile:
     ci_target: float = 0.02       # repeat until the median's 95% confidence half-width is within this fraction
     max_seconds: float = 6.0      # ... or this much time has passed
     min_runs: int = 10            # ... but never fewer runs than this (a short window is one phase of the machine)
+    nominal_speed: bool = False   # CPU: scale measurements to this host's nominal speed (latency.HostReference)
     predictor: dict | None = None  # how to predict where the device is absent (see hardware.predictor)
 
     @property
@@ -119,8 +120,9 @@ class HardwareProfile:
         for key in ("max_threads", "batch_size", "seq_len", "min_runs"):
             if key in d and (not isinstance(d[key], int) or isinstance(d[key], bool) or d[key] < 1):
                 raise ProfileError(f"profile field '{key}' must be a positive integer, got {d[key]!r}")
-        if "measure_here" in d and not isinstance(d["measure_here"], bool):
-            raise ProfileError(f"profile field 'measure_here' must be true or false, got {d['measure_here']!r}")
+        for key in ("measure_here", "nominal_speed"):
+            if key in d and not isinstance(d[key], bool):
+                raise ProfileError(f"profile field '{key}' must be true or false, got {d[key]!r}")
         if d.get("resource") is not None and (not isinstance(d["resource"], str) or not d["resource"].strip()):
             raise ProfileError(f"profile field 'resource' must be a Ray resource name like hw-mobile-cpu, got {d['resource']!r}")
         if "precision" in d and d["precision"] not in PRECISIONS:
