@@ -114,10 +114,23 @@ def _over_budget(r: RunRecord, over: list[TrialRecord], trials: list[TrialRecord
 
 
 def over_budget_line(data: dict[str, Any]) -> str | None:
-    """One line on the candidates the budget spared from training, or None."""
+    """One line on the candidates the budget spared from training; where it spared none, one line that
+    says so (a budget every candidate met steered nothing); None without a budget or a candidate."""
     o = data.get("over_budget")
-    if not o or not o["count"]:
+    if not o:
         return None
+    if not o["count"]:
+        d = data["devices"].get(data["device"]) or {}
+        slowest = max((m["latency"]["median_ms"] for m in d.get("candidates") or []), default=None)
+        if slowest is None:
+            return None
+        t = d.get("teacher")
+        teacher = ""
+        if t:
+            ms = t["latency"]["median_ms"]
+            teacher = f"; the teacher {ms:.1f} ms, {'over' if ms > data['budget_ms'] else 'within'} it"
+        return (f"no candidate was over the {data['budget_ms']:g} ms budget on {data['device']} (the slowest "
+                f"{slowest:.1f} ms{teacher}): it spared no training; a tighter budget steers the search")
     line = (f"{o['count']} candidate(s) over the {data['budget_ms']:g} ms budget on {data['device']} were not "
             f"trained (trials {', '.join(map(str, o['trials']))})")
     if o["training_saved_seconds"] is not None:

@@ -171,3 +171,28 @@ def test_masked_pruning_is_timed_in_its_shipped_form_then_trained(world):
     enc = [v for k, v in state.items() if ".encoder." in k and k.endswith("weight") and v.dim() == 2]
     zeros = sum(int((v == 0).sum()) for v in enc) / sum(v.numel() for v in enc)
     assert 0.49 <= zeros <= 0.51                     # the masks held through distillation, then were folded in
+
+
+def _summary(count, candidates_ms, teacher_ms):
+    over = {"count": count, "trials": list(range(1, count + 1)), "with_recovery_steps": count,
+            "recovery_seconds_mean": 50.0, "estimated_from": 3, "training_saved_seconds": 50.0 * count}
+    member = lambda ms: {"latency": {"median_ms": ms}}
+    return {"budget_ms": 50.0, "device": "mobile-cpu", "over_budget": over,
+            "devices": {"mobile-cpu": {"teacher": member(teacher_ms), "candidates": [member(m) for m in candidates_ms]},
+                        "laptop-cpu": {"teacher": member(13.0), "candidates": [member(99.0)]}}}
+
+
+def test_the_closing_line_says_what_the_budget_spared_or_that_it_spared_nothing():
+    from autocompress.report import over_budget_line
+
+    line = over_budget_line(_summary(2, [27.0, 33.7], 53.2))
+    assert line.startswith("2 candidate(s) over the 50 ms budget on mobile-cpu were not trained (trials 1, 2)")
+    assert "about 100 s of recovery training saved" in line
+    # every candidate within the budget: it steered nothing, and the line says so (the target's figures,
+    # not another device's 99 ms)
+    line = over_budget_line(_summary(0, [27.0, 33.7], 53.2))
+    assert line.startswith("no candidate was over the 50 ms budget on mobile-cpu (the slowest 33.7 ms; "
+                           "the teacher 53.2 ms, over it)") and "spared no training" in line
+    assert "within it" in over_budget_line(_summary(0, [27.0], 40.0))
+    assert over_budget_line(_summary(0, [], 53.2)) is None                 # no candidate: the run says that instead
+    assert over_budget_line({"over_budget": None}) is None                 # no budget
