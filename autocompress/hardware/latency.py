@@ -10,9 +10,10 @@ Host timings that feed a prediction for another device (``profile_operators``, a
 re-timing of predicted figures), and the measurements of a CPU profile that says ``nominal_speed: true``
 (laptop-cpu), are bracketed by blocks of a fixed reference workload (``HostReference``: BERT layers of
 MiniLM's width; a block after the warm-up, after every 10 timed runs and at the end), and scaled by
-the reference's nominal time over its median during the measurement: the speed of this shared machine drifts (by 5-10% between windows
-of a few seconds, in one process or across processes), a model and the reference drift alike, and a
-figure should not follow this host's mood (a phone's least of all). The raw median and the factor are
+the reference's nominal time over its median during the measurement: the speed of this shared
+machine drifts (by 5-10% between windows of a few seconds, in one process or across processes), a
+model and the reference drift alike, and a figure should not follow this host's mood (a phone's
+least of all). The raw median and the factor are
 kept in the detail, and ``describe`` shows them. A profile without the flag is measured as timed.
 """
 
@@ -282,9 +283,9 @@ def reference_layers(threads: int) -> int:
 class HostReference:
     """A fixed workload timed in blocks between the timed runs of a CPU measurement: ``layers`` BERT
     layers of MiniLM's width (random weights; ``reference_layers``), batch 1 x seq 128, on the
-    measurement's threads. ``nominal_ms`` is
-    its median on this host, timed once per CPU, ONNX Runtime version and thread count, and cached with
-    the predictors' calibrations (a re-timing would move every scaled figure by its own noise)."""
+    measurement's threads. ``nominal_ms`` is its median on this host, timed once per CPU, ONNX Runtime
+    version and thread count, and cached with the predictors' calibrations (a re-timing would move
+    every scaled figure by its own noise)."""
 
     path: Path
     threads: int
@@ -359,6 +360,12 @@ def host_reference(threads: int) -> HostReference:
         return ref
 
 
+def _bracketing(enabled: bool, provider: str, threads: int) -> tuple[HostReference | None, Callable[[], list[float]] | None]:
+    """The host reference and its block runner where a CPU measurement is to be scaled; (None, None) otherwise."""
+    ref = host_reference(threads) if enabled and provider == "CPUExecutionProvider" else None
+    return ref, (ref.blocks() if ref else None)
+
+
 def measure_latency(
     onnx_path: str | os.PathLike,
     profile: HardwareProfile,
@@ -382,9 +389,8 @@ def measure_latency(
     min_runs = profile.min_runs if min_runs is None else min_runs
     max_seconds = profile.max_seconds if max_seconds is None else max_seconds
     ci_target = profile.ci_target if ci_target is None else ci_target
-    ref = host_reference(threads) if drift_reference and provider == "CPUExecutionProvider" else None
+    ref, reference = _bracketing(drift_reference, provider, threads)
     session = profile.session(onnx_path, threads=threads, provider=provider)
-    reference = ref.blocks() if ref else None
     results = []
     with exclusive_machine():
         for batch, seq in profile.shapes:
@@ -430,8 +436,7 @@ def measure_side_by_side(
     and each turn warms up again. The primary shape only. Returns one Latency per key."""
     threads = threads or profile.threads
     drift_reference = profile.nominal_speed if drift_reference is None else drift_reference
-    ref = host_reference(threads) if drift_reference and profile.provider == "CPUExecutionProvider" else None
-    reference = ref.blocks() if ref else None
+    ref, reference = _bracketing(drift_reference, profile.provider, threads)
     times: dict[Any, list[float]] = {k: [] for k in onnx_paths}
     ref_times: dict[Any, list[float]] = {k: [] for k in onnx_paths}
     with exclusive_machine():
@@ -459,9 +464,7 @@ def profile_operators(onnx_path: str | os.PathLike, profile: HardwareProfile, *,
     import onnxruntime as ort
 
     min_runs = profile.min_runs if min_runs is None else min_runs
-
-    ref = host_reference(threads) if drift_reference else None
-    reference = ref.blocks() if ref else None
+    ref, reference = _bracketing(drift_reference, "CPUExecutionProvider", threads)
     ref_times: list[float] = []
     max_seconds = profile.max_seconds if max_seconds is None else max_seconds
     ci_target = profile.ci_target if ci_target is None else ci_target
