@@ -81,6 +81,7 @@ def test_bundled_profiles_load_with_threads():
     # the laptop's figures are scaled to the host's nominal speed; the mobile one's host timings always are
     # (profile_operators), and nothing scales a GPU's
     assert laptop.nominal_speed and not mobile.nominal_speed and not gpu.nominal_speed
+    assert laptop.pin_threads and not mobile.pin_threads and not gpu.pin_threads
     assert not mobile.measure_here and mobile.resource == "hw-mobile-cpu" and "Pixel 4" in mobile.device
     assert mobile.predictor["kind"] == "host-operators" and mobile.predictor["host_threads"] == 1
     assert {a["name"]: a["ms"][128][1] for a in mobile.predictor["anchors"]} == {
@@ -116,6 +117,7 @@ def test_load_profile_from_path(tmp_path):
         ("name: x\ndescription: d\nruntime: onnxruntime\nprovider: CPUExecutionProvider\nmax_threads: 1\nci_target: 2\n", "ci_target"),
         ("name: x\ndescription: d\nruntime: onnxruntime\nprovider: CPUExecutionProvider\nmax_threads: 1\nmin_runs: 0\n", "min_runs"),
         ("name: x\ndescription: d\nruntime: onnxruntime\nprovider: CPUExecutionProvider\nmax_threads: 1\nnominal_speed: yes please\n", "nominal_speed"),
+        ("name: x\ndescription: d\nruntime: onnxruntime\nprovider: CPUExecutionProvider\nmax_threads: 1\npin_threads: 2\n", "pin_threads"),
         ("name: x\ndescription: d\nruntime: onnxruntime\nprovider: CPUExecutionProvider\nmax_threads: 1\npredictor: {kind: magic}\n", "predictor"),
     ],
 )
@@ -191,6 +193,58 @@ def test_side_by_side_times_every_model_alike(models):
         assert "side by side with 2 models" in v.detail["protocol"]
         assert v.median_ms == pytest.approx(v.detail["raw_median_ms"] * v.detail["host_reference"]["factor"], rel=1e-3)
     assert lat["big"].median_ms > 3 * lat["small"].median_ms
+
+
+def _thread_cpus() -> dict[str, str]:
+    """Each thread of this process: its allowed CPUs as Linux lists them (e.g. '0-1', '1')."""
+    out = {}
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/status") as f:
+            out[task] = next(line.split()[1] for line in f if line.startswith("Cpus_allowed_list"))
+    return out
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="pinning two threads needs two CPUs this process may run on")
+def test_a_pinned_profile_times_each_thread_on_its_own_cpu(models, monkeypatch):
+    """While a pin_threads profile times, the calling thread runs on the first CPU and ONNX Runtime's pool
+    thread on the second; afterwards the caller may run anywhere again; the figure lists the CPUs."""
+    from autocompress.hardware import latency as L
+
+    small, _ = models
+    cpus = tuple(sorted(os.sched_getaffinity(0))[:2])
+    two = replace(ONE, name="two-pinned", max_threads=2, pin_threads=True)
+    assert two.cpus() == cpus and ONE.cpus() is None and replace(ONE, pin_threads=True).cpus(3 * os.cpu_count()) is None
+    seen = []
+    real_repeat = L.repeat
+
+    def watching(run_once, **kw):
+        out = real_repeat(run_once, **kw)
+        seen.append((os.sched_getaffinity(0), _thread_cpus()))
+        return out
+
+    monkeypatch.setattr(L, "repeat", watching)
+    before = os.sched_getaffinity(0)
+    lat = measure_latency(small, two, **FAST)
+    side = measure_side_by_side({"a": small}, two, rounds=1, runs_per_round=4)
+    assert len(seen) == 2 and os.sched_getaffinity(0) == before        # restored after each
+    for caller, threads in seen:
+        assert caller == {cpus[0]}
+        assert str(cpus[1]) in threads.values()                         # the pool's thread, pinned by the session
+    assert lat.detail["pinned_cpus"] == list(cpus) and side["a"].detail["pinned_cpus"] == list(cpus)
+    assert f"2 thread(s) pinned to CPU(s) {cpus[0]},{cpus[1]}" in describe(lat.to_dict())
+    seen.clear()
+    free = measure_latency(small, replace(two, pin_threads=False), **FAST)
+    assert "pinned_cpus" not in free.detail and "pinned" not in describe(free.to_dict())
+    assert seen[0][0] == before
+
+
+def test_pin_cpus_takes_the_first_allowed_cpus_or_none(monkeypatch):
+    from autocompress.hardware import profiles
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {7, 3, 5})
+    assert profiles.pin_cpus(2) == (3, 5) and profiles.pin_cpus(3) == (3, 5, 7)
+    assert profiles.pin_cpus(4) is None                  # fewer CPUs than threads: not pinned
 
 
 def test_latency_round_trip():

@@ -1,9 +1,10 @@
 """Latency measurement: the only place in the project that times things.
 
-Protocol: build the profile's ONNX Runtime session (its provider, its threads), feed fixed inputs of
-the profile's shape, warm up, then time single runs until the 95% confidence interval of the median
-is within the profile's target (2% by default) or a time cap is reached, all while holding the
-machine exclusively (a file lock that training and other measurements respect). On CUDA, inputs and
+Protocol: build the profile's ONNX Runtime session (its provider, its threads; with ``pin_threads``,
+each thread pinned to its own logical CPU), feed fixed inputs of the profile's shape, warm up, then
+time single runs until the 95% confidence interval of the median is within the profile's target (2%
+by default) or a time cap is reached, all while holding the machine exclusively (a file lock that
+training and other measurements respect). On CUDA, inputs and
 outputs stay on the device (I/O binding) and every run is synchronised before the clock stops.
 
 Host timings that feed a prediction for another device (``profile_operators``, and the side-by-side
@@ -27,9 +28,10 @@ import platform
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -92,7 +94,8 @@ def _describe(lat: dict) -> str:
         where = d.get("host", "?") + (f" ({chip})" if chip else "")
         if d.get("ray_node_id"):
             where += f", Ray node {d['ray_node_id'][:12]} offering {d.get('ray_resource', '?')}"
-        threads = "" if d.get("gpu") else f"{d.get('threads', '?')} thread(s), "
+        pins = f" pinned to CPU(s) {','.join(map(str, d['pinned_cpus']))}" if d.get("pinned_cpus") else ""
+        threads = "" if d.get("gpu") else f"{d.get('threads', '?')} thread(s){pins}, "
         text = (f"measured on {where}, {d.get('provider', '?')}, {threads}"
                 f"batch {d.get('batch_size', '?')} x seq {d.get('seq_len', '?')}, n={lat.get('n')}, "
                 f"IQR {lat.get('spread_ms', 0):.2f} ms")
@@ -256,12 +259,27 @@ def _stats(times_ms: list[float]) -> tuple[float, float, float, float]:
     return float(p50), float(p75 - p25), float(p10), float(p90)
 
 
-def _where(provider: str, threads: int) -> dict[str, Any]:
+def _where(provider: str, threads: int, cpus: tuple[int, ...] | None = None) -> dict[str, Any]:
     if provider == "CUDAExecutionProvider":
         return {"host": platform.node(), "gpu": _gpu_name(), "provider": provider, "threads": threads}
     info = cpu_info()
     return {"host": platform.node(), "cpu": info["cpu"], "cores": info["cores"], "int8_isa": info["int8_isa"],
-            "provider": provider, "threads": threads}
+            "provider": provider, "threads": threads, **({"pinned_cpus": list(cpus)} if cpus else {})}
+
+
+@contextmanager
+def pinned(cpus: tuple[int, ...] | None) -> Iterator[None]:
+    """The calling thread on ``cpus[0]`` meanwhile (sessions made with ``cpus`` pin their pool's threads
+    to the others); nothing without ``cpus``. Its former affinity is restored after."""
+    if not cpus:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpus[0]})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 # ------------------------------------------------------------------ host speed: the interleaved reference
@@ -292,11 +310,12 @@ class HostReference:
     nominal_ms: float
     date: str
     layers: int = 1
+    cpus: tuple[int, ...] | None = None     # pinned as the measurements it brackets (timed so too)
 
     def runner(self) -> Callable[[], Any]:
         from .profiles import ort_session
 
-        session = ort_session(self.path, threads=self.threads)
+        session = ort_session(self.path, threads=self.threads, cpus=self.cpus)
         return _runner(session, _inputs(session, 1, 128), "CPUExecutionProvider")
 
     def blocks(self, runs: int = 8, settle: int = 3) -> Callable[[], list[float]]:
@@ -328,8 +347,9 @@ class HostReference:
                                    "factor": round(self.factor(reference_times), 4)}}
 
 
-def host_reference(threads: int) -> HostReference:
-    """This host's reference at ``threads`` threads: built and timed on first use, then read from the cache."""
+def host_reference(threads: int, cpus: tuple[int, ...] | None = None) -> HostReference:
+    """This host's reference at ``threads`` threads (pinned to ``cpus`` if given): built and timed on first
+    use, then read from the cache."""
     import onnxruntime as ort
 
     from . import predictor
@@ -339,6 +359,8 @@ def host_reference(threads: int) -> HostReference:
             "threads": threads, "config": REFERENCE_CONFIG}
     if layers != 1:      # (the one-layer reference's key predates the field: the mobile calibrations use it)
         spec["layers"] = layers
+    if cpus:
+        spec["cpus"] = list(cpus)
     blob = json.dumps(spec, sort_keys=True)
     key = hashlib.sha256(blob.encode()).hexdigest()[:16]
     folder = predictor.calibration_dir()
@@ -346,23 +368,25 @@ def host_reference(threads: int) -> HostReference:
     with predictor.locked(meta):
         if meta.is_file() and onnx_path.is_file():
             d = json.loads(meta.read_text())
-            return HostReference(onnx_path, threads, d["nominal_ms"], d["date"], layers)
+            return HostReference(onnx_path, threads, d["nominal_ms"], d["date"], layers, cpus)
         if not onnx_path.is_file():
             tmp = predictor.build_anchor(REFERENCE_CONFIG, folder / f"host-reference-{key}.tmp.onnx", num_layers=layers)
             tmp.replace(onnx_path)
-        ref = HostReference(onnx_path, threads, 0.0, time.strftime("%Y-%m-%d"), layers)
-        with exclusive_machine():
+        ref = HostReference(onnx_path, threads, 0.0, time.strftime("%Y-%m-%d"), layers, cpus)
+        with exclusive_machine(), pinned(cpus):
             times, _ = repeat(ref.runner(), warmup=20, min_runs=300, max_runs=2000, max_seconds=15.0, ci_target=0.005)
-        ref = HostReference(onnx_path, threads, float(np.median(times)), ref.date, layers)
+        ref = HostReference(onnx_path, threads, float(np.median(times)), ref.date, layers, cpus)
         meta.write_text(json.dumps({"nominal_ms": ref.nominal_ms, "n": len(times), "date": ref.date, "cpu": info["cpu"],
-                                    "threads": threads, "layers": layers, "ci95_rel": round(ci_rel(times), 4)},
+                                    "threads": threads, "layers": layers, "cpus": list(cpus) if cpus else None,
+                                    "ci95_rel": round(ci_rel(times), 4)},
                                    indent=2))
         return ref
 
 
-def _bracketing(enabled: bool, provider: str, threads: int) -> tuple[HostReference | None, Callable[[], list[float]] | None]:
+def _bracketing(enabled: bool, provider: str, threads: int,
+                cpus: tuple[int, ...] | None) -> tuple[HostReference | None, Callable[[], list[float]] | None]:
     """The host reference and its block runner where a CPU measurement is to be scaled; (None, None) otherwise."""
-    ref = host_reference(threads) if enabled and provider == "CPUExecutionProvider" else None
+    ref = host_reference(threads, cpus) if enabled and provider == "CPUExecutionProvider" else None
     return ref, (ref.blocks() if ref else None)
 
 
@@ -389,10 +413,11 @@ def measure_latency(
     min_runs = profile.min_runs if min_runs is None else min_runs
     max_seconds = profile.max_seconds if max_seconds is None else max_seconds
     ci_target = profile.ci_target if ci_target is None else ci_target
-    ref, reference = _bracketing(drift_reference, provider, threads)
-    session = profile.session(onnx_path, threads=threads, provider=provider)
+    cpus = profile.cpus(threads) if provider == "CPUExecutionProvider" else None
+    ref, reference = _bracketing(drift_reference, provider, threads, cpus)
+    session = profile.session(onnx_path, threads=threads, provider=provider, cpus=cpus)
     results = []
-    with exclusive_machine():
+    with exclusive_machine(), pinned(cpus):
         for batch, seq in profile.shapes:
             run = _runner(session, _inputs(session, batch, seq), provider)
             ref_times: list[float] = []
@@ -405,15 +430,16 @@ def measure_latency(
     if rest:
         extra["other_shapes"] = [{"batch_size": b, "seq_len": s, "median_ms": _stats(t)[0] * (ref.factor(r) if ref else 1),
                                   "n": len(t), "ci95_rel": round(ci_rel(t), 4)} for b, s, t, r, _ in rest]
-    return _latency(profile, times, provider, threads, extra, ref, ref_times)
+    return _latency(profile, times, provider, threads, extra, ref, ref_times, cpus)
 
 
 def _latency(profile: HardwareProfile, times_ms: list[float], provider: str, threads: int, extra: dict,
-             ref: HostReference | None = None, ref_times: list[float] | None = None) -> Latency:
+             ref: HostReference | None = None, ref_times: list[float] | None = None,
+             cpus: tuple[int, ...] | None = None) -> Latency:
     """The figure from a run's times: as timed, or (with the reference's times) scaled to nominal speed."""
     factor = ref.factor(ref_times) if ref else 1.0
     median, iqr, p10, p90 = (v * factor for v in _stats(times_ms))
-    detail = {**_where(provider, threads), "batch_size": profile.batch_size, "seq_len": profile.seq_len, **extra}
+    detail = {**_where(provider, threads, cpus), "batch_size": profile.batch_size, "seq_len": profile.seq_len, **extra}
     if ref:
         detail.update(ref.detail(ref_times, median / factor))
     return Latency(profile.name, median, iqr, p10, p90, len(times_ms), "measured", detail)
@@ -436,19 +462,20 @@ def measure_side_by_side(
     and each turn warms up again. The primary shape only. Returns one Latency per key."""
     threads = threads or profile.threads
     drift_reference = profile.nominal_speed if drift_reference is None else drift_reference
-    ref, reference = _bracketing(drift_reference, profile.provider, threads)
+    cpus = profile.cpus(threads) if profile.provider == "CPUExecutionProvider" else None
+    ref, reference = _bracketing(drift_reference, profile.provider, threads, cpus)
     times: dict[Any, list[float]] = {k: [] for k in onnx_paths}
     ref_times: dict[Any, list[float]] = {k: [] for k in onnx_paths}
-    with exclusive_machine():
+    with exclusive_machine(), pinned(cpus):
         for _ in range(rounds):
             for k, path in onnx_paths.items():
-                session = profile.session(path, threads=threads)
+                session = profile.session(path, threads=threads, cpus=cpus)
                 run = _runner(session, _inputs(session, profile.batch_size, profile.seq_len), profile.provider)
                 times[k] += repeat(run, warmup=warmup, min_runs=runs_per_round, max_runs=runs_per_round,
                                    max_seconds=0.0, ci_target=0.0, reference=reference, reference_times=ref_times[k])[0]
                 del run, session
     extra = {"warmup": warmup, "protocol": f"side by side with {len(onnx_paths)} models, {rounds} interleaved rounds"}
-    return {k: _latency(profile, t, profile.provider, threads, extra, ref, ref_times[k]) for k, t in times.items()}
+    return {k: _latency(profile, t, profile.provider, threads, extra, ref, ref_times[k], cpus) for k, t in times.items()}
 
 
 # ------------------------------------------------------------------ per operator (what predictors map from)
@@ -464,7 +491,8 @@ def profile_operators(onnx_path: str | os.PathLike, profile: HardwareProfile, *,
     import onnxruntime as ort
 
     min_runs = profile.min_runs if min_runs is None else min_runs
-    ref, reference = _bracketing(drift_reference, "CPUExecutionProvider", threads)
+    cpus = profile.cpus(threads)
+    ref, reference = _bracketing(drift_reference, "CPUExecutionProvider", threads, cpus)
     ref_times: list[float] = []
     max_seconds = profile.max_seconds if max_seconds is None else max_seconds
     ci_target = profile.ci_target if ci_target is None else ci_target
@@ -472,9 +500,9 @@ def profile_operators(onnx_path: str | os.PathLike, profile: HardwareProfile, *,
         opts = ort.SessionOptions()
         opts.enable_profiling = True
         opts.profile_file_prefix = str(Path(tmp) / "ort")
-        session = profile.session(onnx_path, threads=threads, provider="CPUExecutionProvider", options=opts)
+        session = profile.session(onnx_path, threads=threads, provider="CPUExecutionProvider", options=opts, cpus=cpus)
         feeds = _inputs(session, profile.batch_size, profile.seq_len)
-        with exclusive_machine():
+        with exclusive_machine(), pinned(cpus):
             times, stop = repeat(lambda: session.run(None, feeds), warmup=warmup, min_runs=min_runs,
                                  max_runs=max_runs, max_seconds=max_seconds, ci_target=ci_target,
                                  reference=reference, reference_times=ref_times)
@@ -496,7 +524,7 @@ def profile_operators(onnx_path: str | os.PathLike, profile: HardwareProfile, *,
     op_ms = {op: factor * float(np.median([r.get(op, 0.0) for r in per_run])) for op in ops}
     lat = _latency(profile, times, "CPUExecutionProvider", threads,
                    {"warmup": warmup, "protocol": f"ONNX Runtime profiler on; stopped at: {stop}",
-                    "ci95_rel": round(ci_rel(times), 4)}, ref, ref_times)
+                    "ci95_rel": round(ci_rel(times), 4)}, ref, ref_times, cpus)
     return lat, op_ms
 
 

@@ -37,8 +37,12 @@ def route(profile: HardwareProfile) -> Route:
     """Where ``profile``'s latency comes from, here and now."""
     if profile.measure_here and profile.available():
         threads = "" if profile.provider == "CUDAExecutionProvider" else f", {profile.threads} thread(s)"
-        scaled = ("; scaled to this host's nominal speed by an interleaved reference"
-                  if profile.nominal_speed and profile.provider == "CPUExecutionProvider" else "")
+        cpu = profile.provider == "CPUExecutionProvider"
+        if cpu and profile.pin_threads:
+            cpus = profile.cpus()
+            threads += (f" pinned to CPU(s) {','.join(map(str, cpus))}" if cpus else
+                        f", not pinned: this process may run on fewer than {profile.threads} CPUs")
+        scaled = "; scaled to this host's nominal speed by an interleaved reference" if cpu and profile.nominal_speed else ""
         return Route(HERE, f"measured on this machine ({profile.provider}{threads}){scaled}")
     if profile.resource and _ray_offers(profile.resource):
         return Route(RAY, f"measured on a Ray node offering the resource {profile.resource}")

@@ -191,7 +191,8 @@ def host_key(profile) -> str:
     info = cpu_info()
     spec = profile.predictor
     blob = json.dumps({"v": CALIBRATION_VERSION, "cpu": info["cpu"], "isa": info["int8_isa"], "ort": ort.__version__,
-                       "threads": spec["host_threads"], "anchors": spec["anchors"], "shape": profile.shapes[0]},
+                       "threads": spec["host_threads"], "anchors": spec["anchors"], "shape": profile.shapes[0],
+                       **({"pinned": True} if profile.pin_threads else {})},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

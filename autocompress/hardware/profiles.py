@@ -29,11 +29,24 @@ class ProfileError(Exception):
     """A profile could not be found or is invalid (one-line, user-facing message)."""
 
 
+def pin_cpus(threads: int) -> tuple[int, ...] | None:
+    """The logical CPUs that a measurement on ``threads`` threads is pinned to, one per thread: the first
+    ``threads`` of those this process may run on; None where it may run on fewer (or the OS has no
+    affinity call)."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    return tuple(allowed[:threads]) if len(allowed) >= threads else None
+
+
 def ort_session(onnx_path: str | os.PathLike, *, threads: int, provider: str = "CPUExecutionProvider",
-                options: Any = None) -> "onnxruntime.InferenceSession":  # noqa: F821
+                options: Any = None, cpus: tuple[int, ...] | None = None) -> "onnxruntime.InferenceSession":  # noqa: F821
     """An ONNX Runtime session for timing: ``threads`` intra-op threads, one inter-op thread, sequential
     execution, all graph optimisations; its pool threads spin only while a run is under way (so an
-    idle session never takes the cores from the next one, e.g. the interleaved host reference)."""
+    idle session never takes the cores from the next one, e.g. the interleaved host reference). With
+    ``cpus`` (``pin_cpus``), the pool's threads are pinned to ``cpus[1:]``, one each; the calling
+    thread, which runs a share of every operator, is pinned to ``cpus[0]`` while it times
+    (``latency.pinned``): ONNX Runtime leaves that thread to the application."""
     import onnxruntime as ort
 
     opts = options or ort.SessionOptions()
@@ -42,6 +55,11 @@ def ort_session(onnx_path: str | os.PathLike, *, threads: int, provider: str = "
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.add_session_config_entry("session.force_spinning_stop", "1")
+    if cpus and threads > 1 and provider == "CPUExecutionProvider":
+        if len(cpus) != threads:
+            raise ValueError(f"{threads} threads need {threads} CPUs to be pinned to, got {cpus}")
+        # one entry per pool thread, 1-based logical processor ids (ONNX Runtime's format)
+        opts.add_session_config_entry("session.intra_op_thread_affinities", ";".join(str(c + 1) for c in cpus[1:]))
     providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
     return ort.InferenceSession(str(onnx_path), sess_options=opts, providers=providers)
 
@@ -64,6 +82,7 @@ class HardwareProfile:
     max_seconds: float = 6.0      # ... or this much time has passed
     min_runs: int = 10            # ... but never fewer runs than this (a short window is one phase of the machine)
     nominal_speed: bool = False   # CPU: scale measurements to this host's nominal speed (latency.HostReference)
+    pin_threads: bool = False     # CPU: each thread pinned to its own logical CPU while timing (pin_cpus)
     predictor: dict | None = None  # how to predict where the device is absent (see hardware.predictor)
 
     @property
@@ -77,21 +96,27 @@ class HardwareProfile:
         return ((self.batch_size, self.seq_len),) + tuple(s for s in self.extra_shapes
                                                           if s != (self.batch_size, self.seq_len))
 
+    def cpus(self, threads: int | None = None) -> tuple[int, ...] | None:
+        """The logical CPUs a measurement on ``threads`` threads (default: the profile's) is pinned to,
+        where the profile says ``pin_threads`` and this process may run on that many (``pin_cpus``)."""
+        return pin_cpus(threads or self.threads) if self.pin_threads else None
+
     def available(self) -> bool:
         """The profile's provider is installed in this onnxruntime."""
         import onnxruntime as ort
 
         return self.provider in ort.get_available_providers()
 
-    def session(self, onnx_path: str | os.PathLike, *, threads: int | None = None,
-                provider: str | None = None, options: Any = None) -> "onnxruntime.InferenceSession":  # noqa: F821
-        """An ONNX Runtime session as the profile says: its provider, its threads (see ``ort_session``)."""
+    def session(self, onnx_path: str | os.PathLike, *, threads: int | None = None, provider: str | None = None,
+                options: Any = None, cpus: tuple[int, ...] | None = None) -> "onnxruntime.InferenceSession":  # noqa: F821
+        """An ONNX Runtime session as the profile says: its provider, its threads, pinned to ``cpus`` if
+        given (see ``ort_session``)."""
         provider = provider or self.provider
         import onnxruntime as ort
 
         if provider not in ort.get_available_providers():
             raise ProfileError(f"profile '{self.name}': provider {provider} is not available in this onnxruntime")
-        return ort_session(onnx_path, threads=threads or self.threads, provider=provider, options=options)
+        return ort_session(onnx_path, threads=threads or self.threads, provider=provider, options=options, cpus=cpus)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values; ``from_dict`` reads it back (the store keeps a run's profiles this way)."""
@@ -120,7 +145,7 @@ class HardwareProfile:
         for key in ("max_threads", "batch_size", "seq_len", "min_runs"):
             if key in d and (not isinstance(d[key], int) or isinstance(d[key], bool) or d[key] < 1):
                 raise ProfileError(f"profile field '{key}' must be a positive integer, got {d[key]!r}")
-        for key in ("measure_here", "nominal_speed"):
+        for key in ("measure_here", "nominal_speed", "pin_threads"):
             if key in d and not isinstance(d[key], bool):
                 raise ProfileError(f"profile field '{key}' must be true or false, got {d[key]!r}")
         if d.get("resource") is not None and (not isinstance(d["resource"], str) or not d["resource"].strip()):
