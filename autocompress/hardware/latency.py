@@ -4,8 +4,8 @@ Protocol: build the profile's ONNX Runtime session (its provider, its threads; w
 each thread pinned to its own logical CPU), feed fixed inputs of the profile's shape, warm up, then
 time single runs until the 95% confidence interval of the median is within the profile's target (2%
 by default) or a time cap is reached, all while holding the machine exclusively (a file lock that
-training and other measurements respect). On CUDA, inputs and
-outputs stay on the device (I/O binding) and every run is synchronised before the clock stops.
+training and other measurements respect). On CUDA, inputs and outputs stay on the device (I/O
+binding) and every run is synchronised before the clock stops.
 
 Host timings that feed a prediction for another device (``profile_operators``, and the side-by-side
 re-timing of predicted figures), and the measurements of a CPU profile that says ``nominal_speed: true``
@@ -14,8 +14,8 @@ MiniLM's width; a block after the warm-up, after every 10 timed runs and at the 
 the reference's nominal time over its median during the measurement: the speed of this shared
 machine drifts (by 5-10% between windows of a few seconds, in one process or across processes), a
 model and the reference drift alike, and a figure should not follow this host's mood (a phone's
-least of all). The raw median and the factor are
-kept in the detail, and ``describe`` shows them. A profile without the flag is measured as timed.
+least of all). The raw median and the factor are kept in the detail, and ``describe`` shows them. A
+profile without the flag is measured as timed.
 """
 
 from __future__ import annotations
