@@ -8,7 +8,7 @@ the model from its config, gives each part the recorded kind and size, then load
 weights strictly: nothing is unpickled.
 
 Methods that put modules of their own into a model (a factorized Linear, say) register the module
-class here with ``@module_kind("name")``; the class gives ``spec()`` and ``from_spec(spec)``.
+class with ``@module_kind("name")`` (``methods.base``); the class gives ``spec()`` and ``from_spec(spec)``.
 Parameters shared between layers are saved once and tied again on load (``config.autocompress_tied``).
 Modules a method hangs on the model itself (a registered kind whose class says ``attached = True``, such
 as early exit's heads) are recorded in ``config.autocompress_attached`` (attribute -> spec) and hung again.
@@ -19,39 +19,17 @@ import io
 import os
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from . import arch
+from .finalize import check_final
+from .methods import MODULE_KINDS, module_spec      # (the package: every method's module kinds registered)
 
 STRUCTURE_VERSION = 2
-MODULE_KINDS: dict[str, type] = {}
-
-
-def module_kind(name: str) -> Callable[[type], type]:
-    """Class decorator: a module type a method puts into models, rebuilt from its spec on load."""
-
-    def wrap(cls: type) -> type:
-        MODULE_KINDS[name] = cls
-        cls.kind = name
-        return cls
-
-    return wrap
-
-
-def module_spec(module: torch.nn.Module) -> dict[str, Any]:
-    if isinstance(module, torch.nn.Linear):
-        return {"kind": "linear", "in": module.in_features, "out": module.out_features,
-                "bias": module.bias is not None}
-    if isinstance(module, torch.nn.Embedding):
-        return {"kind": "embedding", "num": module.num_embeddings, "dim": module.embedding_dim}
-    kind = getattr(module, "kind", None)
-    if kind not in MODULE_KINDS:
-        raise TypeError(f"cannot record a module of type {type(module).__name__}: register it with @module_kind")
-    return {"kind": kind, **module.spec()}
 
 
 def _build(spec: dict[str, Any], like: torch.nn.Module) -> torch.nn.Module:
@@ -107,8 +85,6 @@ def _tied(model) -> dict[str, str]:
 
 
 def save_model(model, tokenizer, path: str | os.PathLike) -> Path:
-    from .methods.base import check_final   # (methods import this module for @module_kind)
-
     check_final(model, "save")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -134,8 +110,6 @@ def load_model(path: str | os.PathLike, attn_implementation: str = "sdpa"):
     if not record:
         return AutoModelForSequenceClassification.from_pretrained(path, attn_implementation=attn_implementation).eval()
     arch.check_config(config)
-    import autocompress.methods  # noqa: F401  (registers the module kinds that methods put into models)
-
     config.num_hidden_layers = len(record["layers"])
     model = AutoModelForSequenceClassification.from_config(config, attn_implementation=attn_implementation)
     rebuild(model, record)

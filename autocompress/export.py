@@ -1,4 +1,6 @@
-"""torch -> ONNX: the one place that writes ONNX files (quantization writes through ``save``)."""
+"""torch -> ONNX: the one place that turns a PyTorch model into ONNX files (a candidate, one of a pipeline's
+segments, a reference architecture built from a config), and the one fp16 conversion. ONNX-stage methods
+write where ``Recipe.apply_onnx`` tells them, through ``save``."""
 from __future__ import annotations
 
 import contextlib
@@ -15,7 +17,7 @@ from onnx_ir.passes.common import DeduplicateInitializersPass, LiftConstantsToIn
 from onnxscript.optimizer import fold_constants
 
 from . import arch
-from .methods.base import check_final
+from .finalize import check_final
 
 
 class _Logits(torch.nn.Module):
@@ -124,3 +126,21 @@ def to_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         warnings.simplefilter("ignore")
         model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
     return save(model, dst)
+
+
+def export_anchor(config: dict, path: str | os.PathLike, num_layers: int | None = None) -> Path:
+    """Export the architecture a config describes (``model_type`` and its settings; random weights, 2
+    labels) as candidates are exported: the latency predictors' anchors and the host reference."""
+    import inspect
+
+    import transformers
+
+    settings = {k: v for k, v in config.items() if k != "model_type"}
+    if num_layers is not None:
+        settings["num_hidden_layers"] = num_layers
+    cfg = transformers.AutoConfig.for_model(config["model_type"], num_labels=2, **settings)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForSequenceClassification.from_config(cfg).eval()
+    takes = inspect.signature(model.forward).parameters
+    names = ("input_ids", "attention_mask") + (("token_type_ids",) if "token_type_ids" in takes else ())
+    return export_onnx(model, path, input_names=names)

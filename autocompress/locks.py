@@ -118,3 +118,12 @@ def store_lock(db: Path, who: str) -> Iterator[None]:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold the lock beside ``path`` (``path`` with the suffix ``.lock``) alone: one process at a time
+    builds or reads what ``path`` caches (a predictor's calibration, the host reference)."""
+    path = Path(path)
+    with _flock(path.with_suffix(".lock"), fcntl.LOCK_EX):
+        yield

@@ -1,7 +1,16 @@
-"""A shipped model made of several ONNX graphs run one after another, each input going only as far as it
-needs: early exit's segments. One folder holds the graphs and ``manifest.json``; the manifest is the
-artifact the store records (its sha256), and it carries the sha256 of every graph it names, so anything
-that reads the folder through ``read`` reads the very files that were timed and scored.
+"""Artifacts: what a candidate ships, and running it. One small base, two kinds:
+
+- ``Graph``: one ONNX file (``model.onnx`` when shipped). It runs whole on every input.
+- ``Pipeline``: several ONNX graphs run one after another, each input going only as far as it needs
+  (early exit's segments). One folder holds the graphs and ``manifest.json``; the manifest is what the
+  store records (its sha256), and it carries the sha256 of every graph it names, so whatever reads the
+  folder through ``open`` reads the very files that were timed and scored.
+
+``open(path)`` is the one place that tells the kinds apart. The rest of the project asks an artifact
+what it is made of (``graphs``: each graph's shipped and fp32 forms, to be timed), what ships
+(``files``), and to run it (``predict`` -> logits and its ``Usage``: the share of the inputs that ran
+each graph; 1.0 for a single graph). An artifact whose graphs do not all run on every input has an
+*expected* latency: the graphs' latencies weighted by that usage (``hardware.obtain`` combines them).
 
 Manifest (JSON)::
 
@@ -9,69 +18,205 @@ Manifest (JSON)::
      "segments": [{"file": "segment0/model.onnx", "fp32": "segment0/model.fp32.onnx",
                    "sha256": "...", "fp32_sha256": "...", ...}, ...],     # paths relative to the manifest
      "rule": "entropy", "threshold": 0.3,  # the exit rule (``ExitRule``)
-     "reach": [1.0, 0.41, 0.17],           # share of the inputs that run each segment (written once scored)
-     "reach_over": "the validation inputs (1000 rows)", "left_at": [590, 240, 170],
+     "reach": [1.0, 0.41, 0.17],           # share of the validation inputs that ran each segment,
+     "reach_over": "the validation inputs (1000 rows)", "left_at": [590, 240, 170],   # written once scored
      ...}                                  # the rest belongs to the writer (early exit: exits_after, num_layers)
 
 Segment 0 takes the model's token inputs; each later one takes ``hidden_in`` (the hidden state the one
 before handed on as ``hidden_out``) and ``attention_mask``; each gives ``logits`` (its exit's, or the
-model's own for the last). ``Pipeline`` runs them with the rule, each row only as far as it needs.
-
-Its **expected latency** on a device is ``sum_i reach_i x latency(segment i)`` (``expected``); the
-latency module (``hardware.obtain``) obtains each segment's figure the way the profile says.
+model's own for the last).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import fileio
+from .features import batches
+
 MANIFEST = "manifest.json"
 VERSION = 1
+MODEL_FILE = "model.onnx"          # a single graph, as shipped
+PIPELINE_DIR = "pipeline"          # a pipeline, as shipped
 
 
-def is_pipeline(path: str | os.PathLike | None) -> bool:
-    return path is not None and Path(path).suffix == ".json"
+# ---------------------------------------------------------------- ONNX Runtime sessions: the one helper
+def session(onnx_path: str | os.PathLike, *, threads: int | None = None, provider: str = "CPUExecutionProvider",
+            options: Any = None, cpus: tuple[int, ...] | None = None) -> "onnxruntime.InferenceSession":  # noqa: F821
+    """An ONNX Runtime session: ``threads`` intra-op threads (default: up to 4 of this machine's), one
+    inter-op thread, sequential execution, all graph optimisations; its pool threads spin only while a run
+    is under way (so an idle session never takes the cores from the next one). With ``cpus``, the pool's
+    threads are pinned to ``cpus[1:]``, one each; the calling thread, which runs a share of every
+    operator, is left to the caller (``hardware.host.pinned``): ONNX Runtime leaves it to the application."""
+    import onnxruntime as ort
+
+    threads = threads or min(4, os.cpu_count() or 1)
+    opts = options or ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.force_spinning_stop", "1")
+    if cpus and threads > 1 and provider == "CPUExecutionProvider":
+        if len(cpus) != threads:
+            raise ValueError(f"{threads} threads need {threads} CPUs to be pinned to, got {cpus}")
+        # one entry per pool thread, 1-based logical processor ids (ONNX Runtime's format)
+        opts.add_session_config_entry("session.intra_op_thread_affinities", ";".join(str(c + 1) for c in cpus[1:]))
+    providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
+    return ort.InferenceSession(str(onnx_path), sess_options=opts, providers=providers)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+# ---------------------------------------------------------------- the base
+@dataclass(frozen=True)
+class Usage:
+    """How much of an artifact an input runs: ``shares[i]``, the share of ``over`` (the inputs it was
+    scored on) that ran graph i; ``how`` says, in the artifact's own words, what decided it."""
+
+    shares: tuple[float, ...]
+    over: str
+    how: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def to_detail(self) -> dict:
+        return {"expected": True, "expected_over": self.over, "reach": [round(r, 4) for r in self.shares],
+                "expected_how": self.how, **self.extra}
+
+    @classmethod
+    def from_detail(cls, d: dict) -> "Usage | None":
+        if not d.get("expected") or "reach" not in d:
+            return None
+        return cls(tuple(float(r) for r in d["reach"]), str(d.get("expected_over", "?")),
+                   str(d.get("expected_how") or d.get("exit_rule") or ""))
 
 
+class Artifact:
+    """What a candidate ships. ``path`` is what the store records (and hashes)."""
+
+    kind = "artifact"
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def graphs(self) -> list[tuple[Path, Path | None]]:
+        """Each graph to time: (its shipped form, its fp32 form where kept)."""
+        raise NotImplementedError
+
+    def files(self) -> list[tuple[Path, str, str | None]]:
+        """What ships: (file, its name in the shipped folder, the sha256 the artifact records for it, or
+        None where the store's record is the one to check)."""
+        raise NotImplementedError
+
+    def predict(self, features, *, pad_id: int = 0, batch_size: int = 64,
+                threads: int | None = None) -> tuple[np.ndarray, Usage | None]:
+        """Logits on tokenised rows, and the usage (None where every input runs everything)."""
+        raise NotImplementedError
+
+    def runner(self, threads: int | None = None) -> "Runner":
+        raise NotImplementedError
+
+    def note_usage(self, usage: Usage | None) -> None:
+        """Keep the usage with the artifact's own description (documentation: nothing reads it back)."""
+
+    @property
+    def input_dependent(self) -> bool:
+        return len(self.graphs()) > 1
+
+    def size_bytes(self) -> int:
+        return sum(src.stat().st_size for src, _, _ in self.files())
+
+
+class Runner:
+    """An artifact loaded for inference, one padded batch at a time: (logits [B, labels], what each row
+    ran, in the artifact's words: None for a single graph)."""
+
+    inputs: list[str]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        raise NotImplementedError
+
+    def describe_row(self, ran) -> dict[str, Any]:
+        """What one row ran, for a user (``predict``): {} for a single graph."""
+        return {}
+
+
+def open(path: str | os.PathLike, verify: bool = True) -> Artifact:  # noqa: A001  (pipeline.open: the artifact at path)
+    """The artifact at ``path``: a pipeline's manifest (``.json``) or one ONNX graph."""
+    path = Path(path)
+    if path.suffix == ".json":
+        return Pipeline(path, verify=verify)
+    return Graph(path)
+
+
+def open_shipped(folder: str | os.PathLike) -> Artifact | None:
+    """The artifact of a shipped folder (``ship.export`` wrote it), or None if it holds none."""
+    folder = Path(folder)
+    if (folder / PIPELINE_DIR / MANIFEST).is_file():
+        return Pipeline(folder / PIPELINE_DIR / MANIFEST)
+    if (folder / MODEL_FILE).is_file():
+        return Graph(folder / MODEL_FILE)
+    return None
+
+
+def run_rows(artifact: Artifact, features, *, pad_id: int = 0, batch_size: int = 64, threads: int | None = None):
+    """(logits, what each row ran: None for a single graph, else the index of the graph it left at) of an
+    artifact on tokenised rows."""
+    return _predict_batches(artifact.runner(threads), features, pad_id, batch_size)
+
+
+def _predict_batches(runner: Runner, features, pad_id: int, batch_size: int):
+    logits = ran = None
+    for idx, arrays in batches(features, batch_size, pad_id):
+        lg, r = runner.run({k: v for k, v in arrays.items() if k in runner.inputs})
+        if logits is None:
+            logits = np.zeros((len(features), lg.shape[1]), dtype=np.float32)
+            ran = None if r is None else np.zeros(len(features), dtype=np.int64)
+        logits[idx] = lg
+        if r is not None:
+            ran[idx] = r
+    return logits, ran
+
+
+# ---------------------------------------------------------------- one graph
+class Graph(Artifact):
+    kind = "graph"
+
+    def graphs(self):
+        return [(self.path, None)]
+
+    def files(self):
+        return [(self.path, MODEL_FILE, None)]
+
+    def runner(self, threads: int | None = None) -> Runner:
+        return _GraphRunner(self.path, threads)
+
+    def predict(self, features, *, pad_id: int = 0, batch_size: int = 64, threads: int | None = None):
+        return _predict_batches(self.runner(threads), features, pad_id, batch_size)[0], None
+
+
+class _GraphRunner(Runner):
+    def __init__(self, path: Path, threads: int | None):
+        self.session = session(path, threads=threads)
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def run(self, feeds):
+        return self.session.run(["logits"], feeds)[0], None
+
+
+# ---------------------------------------------------------------- a pipeline of graphs (early exit)
 def write(folder: str | os.PathLike, manifest: dict[str, Any]) -> Path:
     """Write ``folder/manifest.json`` atomically, with the sha256 of every segment's files filled in."""
     folder = Path(folder)
     m = json.loads(json.dumps(manifest))
     m.setdefault("version", VERSION)
     for seg in m["segments"]:
-        seg["sha256"] = _sha256(folder / seg["file"])
-        seg["fp32_sha256"] = _sha256(folder / seg["fp32"])
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(m, f, indent=1)
-    os.replace(tmp, folder / MANIFEST)
-    return folder / MANIFEST
-
-
-def update(path: str | os.PathLike, **fields) -> Path:
-    """Add or replace top-level fields of a manifest (the reach, once it is measured)."""
-    path = Path(path)
-    m = json.loads(path.read_text())
-    m.update(json.loads(json.dumps(fields)))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(m, f, indent=1)
-    os.replace(tmp, path)
-    return path
+        seg["sha256"] = fileio.sha256_file(folder / seg["file"])
+        seg["fp32_sha256"] = fileio.sha256_file(folder / seg["fp32"])
+    return fileio.write_json(folder / MANIFEST, m, indent=1)
 
 
 def read(path: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
@@ -92,68 +237,108 @@ def read(path: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
                 continue
             if not Path(seg[key]).is_file():
                 raise ValueError(f"{seg[key]} is missing: {path} names it")
-            if _sha256(Path(seg[key])) != seg[sha]:
+            if fileio.sha256_file(seg[key]) != seg[sha]:
                 raise ValueError(f"{seg[key]} does not match the sha256 recorded in {path}")
     return m
 
 
-def relative_files(path: str | os.PathLike) -> list[tuple[str, str]]:
-    """(path relative to the manifest's folder, recorded sha256) of each final graph: what ships."""
-    m = json.loads(Path(path).read_text())
-    return list(dict.fromkeys((s["file"], s["sha256"]) for s in m["segments"]))
+def reach_of(where: np.ndarray, n_segments: int) -> list[float]:
+    """Share of the rows that ran each segment, from the segment each row left at."""
+    return [float(np.mean(where >= j)) for j in range(n_segments)]
 
 
-def files(path: str | os.PathLike) -> list[Path]:
-    """What is shipped: the manifest and each segment's final graph (not the fp32 forms kept beside
-    them for fp16 profiles, unless a segment ships its fp32 form)."""
-    return [Path(path)] + [Path(path).parent / rel for rel, _ in relative_files(path)]
+class Pipeline(Artifact):
+    kind = "pipeline"
+
+    def __init__(self, path: str | os.PathLike, verify: bool = True):
+        super().__init__(path)
+        self.manifest = read(self.path, verify=verify)
+
+    @property
+    def segments(self) -> list[dict[str, Any]]:
+        return self.manifest["segments"]
+
+    @property
+    def rule(self) -> "ExitRule":
+        return ExitRule(self.manifest["rule"], self.manifest["threshold"])
+
+    def graphs(self):
+        return [(Path(s["file"]), Path(s["fp32"])) for s in self.segments]
+
+    def files(self):
+        raw = json.loads(self.path.read_text())
+        rels = list(dict.fromkeys((s["file"], s["sha256"]) for s in raw["segments"]))
+        return [(self.path, f"{PIPELINE_DIR}/{MANIFEST}", None)] + [
+            (self.path.parent / rel, f"{PIPELINE_DIR}/{rel}", sha) for rel, sha in rels]
+
+    def runner(self, threads: int | None = None) -> Runner:
+        return _PipelineRunner(self, threads)
+
+    def predict(self, features, *, pad_id: int = 0, batch_size: int = 64, threads: int | None = None):
+        logits, where = _predict_batches(self.runner(threads), features, pad_id, batch_size)
+        n = len(self.segments)
+        usage = Usage(tuple(reach_of(where, n)), f"the validation inputs ({len(features)} rows)",
+                      f"early exit, {self.manifest['rule']} {self.manifest['threshold']:g}",
+                      {"left_at": [int(c) for c in np.bincount(where, minlength=n)],
+                       "exits_after": self.manifest.get("exits_after")})
+        return logits, usage
+
+    def note_usage(self, usage: Usage | None) -> None:
+        if usage is None:
+            return
+        m = json.loads(self.path.read_text())
+        m.update(reach=list(usage.shares), reach_over=usage.over, left_at=usage.extra.get("left_at"))
+        fileio.write_json(self.path, m, indent=1)
 
 
-def reach(path: str | os.PathLike) -> tuple[list[float], str]:
-    """(share of the inputs that run each segment, what it was measured on); a ValueError if the
-    manifest has not been scored yet."""
-    m = read(path, verify=False)
-    if "reach" not in m:
-        raise ValueError(f"{path}: no reach recorded yet (score the pipeline on the validation inputs first)")
-    return [float(r) for r in m["reach"]], str(m.get("reach_over", "?"))
+class _PipelineRunner(Runner):
+    """A manifest's graphs loaded in ONNX Runtime, run in order with its exit rule: each batch goes
+    through segment 0; the rows that leave at its exit keep its logits, the others go on (only they run
+    the next segment, from the hidden state the segment handed on); the last segment answers the rest."""
+
+    def __init__(self, pipe: Pipeline, threads: int | None):
+        self.manifest = pipe.manifest
+        self.rule = pipe.rule
+        self.sessions = [session(s["file"], threads=threads) for s in pipe.segments]
+        self.inputs = [i.name for i in self.sessions[0].get_inputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(logits [B, labels], segment index each row left at [B]) for one padded batch."""
+        n = len(feeds["input_ids"])
+        rows = np.arange(n)                          # rows still running
+        mask = feeds["attention_mask"]
+        state = self.rule.start(n)
+        logits_out, where = None, np.full(n, len(self.sessions) - 1, dtype=np.int64)
+        hidden = None
+        for j, sess in enumerate(self.sessions):
+            if j == 0:
+                inputs = {k: v for k, v in feeds.items() if k in self.inputs}
+            else:
+                inputs = {"hidden_in": hidden, "attention_mask": mask[rows]}
+            outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, inputs)))
+            logits = outs["logits"]
+            if logits_out is None:
+                logits_out = np.zeros((n, logits.shape[1]), dtype=np.float32)
+            if j == len(self.sessions) - 1:
+                logits_out[rows] = logits
+                break
+            leave = self.rule.step(logits, state)
+            logits_out[rows[leave]] = logits[leave]
+            where[rows[leave]] = j
+            stay = ~leave
+            rows, hidden = rows[stay], outs["hidden_out"][stay]
+            state = {k: v[stay] for k, v in state.items()}
+            if len(rows) == 0:
+                break
+        return logits_out, where
+
+    def describe_row(self, ran) -> dict[str, Any]:
+        exits = self.manifest.get("exits_after") or []
+        layers = exits[int(ran)] if int(ran) < len(exits) else self.manifest["num_layers"]
+        return {"layers_run": layers, "note": f"{layers} layers"}
 
 
-def expected(segment_latencies: list, reach_: list[float], over: str, extra: dict | None = None):
-    """The expected latency of a pipeline: ``sum_i reach_i x latency_i`` for the median (and likewise
-    for the spread and percentiles, and the profile's other shapes: weighted sums of the segments'
-    figures, an approximation; at a batch above 1 a segment runs when any row of the batch reaches it,
-    on fewer rows, and the per-row reach stands for that). Its
-    ``how`` is the segments' (all obtained the same way on one profile); its ``detail`` keeps where and
-    how they were obtained and adds ``expected_over`` (what the reach was measured on), ``reach``,
-    ``segment_ms`` and whatever ``extra`` says (early exit: the exit rates)."""
-    from .hardware.latency import Latency
-
-    if len(segment_latencies) != len(reach_):
-        raise ValueError(f"{len(segment_latencies)} segment latencies for {len(reach_)} reach values")
-    lats = segment_latencies
-    first = lats[0]
-
-    def weighted(attr: str) -> float:
-        return float(sum(r * getattr(lat, attr) for r, lat in zip(reach_, lats)))
-
-    per_figure = {"host_ms", "host_n", "host_ci95_rel", "host_classes_ms", "constants", "other_shapes", "ci95_rel",
-                  "timed_before_training"}
-    detail = {k: v for k, v in first.detail.items() if k not in per_figure}
-    detail.update(expected=True, expected_over=over, reach=[round(r, 4) for r in reach_],
-                  segment_ms=[round(lat.median_ms, 4) for lat in lats],
-                  segment_how=[lat.how for lat in lats], **(extra or {}))
-    shapes = [[(o["batch_size"], o["seq_len"]) for o in lat.detail.get("other_shapes") or []] for lat in lats]
-    if shapes[0] and all(s == shapes[0] for s in shapes):
-        detail["other_shapes"] = []
-        for i, (b, q) in enumerate(shapes[0]):
-            figures = [lat.detail["other_shapes"][i] for lat in lats]
-            detail["other_shapes"].append({"batch_size": b, "seq_len": q, "median_ms": float(
-                sum(r * f["median_ms"] for r, f in zip(reach_, figures)))})
-    return Latency(first.profile, weighted("median_ms"), weighted("spread_ms"), weighted("p10_ms"),
-                   weighted("p90_ms"), min(lat.n for lat in lats), first.how, detail)
-
-
-# ---------------------------------------------------------------- the exit rule and running a pipeline
+# ---------------------------------------------------------------- the exit rule
 RULES = ("entropy", "patience")
 
 
@@ -187,81 +372,3 @@ class ExitRule:
         state["count"] = np.where(pred == state["last"], state["count"] + 1, 0)
         state["last"] = pred
         return state["count"] >= self.threshold
-
-
-class Pipeline:
-    """A manifest's graphs loaded in ONNX Runtime, run in order with its exit rule: each batch goes
-    through segment 0; the rows that leave at its exit keep its logits, the others go on (only they run
-    the next segment, from the hidden state the segment handed on); the last segment answers the rest."""
-
-    def __init__(self, path: str | os.PathLike, threads: int | None = None, verify: bool = True):
-        import onnxruntime as ort
-
-        self.manifest = read(path, verify=verify)
-        self.rule = ExitRule(self.manifest["rule"], self.manifest["threshold"])
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.sessions = [ort.InferenceSession(s["file"], opts, providers=["CPUExecutionProvider"])
-                         for s in self.manifest["segments"]]
-        self.first_inputs = [i.name for i in self.sessions[0].get_inputs()]
-
-    def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """(logits [B, labels], segment index each row left at [B]) for one padded batch."""
-        n = len(feeds["input_ids"])
-        rows = np.arange(n)                          # rows still running
-        mask = feeds["attention_mask"]
-        state = self.rule.start(n)
-        logits_out, where = None, np.full(n, len(self.sessions) - 1, dtype=np.int64)
-        hidden = None
-        for j, session in enumerate(self.sessions):
-            if j == 0:
-                inputs = {k: v for k, v in feeds.items() if k in self.first_inputs}
-            else:
-                inputs = {"hidden_in": hidden, "attention_mask": mask[rows]}
-            outs = dict(zip([o.name for o in session.get_outputs()], session.run(None, inputs)))
-            logits = outs["logits"]
-            if logits_out is None:
-                logits_out = np.zeros((n, logits.shape[1]), dtype=np.float32)
-            if j == len(self.sessions) - 1:
-                logits_out[rows] = logits
-                break
-            leave = self.rule.step(logits, state)
-            logits_out[rows[leave]] = logits[leave]
-            where[rows[leave]] = j
-            stay = ~leave
-            rows, hidden = rows[stay], outs["hidden_out"][stay]
-            state = {k: v[stay] for k, v in state.items()}
-            if len(rows) == 0:
-                break
-        return logits_out, where
-
-
-def predict(path: str | os.PathLike, features, *, pad_id: int = 0, batch_size: int = 64,
-            threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(logits, segment each row left at) of a pipeline on tokenised rows (``evaluate.encode``)."""
-    from .evaluate import _batches
-
-    pipe = Pipeline(path, threads=threads)
-    logits = where = None
-    for idx, arrays in _batches(features, batch_size, pad_id):
-        lg, w = pipe.run(arrays)
-        if logits is None:
-            logits = np.zeros((len(features), lg.shape[1]), dtype=np.float32)
-            where = np.zeros(len(features), dtype=np.int64)
-        logits[idx], where[idx] = lg, w
-    return logits, where
-
-
-def reach_of(where: np.ndarray, n_segments: int) -> list[float]:
-    """Share of the rows that ran each segment, from the segment each row left at."""
-    return [float(np.mean(where >= j)) for j in range(n_segments)]
-
-
-def record_reach(path: str | os.PathLike, where: np.ndarray, over: str) -> Path:
-    """Write into the manifest the share of the scored inputs that ran each segment (``where``: the
-    segment each row left at, from ``predict``) and what they were (``over``): what its expected latency
-    weighs the segments by."""
-    n_seg = len(read(path, verify=False)["segments"])
-    return update(path, reach=reach_of(where, n_seg), reach_over=over,
-                  left_at=[int(c) for c in np.bincount(where, minlength=n_seg)])

@@ -1,4 +1,8 @@
-"""A recipe is an ordered list of compression steps; it round-trips through JSON and has a stable hash."""
+"""A recipe is an ordered list of compression steps; it round-trips through JSON and has a stable hash.
+
+Serialized form (version 2): ``{"version": 2, "steps": [{"method", "version", "params"}, ...]}``: each step
+carries its method's config version (``Method.version``). Version 1 recipes (stores written before steps
+had versions) read as steps of version 1."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .methods.base import STAGES, Context, RecipeError, get_method
+from .methods import STAGES, Context, RecipeError, get_method
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -30,7 +35,12 @@ class Step:
         params = {f.name: float(getattr(cfg, f.name)) if f.type in ("float", float) and
                   isinstance(getattr(cfg, f.name), int) and not isinstance(getattr(cfg, f.name), bool)
                   else getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
-        return {"method": self.method, "params": params}
+        return {"method": self.method, "version": get_method(self.method).version, "params": params}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Step":
+        method = get_method(d["method"])
+        return cls(d["method"], method.upgrade(dict(d.get("params", {})), int(d.get("version", 1))))
 
 
 @dataclass(frozen=True)
@@ -76,9 +86,10 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Recipe":
-        if d.get("version") != RECIPE_VERSION:
-            raise RecipeError(f"recipe version {d.get('version')!r} is not supported (expected {RECIPE_VERSION})")
-        return cls(tuple(Step(s["method"], dict(s.get("params", {}))) for s in d["steps"]))
+        if d.get("version") not in READABLE_VERSIONS:
+            raise RecipeError(f"recipe version {d.get('version')!r} is not supported (expected one of "
+                              f"{', '.join(map(str, READABLE_VERSIONS))})")
+        return cls(tuple(Step.from_dict(s) for s in d["steps"]))
 
     @classmethod
     def from_json(cls, text: str) -> "Recipe":
@@ -86,7 +97,14 @@ class Recipe:
 
     @property
     def hash(self) -> str:
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+        """A stable hash of what the recipe does. It is taken over the version-1 form, with a step's config
+        version added only where it is above 1: recipes stored before steps carried versions keep their
+        hash (duplicates and the recovery cache still find them), and a config whose meaning changed
+        (version 2 and up) hashes apart from its old form."""
+        steps = [{"method": d["method"], "params": d["params"], **({"version": d["version"]} if d["version"] != 1 else {})}
+                 for d in (s.to_dict() for s in self.steps)]
+        text = json.dumps({"version": 1, "steps": steps}, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def short(self) -> str:
         """One line for tables, e.g. ``layers 4 · heads -25% · ffn -50% · kd 300 · int8``: each method

@@ -1,15 +1,15 @@
-"""Fronts as data (JSON-ready), as text tables, as a PNG plot (matplotlib) and as an interactive page
-(plotly); the list of a store's runs."""
+"""Fronts as data (JSON-ready) and as text tables; the list of a store's runs. (The plots of the same data:
+``plots.py``.)"""
 from __future__ import annotations
 
 import collections
-from pathlib import Path
 from typing import Any
 
-from .hardware.latency import describe
+from .hardware import describe
 from .methods.base import get_method
 from .recipe import Recipe
 from .search import pareto
+from .search.session import RunSettings
 from .store import RunRecord, Store, TrialRecord, first_line
 
 
@@ -53,8 +53,6 @@ def _teacher_quantized(t: TrialRecord) -> bool:
 def front_data(store: Store, run: str) -> dict[str, Any]:
     """Per device: the front members with their figures, the best within budget, the teacher, the teacher
     with only ONNX steps (int8), and every candidate."""
-    from .tasks import stored_task
-
     r: RunRecord = store.get_run(run)
     trials = store.trials(run)
     failed = store.trials(run, status="failed")
@@ -77,7 +75,7 @@ def front_data(store: Store, run: str) -> dict[str, Any]:
             "obtained": _how(trials, p),
         }
     return {
-        "run": r.name, "status": r.status, "task": r.task, "metric": stored_task(r.task, r.settings)[1],
+        "run": r.name, "status": r.status, "task": r.task, "metric": RunSettings.from_dict(r.settings).task_info(r.task)[1],
         "model": r.model, "device": r.device,
         "budget_ms": r.budget_ms, "created": r.created.isoformat(timespec="seconds"),
         "trials_done": len([t for t in trials if t.role == "candidate"]), "trials_failed": len(failed),
@@ -215,166 +213,6 @@ def tables(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _latency_note(d: dict[str, Any]) -> str:
-    """How a device's latencies were obtained, for an axis label: measured, or predicted (by what)."""
-    from .hardware.latency import describe
-
-    lats = [m["latency"] for m in d["candidates"] + ([d["teacher"]] if d["teacher"] else [])]
-    predicted = [lat for lat in lats if lat.get("how") == "predicted"]
-    if not predicted:
-        return "measured"
-    plain = [lat for lat in predicted if not (lat.get("detail") or {}).get("expected")]   # not an early exit's sum
-    first = describe(plain[0]) if plain else describe(predicted[0]).split("; each segment ", 1)[-1]
-    return first if len(predicted) == len(lats) else f"some {first} (hollow markers), the rest measured"
-
-
-def _score(m: dict[str, Any], split: str) -> float | None:
-    return 100 * m[split]["main"] if m.get(split) else None
-
-
-def _series(d: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """What the plots draw: the front's members that are best on accuracy and latency alone (the line), the
-    members on the front only for their zipped size, the other candidates, the teacher, its int8."""
-    front_numbers = {m["trial"] for m in d["front"]}
-    point = lambda m: (m["val"]["main"], m["latency"]["median_ms"])  # noqa: E731
-    line = [m for m in d["front"] if not any(pareto.dominates(point(o), point(m)) for o in d["front"])]
-    return {"candidates": [m for m in d["candidates"] if m["trial"] not in front_numbers],
-            "front": line, "front_size": [m for m in d["front"] if m not in line],
-            "teacher": [d["teacher"]] if d["teacher"] else [], "teacher_quantized": d["teacher_quantized"]}
-
-
-def plot_png(data: dict[str, Any], path: str | Path) -> Path:
-    """Per device: every candidate (grey), the front on val (line) and re-scored on dev (dashed), the
-    teacher, the teacher with only ONNX steps (int8), the best within budget (star), the budget line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    devices = data["devices"]
-    metric = data.get("metric", "accuracy")
-    fig, axes = plt.subplots(1, max(1, len(devices)), figsize=(6.2 * max(1, len(devices)), 4.8), squeeze=False)
-    for ax, (name, d) in zip(axes[0], devices.items()):
-        series = _series(d)
-        predicted = lambda m: m["latency"].get("how") == "predicted"  # noqa: E731
-        for m in series["candidates"]:
-            ax.plot(m["latency"]["median_ms"], _score(m, "val"), "o", color="0.65", ms=5,
-                    mfc="none" if predicted(m) else "0.65", label="other candidates (val)")
-        front = series["front"]
-        if front:
-            x = [m["latency"]["median_ms"] for m in front]
-            ax.plot(x, [_score(m, "val") for m in front], "o-", color="C0", label="front (val)")
-            dev = [(xi, _score(m, "dev")) for xi, m in zip(x, front) if m.get("dev")]
-            if dev:
-                ax.plot(*zip(*dev), "o--", color="C0", mfc="none", alpha=0.7, label="front re-scored on dev")
-            for xi, m in zip(x, front):
-                ax.annotate(f"#{m['trial']}", (xi, _score(m, "val")), textcoords="offset points", xytext=(4, 4),
-                            fontsize=7, color="C0")
-            best = next((m for m in d["front"] if m["trial"] == d["best_within_budget"]), None)
-            if best and d["budget_ms"]:
-                ax.plot(best["latency"]["median_ms"], _score(best, "val"), "*", color="C1", ms=16, zorder=5,
-                        label="best within budget")
-        for m in series["front_size"]:
-            ax.plot(m["latency"]["median_ms"], _score(m, "val"), "o", color="C0", mfc="none", ms=7,
-                    label="on the front for its zipped size (val)")
-            ax.annotate(f"#{m['trial']}", (m["latency"]["median_ms"], _score(m, "val")), textcoords="offset points",
-                        xytext=(4, 4), fontsize=7, color="C0")
-        for m in series["teacher"]:
-            ax.plot(m["latency"]["median_ms"], _score(m, "val"), "s", color="k", ms=8, label="teacher fp32 (val)")
-        for m in series["teacher_quantized"]:
-            ax.plot(m["latency"]["median_ms"], _score(m, "val"), "D", color="C2", ms=7,
-                    label=f"teacher + {m['recipe']} (val)")
-        expected = [m for key in ("front", "front_size", "candidates") for m in series[key] if m["latency_expected"]]
-        for m in expected:
-            ax.annotate(EXPECTED_MARK, (m["latency"]["median_ms"], _score(m, "val")), textcoords="offset points",
-                        xytext=(-9, 4), fontsize=8, color="C3")
-        if expected:
-            ax.plot([], [], ls="none", marker="$" + EXPECTED_MARK + "$", color="C3",
-                    label="expected latency (early exit), over the validation inputs")
-        if d["budget_ms"]:
-            ax.axvline(d["budget_ms"], ls="--", color="r", label=f"budget {d['budget_ms']:g} ms")
-        how = (d.get("obtained") or {}).get("how", "")
-        shape = (d["teacher"] or (d["front"] or [{}])[0]).get("latency", {}).get("detail", {})
-        ax.set_title(f"{name}" + (" (target)" if d["target"] else "") + (f", {how}" if how else ""))
-        note = _latency_note(d)
-        ax.set_xlabel(f"latency, ms (batch {shape.get('batch_size', '?')} x seq {shape.get('seq_len', '?')}, median)"
-                      + ("" if note == "measured" else f"\n{note}"), fontsize=9)
-        ax.set_ylabel(f"{metric}, % (val; dashed: dev)")
-        ax.grid(alpha=0.3)
-    legend = {}                                  # one legend for all devices, below the plots
-    for ax in axes[0]:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            legend.setdefault(label, handle)
-    fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=min(4, max(1, len(legend))), fontsize=8,
-               frameon=False)
-    fig.suptitle(f"run {data['run']}: {data['task']}", fontsize=10)
-    fig.tight_layout(rect=(0, 0.05 + 0.035 * ((len(legend) + 3) // 4), 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
-
-
-def _hover(m: dict[str, Any], metric: str) -> str:
-    from .hardware.latency import describe
-
-    lat = m["latency"]
-    rows = [f"<b>trial {m['trial']}</b>: {m['recipe']}" + (f" {EXPECTED_MARK} expected latency" if m.get("latency_expected") else "")]
-    for split in ("val", "dev"):
-        if m.get(split):
-            rows.append(f"{split} {metric} {100 * m[split]['main']:.2f}% (n={m[split]['n']})")
-    rows.append(f"latency {lat['median_ms']:.2f} ms ± {lat['spread_ms'] / 2:.2f}"
-                + (f", {m['speedup']:.2f}x the teacher" if m.get("speedup") else ""))
-    rows.append(describe(lat))
-    if m.get("size_mb") is not None:
-        rows.append(f"{m['size_mb']} MB" + (f", {m['n_params']:,} parameters" if m.get("n_params") else ""))
-    return "<br>".join(rows)
-
-
-def plot_html(data: dict[str, Any], path: str | Path) -> Path:
-    """The PNG's content as one self-contained interactive page (plotly, its JavaScript inlined)."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    devices = data["devices"]
-    metric = data.get("metric", "accuracy")
-    names = list(devices) or ["(no device)"]
-    fig = make_subplots(rows=1, cols=len(names), subplot_titles=[
-        n + (" (target)" if devices.get(n, {}).get("target") else "") for n in names])
-    styles = {"candidates": dict(mode="markers", marker=dict(color="#aaaaaa", size=8), name="other candidates (val)"),
-              "front": dict(mode="lines+markers", marker=dict(color="#1f77b4", size=9), name="front (val)"),
-              "front_size": dict(mode="markers", marker=dict(color="#1f77b4", size=9, symbol="circle-open"),
-                                 name="on the front for its zipped size (val)"),
-              "teacher": dict(mode="markers", marker=dict(color="black", symbol="square", size=11),
-                              name="teacher fp32 (val)"),
-              "teacher_quantized": dict(mode="markers", marker=dict(color="#2ca02c", symbol="diamond", size=10),
-                                        name="teacher + ONNX steps only (val)")}
-    for col, (name, d) in enumerate(devices.items(), 1):
-        for key, members in _series(d).items():
-            if not members:
-                continue
-            fig.add_trace(go.Scatter(x=[m["latency"]["median_ms"] for m in members], y=[_score(m, "val") for m in members],
-                                     hovertext=[_hover(m, metric) for m in members], hoverinfo="text",
-                                     legendgroup=key, showlegend=col == 1, **styles[key]), row=1, col=col)
-        dev = [m for m in _series(d)["front"] if m.get("dev")]
-        if dev:
-            fig.add_trace(go.Scatter(x=[m["latency"]["median_ms"] for m in dev], y=[_score(m, "dev") for m in dev],
-                                     mode="lines+markers", line=dict(dash="dash", color="#1f77b4"),
-                                     marker=dict(symbol="circle-open", size=9), name="front re-scored on dev",
-                                     hovertext=[_hover(m, metric) for m in dev], hoverinfo="text",
-                                     legendgroup="dev", showlegend=col == 1), row=1, col=col)
-        if d["budget_ms"]:
-            fig.add_vline(x=d["budget_ms"], line=dict(color="red", dash="dot"), row=1, col=col,
-                          annotation_text=f"budget {d['budget_ms']:g} ms")
-        note = _latency_note(d)
-        fig.update_xaxes(title_text="latency, ms (batch 1, median)" + ("" if note == "measured" else f"<br>{note}"),
-                         row=1, col=col)
-        fig.update_yaxes(title_text=f"{metric}, %", row=1, col=col)
-    fig.update_layout(title=f"run {data['run']}: {data['task']} ({data['status']}, {data['trials_done']} trials)",
-                      template="plotly_white", hoverlabel=dict(align="left"))
-    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
-    return Path(path)
-
-
 def runs_data(store: Store) -> list[dict[str, Any]]:
     """Every run in the store with its trial counts and its best model within budget on its target."""
     out = []
@@ -383,7 +221,7 @@ def runs_data(store: Store) -> list[dict[str, Any]]:
         done = [t for t in trials if t.status == "done"]
         best = pareto.best_within(done, r.device, r.budget_ms)
         out.append({"name": r.name, "task": r.task, "device": r.device, "budget_ms": r.budget_ms, "status": r.status,
-                    "created": r.created.isoformat(timespec="seconds"), "trials_planned": r.settings.get("trials"),
+                    "created": r.created.isoformat(timespec="seconds"), "trials_planned": RunSettings.from_dict(r.settings).trials,
                     "trials_done": sum(t.role == "candidate" for t in done),
                     "trials_failed": sum(t.status == "failed" for t in trials),
                     "best_within_budget": None if best is None else {

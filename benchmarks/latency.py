@@ -26,10 +26,7 @@ import time
 from pathlib import Path
 
 from autocompress import checkpoint, export
-from autocompress.hardware import predictor as P
-from autocompress.hardware.latency import cpu_info
-from autocompress.hardware.obtain import obtain_latency, obtain_together, route
-from autocompress.hardware.profiles import load_profile
+from autocompress.hardware import cpu_info, load_profile, obtain_latency, obtain_together, predictor_for, route
 from autocompress.methods.pruning import LayerDrop, drop_layers
 from autocompress.recipe import Recipe, Step
 from autocompress.teacher import resolve_model
@@ -106,7 +103,7 @@ def mobile() -> None:
     if route(profile).kind != "predicted":
         print(f"   {route(profile).text}: nothing to predict")
         return
-    cal = P.calibrate_host_operators(profile, log=log)
+    cal = predictor_for(profile).calibration(log=log)
     print(f"   calibrated on this host ({cal['cpu']}, {cal['host_threads']} thread) on {cal['date']}"
           f" in {cal.get('seconds', '?')} s; constants: " + ", ".join(f"c_{k} {v:.4g}" for k, v in cal["constants"].items()))
     print(f"   {'anchor':20} {'device ms':>9} {'host ms':>8} {'matmul':>7} {'norm_act':>8} {'other':>6} "
@@ -123,7 +120,7 @@ def gpu(tmp: Path) -> None:
     profile = load_profile("server-gpu")
     spec = profile.predictor
     print(f"\n3. server-gpu roofline ({spec['name']}), reference device: {profile.device}")
-    fit = P.calibrate_roofline(spec, log=log)
+    fit = predictor_for(profile).refit(log=log)
     stored = spec["constants"]
     print("   constants fitted now: " + ", ".join(f"{k} {v:g}" for k, v in fit["constants"].items())
           + "; in the YAML: " + ", ".join(f"{k} {v:g}" for k, v in stored.items()))
@@ -145,7 +142,7 @@ def gpu(tmp: Path) -> None:
         if name.endswith("int8"):
             continue
         m = obtain_latency(fp32, profile)
-        p = P.predict_roofline(fp32, profile)
+        p = predictor_for(profile).predict(fp32)
         mb1, pb1 = m.detail["other_shapes"][0]["median_ms"], p.detail["other_shapes"][0]["median_ms"]
         rows.append({"model": name, "gpu": m.detail.get("gpu"), "measured_b8_ms": m.median_ms, "predicted_b8_ms": p.median_ms,
                      "measured_b1_ms": mb1, "predicted_b1_ms": pb1})
@@ -170,7 +167,7 @@ def main() -> int:
     t0 = time.time()
     mobile_profile = load_profile("mobile-cpu")
     if route(mobile_profile).kind == "predicted":      # first, so that section 1 predicts with this calibration
-        P.calibrate_host_operators(mobile_profile, log=log, fresh=not args.no_calibrate)
+        predictor_for(mobile_profile).prepare(log=log, fresh=not args.no_calibrate)
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
         teacher = export.export_onnx(checkpoint.load_model(resolve_model("minilm")), Path(tmp) / "minilm.fp32.onnx")
         repeatability(teacher, args.repeats)

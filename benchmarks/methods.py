@@ -66,12 +66,14 @@ import torch
 
 from autocompress import arch, pipeline
 from autocompress.checkpoint import count_params, zipped_mb
-from autocompress.evaluate import EVAL_MAX_LENGTH, encode, predict_onnx, score
+from autocompress.features import EVAL_MAX_LENGTH, encode
+from autocompress.evaluate import score_artifact
 from autocompress.export import export_candidate
-from autocompress.hardware.latency import describe, shared_machine
-from autocompress.hardware.obtain import obtain_together
-from autocompress.hardware.profiles import load_profile
-from autocompress.methods.base import Context, finalize, get_method
+from autocompress.hardware import describe, shared_machine
+from autocompress.hardware import obtain_together
+from autocompress.hardware import load_profile
+from autocompress.methods.base import Context, get_method
+from autocompress.finalize import finalize
 from autocompress.recipe import Recipe, Step
 from autocompress.report import EXPECTED_LEGEND, EXPECTED_MARK
 from autocompress.tasks import load_task
@@ -90,6 +92,7 @@ class Row:
     val: dict[int, float] = field(default_factory=dict)      # seed -> accuracy
     dev: dict[int, float] = field(default_factory=dict)
     note: str = ""                                          # e.g. the cost of a training step
+    usage: object = None                                    # pipeline.Usage of an input-dependent artifact
 
 
 class Bench:
@@ -148,30 +151,26 @@ class Bench:
                                         lambda src, dst: recipe.apply_onnx(src, dst, ctx))
         return final, count_params(model), seconds
 
-    def predict(self, path: Path, split: str):
-        """Logits of the shipped file on a split; a pipeline runs with its exit rule, and on the validation
-        split the share of the inputs reaching each segment goes into its manifest (as in a trial)."""
-        features = self.features[split]
-        if not pipeline.is_pipeline(path):
-            return predict_onnx(path, features, pad_id=self.pad)
-        logits, where = pipeline.predict(path, features, pad_id=self.pad)
-        if split == "val":
-            pipeline.record_reach(path, where, f"the validation inputs ({len(features)} rows)")
-        return logits
-
     def score(self, row: Row, path: Path, seed: int, params: int) -> Row:
-        """Score the shipped file as the search does; fills ``row`` (its file, size and notes from the
-        first seed's)."""
+        """Score the shipped artifact as a trial does (``evaluate.score_artifact``: a pipeline runs with its
+        exit rule, and says how much of it the validation inputs ran); fills ``row`` (its file, size and
+        notes from the first seed's)."""
+        usage = None
         with shared_machine():
             for split in ("val", "dev"):
                 rows = getattr(self.data, split)
-                getattr(row, split)[seed] = score(self.data.spec, self.predict(path, split), rows["label"], split).main
+                result, used = score_artifact(path, self.data.spec, self.features[split], rows["label"], split,
+                                              pad_id=self.pad)
+                getattr(row, split)[seed] = result.main
+                usage = used if split == "val" else usage
+        artifact = pipeline.open(path)
+        artifact.note_usage(usage)
         if seed == self.args.seeds[0]:
-            shipped = pipeline.files(path) if pipeline.is_pipeline(path) else [path]
-            row.onnx, row.params, row.zip_mb = path, params, sum(zipped_mb(f) for f in shipped)
-            if pipeline.is_pipeline(path):
-                reach, _ = pipeline.reach(path)
-                row.note = (f"{EXPECTED_MARK} expected; reach " + "/".join(f"{100 * r:.0f}" for r in reach) +
+            row.onnx, row.params = path, params
+            row.zip_mb = sum(zipped_mb(src) for src, _, _ in artifact.files())
+            row.usage = usage
+            if usage is not None:
+                row.note = (f"{EXPECTED_MARK} expected; reach " + "/".join(f"{100 * r:.0f}" for r in usage.shares) +
                             "% of val " + row.note).strip()
         return row
 
@@ -437,7 +436,8 @@ def main() -> int:
             rows = SECTIONS[name](bench)
             latencies, how = {}, []
             for p in PROFILES:
-                lats = obtain_together({r.variant: r.onnx for r in rows}, p)
+                lats = obtain_together({r.variant: r.onnx for r in rows}, p,
+                                       usages={r.variant: r.usage for r in rows if r.usage is not None})
                 latencies[p] = {k: v.median_ms for k, v in lats.items()}
                 how.append(f"{p}: {describe(lats[rows[0].variant].to_dict())}")
             print()

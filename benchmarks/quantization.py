@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from autocompress.checkpoint import size_mb, zipped_mb
-from autocompress.evaluate import EVAL_MAX_LENGTH, encode, predict_onnx
-from autocompress.hardware.latency import describe, measure_side_by_side
-from autocompress.hardware.profiles import load_profile
+from autocompress.features import EVAL_MAX_LENGTH, encode
+from autocompress.evaluate import predict_onnx
+from autocompress.hardware import describe, measure_side_by_side
+from autocompress.hardware import load_profile
 from autocompress.methods.base import Context, get_method
 from autocompress.recipe import Recipe, Step
 from autocompress.tasks import load_task

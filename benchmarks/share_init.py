@@ -14,7 +14,8 @@ import os
 import sys
 import time
 
-from autocompress.evaluate import encode, predict_torch, score
+from autocompress.features import encode
+from autocompress.evaluate import predict_torch, score
 from autocompress.methods.base import Context
 from autocompress.recipe import Recipe, Step
 from autocompress.tasks import load_task

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from autocompress.hardware.profiles import list_profiles
+from autocompress.hardware import list_profiles
 from autocompress.recipe import Recipe, Step
 from autocompress.report import front_data, tables
 from autocompress.search.runner import rescore_dev

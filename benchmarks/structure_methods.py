@@ -23,9 +23,9 @@ from transformers import AutoModelForSequenceClassification
 
 from autocompress.checkpoint import count_params, size_mb, zipped_mb
 from autocompress.export import export_onnx
-from autocompress.hardware.latency import describe, measure_side_by_side
-from autocompress.hardware.profiles import load_profile
-from autocompress.methods.base import finalize
+from autocompress.hardware import describe, measure_side_by_side
+from autocompress.hardware import load_profile
+from autocompress.finalize import finalize
 from autocompress.recipe import Recipe, Step
 from autocompress.teacher import DEFAULT_MODEL, resolve_model
 

@@ -139,7 +139,7 @@ def tiny_transfer():
     lowers the KD loss) even though the tokens carry no signal."""
     import torch
 
-    from autocompress.methods.base import TransferSet
+    from autocompress.features import TransferSet
 
     g = torch.Generator().manual_seed(1)
     n = 64
@@ -409,3 +409,11 @@ def consumer_python() -> Path:
             freeze = subprocess.run([str(python), "-m", "pip", "freeze"], capture_output=True, text=True).stdout
             done.write_text(freeze)
     return python
+
+
+def run_and_report(setup, number, recipe, **kwargs) -> dict:
+    """One trial as a search runs it (its row started, evaluated, its result recorded in one call) and
+    what the searcher is told of it (``trial.objectives``)."""
+    from autocompress.search.trial import objectives, run_trial
+
+    return objectives(setup, number, recipe, run_trial(setup, number, recipe, **kwargs))

@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from autocompress.cli import main, parse_budget, UserError
+from autocompress.cli import main
+from autocompress.cli.checks import UserError
+from autocompress.cli.parser import parse_budget
 
 
 @pytest.mark.parametrize("text,ms", [("50ms", 50.0), ("50", 50.0), ("0.05s", 50.0), ("12.5ms", 12.5)])
@@ -108,7 +110,8 @@ def test_ray_address_auto_without_a_cluster(tmp_path, capsys, monkeypatch, glue_
 
 def test_paths_are_resolved_against_the_working_directory(tmp_path, monkeypatch):
     """Every path option and the data folder variable come out absolute, against the user's cwd."""
-    from autocompress.cli import build_parser, resolve_paths
+    from autocompress.cli.checks import resolve_paths
+    from autocompress.cli.parser import build_parser
 
     (tmp_path / "model").mkdir()
     (tmp_path / "teacher").mkdir()

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from autocompress import arch
 from autocompress.checkpoint import load_model, save_model
 from autocompress.methods import distillation as D
-from autocompress.methods.base import Context, RecipeError, TransferSet
+from autocompress.methods.base import Context, RecipeError
+from autocompress.features import TransferSet
 from autocompress.methods.pruning import prune_attention_heads
 from autocompress.recipe import Recipe, Step
 

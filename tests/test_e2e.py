@@ -133,9 +133,10 @@ def test_front_plot_and_cached_teacher(run):
 
 def test_a_repeated_recipe_reuses_the_earlier_trial(run):
     """When the searcher proposes a recipe it has already tried, nothing is trained or timed again."""
-    from autocompress.hardware.profiles import load_profile
+    from autocompress.hardware import load_profile
     from autocompress.recipe import Recipe
-    from autocompress.search.trial import TrialSetup, evaluate_candidate
+    from autocompress.search.trial import TrialSetup
+    from conftest import run_and_report
     from autocompress.store import Store, default_url
 
     store = Store(default_url(run["tmp"] / "runs"), create=False)
@@ -144,7 +145,7 @@ def test_a_repeated_recipe_reuses_the_earlier_trial(run):
     setup = TrialSetup(store_url=store.url, run="e2e", run_dir=r.run_dir, data_path=r.settings["data_path"],
                        teacher_path=r.settings["teacher"], profiles=(load_profile("laptop-cpu"),), device="laptop-cpu",
                        budget_ms=500.0, space_text="", num_layers=6, threads=1)
-    out = evaluate_candidate(setup, 99, Recipe.from_json(first.recipe))
+    out = run_and_report(setup, 99, Recipe.from_json(first.recipe))
     assert out["val_accuracy"] == first.accuracy("val")
     assert out["latency_ms"] == first.latencies["laptop-cpu"]["median_ms"]
     assert out["constraint"] == out["latency_ms"] - 500.0
@@ -157,9 +158,10 @@ def test_a_trial_of_static_int8_alone_calibrates_on_the_transfer_set(run):
     transfer set to the ONNX steps, so the candidate is calibrated, scored and timed like any other."""
     import onnx
 
-    from autocompress.hardware.profiles import load_profile
+    from autocompress.hardware import load_profile
     from autocompress.recipe import Recipe, Step
-    from autocompress.search.trial import TrialSetup, evaluate_candidate
+    from autocompress.search.trial import TrialSetup
+    from conftest import run_and_report
     from autocompress.store import Store, default_url
 
     store = Store(default_url(run["tmp"] / "runs"), create=False)
@@ -170,7 +172,7 @@ def test_a_trial_of_static_int8_alone_calibrates_on_the_transfer_set(run):
                        data_path=r.settings["data_path"], teacher_path=r.settings["teacher"],
                        profiles=(load_profile("mobile-cpu"),), device="mobile-cpu", budget_ms=None, space_text="",
                        num_layers=6, threads=1)
-    out = evaluate_candidate(setup, 1, Recipe((Step("quantize_static", {"rows": 16}),)))
+    out = run_and_report(setup, 1, Recipe((Step("quantize_static", {"rows": 16}),)))
     trial = store.trial("e2e-static", 1)
     assert trial.status == "done" and out["val_accuracy"] == trial.accuracy("val") > 0.7
     ops = {n.op_type for n in onnx.load(trial.artifacts["onnx"]).graph.node}
@@ -256,7 +258,8 @@ def dev_rows(glue_dir):
 def stored(run, picked, dev_rows):
     """Per device: what the stored candidate itself (the run's ONNX artifact, through autocompress's own
     scoring path, one sentence at a time) says of the dev rows: labels and logits."""
-    from autocompress.evaluate import EVAL_MAX_LENGTH, encode, predict_onnx
+    from autocompress.features import EVAL_MAX_LENGTH, encode
+    from autocompress.evaluate import predict_onnx
     from autocompress.teacher import load_teacher
 
     store = _store(run)
@@ -304,7 +307,7 @@ def test_picked_folder_holds_the_very_file_timed_and_scored(run, picked):
 
 
 def test_model_card_says_how_every_figure_was_obtained(run, picked):
-    from autocompress.hardware.latency import describe
+    from autocompress.hardware import describe
     from autocompress.recipe import Recipe
 
     store = _store(run)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from autocompress import arch, checkpoint, evaluate, pipeline
-from autocompress.hardware.latency import Latency, describe
+from autocompress.features import batches
+from autocompress.hardware import Latency, describe
 from autocompress.methods.base import RecipeError
 from autocompress.methods.early_exit import EarlyExit, early_exit, heads_of, predict_torch
 from autocompress.recipe import Recipe, Step
@@ -22,7 +23,7 @@ def _rows(features, n=24, seed=5):
 def _torch_run(model, features):
     """predict_torch over evaluate's batches (the same padding the pipeline sees)."""
     logits = where = None
-    for idx, arrays in evaluate._batches(features, 64, 0):
+    for idx, arrays in batches(features, 64, 0):
         lg, w = predict_torch(model, {k: torch.from_numpy(v) for k, v in arrays.items()})
         if logits is None:
             logits, where = np.zeros((len(features), lg.shape[1]), np.float32), np.zeros(len(features), np.int64)
@@ -151,7 +152,7 @@ def test_pipeline_matches_pytorch_on_every_layout(model_type, tiny_model, tiny_c
     m = pipeline.read(manifest)
     assert [s["layers"] for s in m["segments"]] == [[0, 2], [2, 4]]     # (middle segments: the bert tests below)
     assert m["segments"][1]["inputs"] == ["hidden_in", "attention_mask"]
-    logits, where = pipeline.predict(manifest, rows)
+    logits, where = pipeline.run_rows(pipeline.open(manifest), rows)
     ref_logits, ref_where = _torch_run(model, rows)
     np.testing.assert_array_equal(where, ref_where)             # the same exits taken
     assert 0 < (where == 0).sum() < len(rows)                    # ... some early, some not
@@ -163,7 +164,7 @@ def test_patience_rule_in_pytorch_and_onnx_and_tampering(tiny_bert, tiny_ctx, fe
     model = early_exit(tiny_bert, EarlyExit(exits=1, rule="patience", threshold=1, steps=3), tiny_ctx)
     rows = _rows(feature_rows, n=32)
     manifest = heads_of(model).write_pipeline(model, tmp_path / "pipe", lambda src, out: src)
-    logits, where = pipeline.predict(manifest, rows)
+    logits, where = pipeline.run_rows(pipeline.open(manifest), rows)
     ref_logits, ref_where = _torch_run(model, rows)
     np.testing.assert_array_equal(where, ref_where)
     np.testing.assert_allclose(logits, ref_logits, atol=1e-4)
@@ -178,7 +179,7 @@ def test_on_top_of_structure_methods(tiny_bert, tiny_ctx, feature_rows, tmp_path
     """Pruned heads, shared FFNs, factorized embeddings and magnitude masks, then exits: the pipeline
     still matches PyTorch, and the model saves and reloads with its heads."""
     from autocompress import export
-    from autocompress.methods.base import finalize
+    from autocompress.finalize import finalize
 
     recipe = Recipe((Step("prune_heads", {"ratio": 0.5, "score_batches": 2}),
                      Step("share_layers", {"groups": 2, "what": "ffn"}), Step("factorize_embeddings", {"dim": 16}),
@@ -188,7 +189,7 @@ def test_on_top_of_structure_methods(tiny_bert, tiny_ctx, feature_rows, tmp_path
     manifest, fp32 = export.export_candidate(model, tmp_path, lambda src, out: recipe.apply_onnx(src, out, tiny_ctx))
     assert manifest == fp32 == tmp_path / "pipeline" / "manifest.json"
     rows = _rows(feature_rows, n=32)
-    logits, where = pipeline.predict(manifest, rows)
+    logits, where = pipeline.run_rows(pipeline.open(manifest), rows)
     ref_logits, ref_where = _torch_run(model, rows)
     np.testing.assert_array_equal(where, ref_where)
     np.testing.assert_allclose(logits, ref_logits, atol=1e-4)
@@ -213,7 +214,10 @@ def test_expected_latency_is_the_reach_weighted_sum():
             Latency("p", 1.0, 0.1, 0.9, 1.2, 20, "measured", {"host": "h", **other(4.0)}),
             Latency("p", 3.0, 0.4, 2.5, 3.5, 25, "measured", {"host": "h", **other(8.0)})]
     reach = [1.0, 0.5, 0.25]
-    lat = pipeline.expected(segs, reach, "the validation inputs (8 rows)")
+    from autocompress.hardware.obtain import expected
+
+    usage = pipeline.Usage(tuple(reach), "the validation inputs (8 rows)", "early exit, entropy 0.5")
+    lat = expected(segs, usage)
     assert lat.median_ms == pytest.approx(2.0 + 0.5 * 1.0 + 0.25 * 3.0)
     assert lat.p90_ms == pytest.approx(2.4 + 0.6 + 0.875) and lat.n == 20 and lat.how == "measured"
     assert lat.detail["expected"] and lat.detail["reach"] == reach and lat.detail["segment_ms"] == [2.0, 1.0, 3.0]
@@ -222,8 +226,8 @@ def test_expected_latency_is_the_reach_weighted_sum():
     text = describe(lat.to_dict())
     assert text.startswith("expected over the validation inputs (8 rows)") and "[100%, 50%, 25%]" in text
     assert pipeline.reach_of(np.array([0, 2, 1, 2]), 3) == [1.0, 0.75, 0.5]
-    with pytest.raises(ValueError, match="2 segment latencies for 3"):
-        pipeline.expected(segs[:2], reach, "x")
+    with pytest.raises(ValueError):
+        expected(segs[:2], usage)
 
 
 # ---------------------------------------------------------------- one trial, front, pick and predict
@@ -233,8 +237,9 @@ def trial_world(tmp_path_factory, glue_dir):
     profile and the roofline-predicted server GPU (deterministic)."""
     import transformers
 
-    from autocompress.hardware.profiles import HardwareProfile, load_profile
-    from autocompress.search.trial import TrialSetup, evaluate_candidate
+    from autocompress.hardware import HardwareProfile, load_profile
+    from autocompress.search.trial import TrialSetup
+    from conftest import run_and_report
     from autocompress.store import Store
     from autocompress.tasks import load_task, save_task_data
     from autocompress.teacher import TeacherSettings, adopt_teacher, resolve_model
@@ -265,13 +270,13 @@ def trial_world(tmp_path_factory, glue_dir):
                        space_text="", num_layers=4, threads=1)
     recipe = Recipe((Step("early_exit", {"exits": 1, "threshold": 0.9, "steps": 5, "batch_size": 16}),
                      Step("quantize_int8")))
-    result = evaluate_candidate(setup, 1, recipe, data=data, teacher=teacher)
+    result = run_and_report(setup, 1, recipe, data=data, teacher=teacher)
     yield {"store": store, "result": result, "tmp": tmp, "data": data, "teacher": teacher, "cpu": cpu}
     mp.undo()
 
 
 def test_trial_scores_the_pipeline_and_stores_expected_latency(trial_world):
-    from autocompress.hardware.obtain import obtain_latency
+    from autocompress.hardware import obtain_latency
 
     store, result = trial_world["store"], trial_world["result"]
     t = store.trial("e", 1)
@@ -287,44 +292,47 @@ def test_trial_scores_the_pipeline_and_stores_expected_latency(trial_world):
         assert lat["median_ms"] == pytest.approx(sum(r * s for r, s in zip(m["reach"], d["segment_ms"])), rel=1e-3)
         assert "expected over the validation inputs (64 rows)" in describe(lat)
     # the predicted figure is deterministic: each segment predicted again gives the same sum
-    from autocompress.hardware.profiles import load_profile
+    from autocompress.hardware import load_profile
 
     gpu = load_profile("server-gpu")
     again = [obtain_latency(s["file"], gpu, fp32_path=s["fp32"]).median_ms for s in m["segments"]]
     assert t.latencies["server-gpu"]["median_ms"] == pytest.approx(sum(r * a for r, a in zip(m["reach"], again)))
     # scored on the pipeline with its exit rule: the val score is that of its logits
-    from autocompress.evaluate import EVAL_MAX_LENGTH, encode, score
+    from autocompress.features import EVAL_MAX_LENGTH, encode
+    from autocompress.evaluate import score
 
     feats = encode(trial_world["teacher"].tokenizer, trial_world["data"].val, EVAL_MAX_LENGTH)
-    logits, where = pipeline.predict(manifest, feats)
+    logits, where = pipeline.run_rows(pipeline.open(manifest), feats)
     assert score(trial_world["data"].spec, logits, trial_world["data"].val["label"], "val").main == \
         pytest.approx(t.accuracy("val"))
     assert np.bincount(where, minlength=4).tolist() == m["left_at"]
     # re-timed side by side with another graph (as fronts are): segment by segment, then weighed again
-    from autocompress.hardware.obtain import obtain_side_by_side
+    from autocompress.hardware import obtain_side_by_side
 
-    again = obtain_side_by_side({"pipe": manifest, "seg": m["segments"][0]["file"]}, trial_world["cpu"])
+    again = obtain_side_by_side({"pipe": manifest, "seg": m["segments"][0]["file"]}, trial_world["cpu"],
+                                stored={"pipe": t.latencies["test-cpu"]})      # its usage: the stored figure's
     d = again["pipe"].detail
     assert set(again) == {"pipe", "seg"} and d["expected"] and len(d["segment_ms"]) == 4
     assert again["pipe"].median_ms == pytest.approx(sum(r * s for r, s in zip(m["reach"], d["segment_ms"])), rel=1e-3)
-    assert t.size_mb == pytest.approx(sum(f.stat().st_size for f in pipeline.files(manifest)) / 1e6)
+    assert t.size_mb == pytest.approx(sum(f.stat().st_size for f in [src for src, _, _ in pipeline.open(manifest).files()]) / 1e6)
     assert result["latency_ms"] == t.latencies["server-gpu"]["median_ms"]
 
 
 def test_dev_rescore_runs_the_pipeline(trial_world):
-    from autocompress.evaluate import EVAL_MAX_LENGTH, encode, score
+    from autocompress.features import EVAL_MAX_LENGTH, encode
+    from autocompress.evaluate import score
     from autocompress.search.runner import rescore_dev
 
     store, data = trial_world["store"], trial_world["data"]
     rescore_dev(store, "e", [store.trial("e", 1)], data, trial_world["teacher"])
     t = store.trial("e", 1)
-    logits, _ = pipeline.predict(t.artifacts["onnx"], encode(trial_world["teacher"].tokenizer, data.dev, EVAL_MAX_LENGTH))
+    logits, _ = pipeline.run_rows(pipeline.open(t.artifacts["onnx"]), encode(trial_world["teacher"].tokenizer, data.dev, EVAL_MAX_LENGTH))
     assert t.metrics["dev"]["n"] == len(data.dev)
     assert t.accuracy("dev") == pytest.approx(score(data.spec, logits, data.dev["label"], "dev").main)
 
 
 def test_front_marks_expected_latency(trial_world, tmp_path):
-    from autocompress import report
+    from autocompress import plots, report
 
     data = report.front_data(trial_world["store"], "e")
     member = data["devices"]["server-gpu"]["front"][0]
@@ -332,7 +340,7 @@ def test_front_marks_expected_latency(trial_world, tmp_path):
     text = report.tables(data)
     assert f"exit/1 H<0.9 · int8 {report.EXPECTED_MARK}" in text and report.EXPECTED_LEGEND in text
     assert json.loads(json.dumps(data, default=str))["devices"]["test-cpu"]["front"][0]["latency_expected"]
-    assert report.plot_png(data, tmp_path / "front.png").stat().st_size > 0
+    assert plots.plot_png(data, tmp_path / "front.png").stat().st_size > 0
 
 
 def test_pick_ships_the_pipeline_and_predict_runs_it(trial_world, tmp_path):
@@ -351,10 +359,10 @@ def test_pick_ships_the_pipeline_and_predict_runs_it(trial_world, tmp_path):
     got = model.predict(row["text_a"])
     manifest = store.trial("e", 1).artifacts["onnx"]
     enc = model.tokenizer(row["text_a"], truncation=True, max_length=128)
-    logits, where = pipeline.predict(manifest, [{k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids")}])
+    logits, where = pipeline.run_rows(pipeline.open(manifest), [{k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids")}])
     p = np.exp(logits[0] - logits[0].max())
     assert got["probability"] == pytest.approx(float((p / p.sum()).max()), abs=1e-5)
-    assert got["layers_run"] == [1, 2, 3, 4][int(where[0])]
+    assert got["ran"]["layers_run"] == [1, 2, 3, 4][int(where[0])]
     seg = next((out / "pipeline").rglob("*.onnx"))            # a changed graph is refused on load
     seg.write_bytes(seg.read_bytes()[:-1])
     with pytest.raises(ship.PickError, match="does not match the sha256"):
@@ -376,7 +384,8 @@ def test_cli_pick_and_predict_a_pipeline(trial_world, tmp_path, capsys):
 def test_same_exits_other_precision_reuse_the_trained_model(trial_world):
     """early_exit + fp16 after early_exit + int8: the trained model (exit heads included) comes from the
     teacher's prefix cache, and its pipeline's exits are the very ones trained for trial 1."""
-    from autocompress.search.trial import TrialSetup, evaluate_candidate
+    from autocompress.search.trial import TrialSetup
+    from conftest import run_and_report
 
     store = trial_world["store"]
     setup = TrialSetup(store_url=store.url, run="e", run_dir=str(trial_world["tmp"] / "run"),
@@ -385,7 +394,7 @@ def test_same_exits_other_precision_reuse_the_trained_model(trial_world):
                        threads=1)
     recipe = Recipe((Step("early_exit", {"exits": 1, "threshold": 0.9, "steps": 5, "batch_size": 16}),
                      Step("quantize_fp16")))
-    evaluate_candidate(setup, 3, recipe, data=trial_world["data"], teacher=trial_world["teacher"])
+    run_and_report(setup, 3, recipe, data=trial_world["data"], teacher=trial_world["teacher"])
     t = store.trial("e", 3)
     assert t.status == "done" and t.reused_from == "e/1" and t.latencies["test-cpu"]["detail"]["expected"]
     m1, m3 = (pipeline.read(store.trial("e", n).artifacts["onnx"]) for n in (1, 3))
@@ -396,14 +405,15 @@ def test_same_exits_other_precision_reuse_the_trained_model(trial_world):
 def test_a_single_graph_still_ships_as_model_onnx(trial_world, tmp_path):
     """The pipeline branch of pick leaves the one-file candidates as they were."""
     from autocompress import ship
-    from autocompress.search.trial import TrialSetup, evaluate_candidate
+    from autocompress.search.trial import TrialSetup
+    from conftest import run_and_report
 
     store = trial_world["store"]
     setup = TrialSetup(store_url=store.url, run="e", run_dir=str(trial_world["tmp"] / "run"),
                        data_path=str(trial_world["tmp"] / "run" / "data"), teacher_path=str(trial_world["teacher"].path),
                        profiles=(trial_world["cpu"],), device="test-cpu", budget_ms=None, space_text="", num_layers=4,
                        threads=1)
-    evaluate_candidate(setup, 4, Recipe((Step("quantize_int8"),)), data=trial_world["data"],
+    run_and_report(setup, 4, Recipe((Step("quantize_int8"),)), data=trial_world["data"],
                        teacher=trial_world["teacher"])
     t = store.trial("e", 4)
     assert not t.latencies["test-cpu"]["detail"].get("expected")
@@ -413,7 +423,7 @@ def test_a_single_graph_still_ships_as_model_onnx(trial_world, tmp_path):
     card = (out / "README.md").read_text()
     assert "`model.onnx`:" in card and "ORTModelForSequenceClassification" in card and "**expected**" not in card
     got = ship.ShippedModel(out).predict("a fine film")
-    assert "layers_run" not in got and abs(sum(got["probabilities"].values()) - 1) < 1e-6
+    assert got["ran"] == {} and abs(sum(got["probabilities"].values()) - 1) < 1e-6
 
 
 def test_calibrated_quantization_is_not_combined_with_exits():

@@ -13,7 +13,8 @@ from torch.nn.utils import prune
 from autocompress import arch
 from autocompress.checkpoint import count_params, load_model, save_model, size_mb, zipped_mb
 from autocompress.export import export_onnx
-from autocompress.methods.base import RecipeError, finalize, get_method
+from autocompress.methods.base import RecipeError, get_method
+from autocompress.finalize import finalize
 from autocompress.methods.factorization import FactorizedEmbedding, LowRankLinear, low_rank_linear
 from autocompress.methods.sharing import layer_groups
 from autocompress.methods.sparsity import encoder_linears, sparsity

@@ -238,7 +238,8 @@ def test_own_data_search_carries_the_label_names(own):
 
 
 def test_pick_and_predict_from_own_data(own):
-    from autocompress.evaluate import EVAL_MAX_LENGTH, encode, predict_onnx
+    from autocompress.features import EVAL_MAX_LENGTH, encode
+    from autocompress.evaluate import predict_onnx
     from autocompress.ship import ShippedModel
     from autocompress.tasks import FileTask, load_task
     from autocompress.teacher import load_teacher

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autocompress.hardware import predictor as P
-from autocompress.hardware.latency import Latency, ci_rel, describe, median_ci, repeat
-from autocompress.hardware.obtain import HERE, PREDICTED, obtain_latency, route, source_graph
-from autocompress.hardware.profiles import HardwareProfile, ProfileError, load_profile
+from autocompress.hardware import HardwareProfile, Latency, ProfileError, describe, load_profile, obtain_latency, route
+from autocompress.hardware.latency import ci_rel, median_ci, repeat
+from autocompress.hardware.obtain import HERE, PREDICTED, source_graph
+from autocompress.hardware.predictors import host_operators as H, roofline as R
 
 from test_hardware import tiny_bert_like
 
@@ -107,11 +107,12 @@ def test_a_figure_timed_beside_the_reference_is_scaled_to_nominal_speed(tmp_path
 
 
 def test_the_host_reference_is_timed_once_per_host_and_cached(tmp_path, monkeypatch):
+    from autocompress import export
     from autocompress.hardware import latency as L
 
     monkeypatch.setenv("AUTOCOMPRESS_CALIBRATION_DIR", str(tmp_path))
     built = []
-    monkeypatch.setattr(P, "build_anchor", lambda config, path, num_layers=None: built.append(num_layers) or _tiny(path))
+    monkeypatch.setattr(export, "export_anchor", lambda config, path, num_layers=None: built.append(num_layers) or _tiny(path))
     first, two = L.host_reference(1), L.host_reference(2)
     assert first.nominal_ms > 0 and first.path.is_file() and first.path.parent == tmp_path
     # one layer on one thread, three on more (a one-layer run is too short to follow a 2-thread model)
@@ -134,33 +135,33 @@ def test_fit_recovers_nonnegative_constants_and_reports_leave_one_out():
     rng = np.random.default_rng(1)
     X = rng.uniform(1, 50, size=(6, 3))
     truth = np.array([1.1, 4.5, 0.7])
-    c = P.fit_nonnegative(X, X @ truth)
+    c = H.fit_nonnegative(X, X @ truth)
     assert c == pytest.approx(truth, rel=1e-9)
-    assert np.abs(P.leave_one_out(X, X @ truth)).max() < 1e-9     # an exact model predicts held-out points exactly
+    assert np.abs(H.leave_one_out(X, X @ truth)).max() < 1e-9     # an exact model predicts held-out points exactly
 
 
 def test_fit_keeps_constants_nonnegative():
     X = np.array([[10.0, 1.0, 0.0], [20.0, 1.0, 0.0], [30.0, 1.0, 0.0]])
     y = np.array([10.0, 19.0, 31.0]) - 0.5                  # the unconstrained fit would want a negative 2nd constant
-    c = P.fit_nonnegative(X, y)
+    c = H.fit_nonnegative(X, y)
     assert np.all(c >= 0) and c[2] == 0
 
 
 def test_held_out_error_is_the_error_of_a_fit_without_that_anchor():
-    rows = [{"name": n, "source": "s", "device_ms": d, "host_classes_ms": dict(zip(P.CLASSES, x))}
+    rows = [{"name": n, "source": "s", "device_ms": d, "host_classes_ms": dict(zip(H.CLASSES, x))}
             for n, d, x in [("a", 342, (190, 26, 6)), ("b", 62, (64, 0.6, 18)), ("c", 40, (39, 0.6, 10.7)),
                             ("d", 192, (48, 33, 3.3)), ("e", 120, (90, 5, 5))]]
-    calib = P.fit_calibration(rows)
+    calib = H.fit_calibration(rows)
     X = np.array([list(r["host_classes_ms"].values()) for r in rows])
     y = np.array([r["device_ms"] for r in rows])
     for i, r in enumerate(calib["anchors"]):
         keep = [j for j in range(len(rows)) if j != i]
-        c = P.fit_nonnegative(X[keep], y[keep])           # fitted without anchor i ...
+        c = H.fit_nonnegative(X[keep], y[keep])           # fitted without anchor i ...
         assert r["loo_error"] == pytest.approx(X[i] @ c / y[i] - 1, abs=1e-4)   # ... and judged on it
     assert calib["loo_mean_abs_error"] == pytest.approx(np.mean([abs(r["loo_error"]) for r in calib["anchors"]]),
                                                         abs=1e-4)
-    full = P.fit_nonnegative(X, y)
-    assert [calib["constants"][k] for k in P.CLASSES] == pytest.approx(full, abs=1e-4)
+    full = H.fit_nonnegative(X, y)
+    assert [calib["constants"][k] for k in H.CLASSES] == pytest.approx(full, abs=1e-4)
 
 
 def test_a_host_operators_figure_is_predicted_and_says_from_what():
@@ -169,34 +170,34 @@ def test_a_host_operators_figure_is_predicted_and_says_from_what():
              "anchors": [{"name": "BERT-base", "device_ms": 342.0}, {"name": "MobileBERT", "device_ms": 62.0}],
              "loo_mean_abs_error": 0.25, "loo_max_abs_error": 0.5}
     host = Latency("mobile-cpu", 20.0, 2.0, 18.0, 24.0, 30, "measured", {"ci95_rel": 0.01})
-    lat = P._host_operators_latency(profile, calib, host, {"MatMul": 10.0, "LayerNormalization": 2.0, "Add": 4.0},
+    lat = H.from_host_timings(profile, calib, host, {"MatMul": 10.0, "LayerNormalization": 2.0, "Add": 4.0},
                                     {"MatMul", "LayerNormalization", "Add"})
     assert lat.how == "predicted" and lat.median_ms == pytest.approx(10 + 8 + 2)
     assert lat.spread_ms == pytest.approx(2.0 * 20 / 20)
     text = describe(lat.to_dict())
     assert text.startswith("predicted by host-operator map v1") and "measured" not in text
     assert "Pixel 4" in text and "BERT-base 342 ms" in text and "leave-one-out mean |error| 25%" in text
-    q = P._host_operators_latency(profile, calib, host, {"MatMulInteger": 5.0}, {"MatMulInteger", "DynamicQuantizeLinear"})
+    q = H.from_host_timings(profile, calib, host, {"MatMulInteger": 5.0}, {"MatMulInteger", "DynamicQuantizeLinear"})
     assert "int8 graph" in q.detail["note"] and "extrapolation" in describe(q.to_dict())
-    again = P.repredict_host_operators(profile, lat.to_dict(), host_median_ms=40.0)   # twice as slow a host run
+    again = H.repredict(profile, lat.to_dict(), host_median_ms=40.0)   # twice as slow a host run
     assert again.median_ms == pytest.approx(2 * lat.median_ms) and "side-by-side" in again.detail["input"]
 
 
 def test_calibration_is_cached_per_host(tmp_path, monkeypatch):
     monkeypatch.setenv("AUTOCOMPRESS_CALIBRATION_DIR", str(tmp_path))
     profile = load_profile("mobile-cpu")
-    path = P.calibration_path(profile)
-    assert path.parent == tmp_path and P.host_key(profile) in path.name
+    path = H.calibration_path(profile)
+    assert path.parent == tmp_path and H.host_key(profile) in path.name
     other = HardwareProfile(**{**profile.__dict__, "predictor": {**profile.predictor, "host_threads": 2}})
-    assert P.host_key(other) != P.host_key(profile)       # another protocol, another calibration
+    assert H.host_key(other) != H.host_key(profile)       # another protocol, another calibration
     path.write_text(json.dumps({"constants": {"matmul": 1, "norm_act": 1, "other": 1}, "anchors": []}))
-    assert P.calibrate_host_operators(profile)["constants"]["matmul"] == 1    # read, not recomputed
+    assert H.calibrate(profile)["constants"]["matmul"] == 1    # read, not recomputed
 
 
 # ------------------------------------------------------------------ roofline predictor
 def test_graph_costs_count_matmul_flops_and_weight_bytes(tmp_path):
     path = tiny_bert_like(tmp_path / "m.onnx", hidden=64, layers=3)
-    costs = P.graph_costs(path, seq_len=16, float_bytes=2)
+    costs = R.graph_costs(path, seq_len=16, float_bytes=2)
     mm = [i for i, op in enumerate(costs.ops) if op == "MatMul"]
     assert len(mm) == 3
     for i in mm:
@@ -208,12 +209,12 @@ def test_graph_costs_count_matmul_flops_and_weight_bytes(tmp_path):
 
 
 def test_roofline_sums_kernels_with_a_floor():
-    costs = P.GraphCosts(flops=np.array([1e9, 0.0]), act_bytes=np.array([1e6, 1e3]), weight_bytes=np.array([1e6, 0.0]),
+    costs = R.GraphCosts(flops=np.array([1e9, 0.0]), act_bytes=np.array([1e6, 1e3]), weight_bytes=np.array([1e6, 0.0]),
                          ops=["MatMul", "Add"])
     spec = {"peak_tflops": 100, "bandwidth_gbs": 1000}
     k = {"compute_efficiency": 0.5, "memory_efficiency": 1.0, "kernel_floor_us": 5.0}
     # MatMul at batch 2: 2e9 / 50e12 + (1e6 + 2e6) / 1e12 = 40 us + 3 us; Add: 2e3 B -> 2 ns, floored at 5 us
-    assert P.roofline_ms(costs, 2, k, spec) == pytest.approx((43e-6 + 5e-6) * 1e3)
+    assert R.roofline_ms(costs, 2, k, spec) == pytest.approx((43e-6 + 5e-6) * 1e3)
 
 
 def test_roofline_figure_of_the_gpu_profile_is_predicted_at_both_shapes(tmp_path):
@@ -256,7 +257,7 @@ def test_fp16_profile_times_the_fp32_graph_and_refuses_an_int8_one(tmp_path):
 
 
 def test_laptop_figure_notes_threads_and_int8_instructions(tmp_path):
-    from autocompress.hardware.latency import cpu_info
+    from autocompress.hardware import cpu_info
 
     lat = obtain_latency(tiny_bert_like(tmp_path / "m.onnx", hidden=64, layers=2), "laptop-cpu", max_seconds=0.5)
     assert lat.how == "measured" and lat.detail["threads"] == min(4, os.cpu_count())
@@ -329,7 +330,8 @@ def test_tables_and_json_say_how_every_latency_was_obtained(tmp_path):
 
 
 def test_plot_titles_say_how(tmp_path):
-    from autocompress.report import front_data, plot_png
+    from autocompress.plots import plot_png
+    from autocompress.report import front_data
 
     data = front_data(_store_with_both_kinds(tmp_path), "r")
     assert plot_png(data, tmp_path / "f.png").stat().st_size > 5000
@@ -380,7 +382,7 @@ def test_bench_bad_input_is_one_line_exit_2(args, expected, tmp_path, capsys):
 def test_the_roofline_constants_in_the_yaml_are_its_fit():
     """The server-gpu YAML's constants and held-out error are what fitting the published figures gives."""
     spec = load_profile("server-gpu").predictor
-    fit = P.calibrate_roofline(spec)
+    fit = R.calibrate_roofline(spec)
     for k, v in spec["constants"].items():
         assert fit["constants"][k] == pytest.approx(v, rel=0.02), k
     assert f"mean |error| {100 * fit['heldout_mean_abs_error']:.1f}%" in spec["heldout_error"]
@@ -392,20 +394,78 @@ def test_mobile_calibration_from_scratch(tmp_path, monkeypatch):
     """The whole calibration on this host: four anchors built from their configs, profiled, fitted."""
     monkeypatch.setenv("AUTOCOMPRESS_CALIBRATION_DIR", str(tmp_path))
     profile = load_profile("mobile-cpu")
-    cal = P.calibrate_host_operators(profile)
+    cal = H.calibrate(profile)
     assert [a["name"] for a in cal["anchors"]] == ["BERT-base", "MobileBERT", "MobileBERT-tiny", "MobileBERT w/o OPT"]
     by = {a["name"]: a for a in cal["anchors"]}
     assert by["BERT-base"]["host_ms"] > 2 * by["MobileBERT"]["host_ms"]        # 22.5 vs 5.7 GFLOPs
     assert by["MobileBERT w/o OPT"]["host_classes_ms"]["norm_act"] > 10 * by["MobileBERT"]["host_classes_ms"]["norm_act"]
-    assert all(v >= 0 for v in cal["constants"].values()) and P.calibration_path(profile).is_file()
+    assert all(v >= 0 for v in cal["constants"].values()) and H.calibration_path(profile).is_file()
 
 
-@pytest.mark.parametrize("name", ["laptop-cpu", "mobile-cpu", "server-gpu"])
-def test_a_profile_round_trips_through_json(name):
-    """A run keeps its profiles in the store as JSON, and --resume rebuilds them from there."""
-    import json
+# ------------------------------------------------------------------ artifacts of several graphs: the expected latency
+def _two_graph_artifact(tmp_path):
+    """A manifest of two graphs (``pipeline.write``), as an artifact that runs its second graph on a share
+    of the inputs writes it."""
+    from autocompress import pipeline
 
-    from autocompress.hardware.profiles import HardwareProfile, load_profile
+    tiny_bert_like(tmp_path / "g0.onnx", hidden=64, layers=2)
+    tiny_bert_like(tmp_path / "g1.onnx", hidden=64, layers=3)
+    return pipeline.write(tmp_path, {"kind": "test", "rule": "entropy", "threshold": 0.3, "segments": [
+        {"file": "g0.onnx", "fp32": "g0.onnx"}, {"file": "g1.onnx", "fp32": "g1.onnx"}]})
 
-    p = load_profile(name)
-    assert HardwareProfile.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+
+def test_an_artifact_of_several_graphs_gets_the_expected_latency_of_its_usage(tmp_path):
+    from autocompress.hardware import expected
+    from autocompress.pipeline import Usage
+
+    manifest = _two_graph_artifact(tmp_path)
+    gpu = load_profile("server-gpu")
+    if gpu.available():
+        pytest.skip("CUDA is present here: server-gpu is measured, not a deterministic prediction")
+    usage = Usage((1.0, 0.4), "the validation inputs (10 rows)", "a stop rule, 0.3", {"left_at": [6, 4]})
+    with pytest.raises(ValueError, match="usage"):
+        obtain_latency(manifest, gpu)                       # which share runs each graph is not known
+    lat = obtain_latency(manifest, gpu, usage=usage)
+    g0, g1 = (obtain_latency(tmp_path / f"g{i}.onnx", gpu) for i in (0, 1))
+    assert lat.how == "predicted" and lat.median_ms == pytest.approx(g0.median_ms + 0.4 * g1.median_ms)
+    d = lat.detail
+    assert d["expected"] and d["reach"] == [1.0, 0.4] and d["expected_how"] == "a stop rule, 0.3"
+    assert d["segment_ms"] == [round(g0.median_ms, 4), round(g1.median_ms, 4)] and d["segment_how"] == ["predicted"] * 2
+    assert d["left_at"] == [6, 4] and Usage.from_detail(d) == Usage((1.0, 0.4), usage.over, usage.how)
+    (b1,) = d["other_shapes"]                               # the other shape weighted alike
+    assert b1["median_ms"] == pytest.approx(g0.detail["other_shapes"][0]["median_ms"]
+                                            + 0.4 * g1.detail["other_shapes"][0]["median_ms"])
+    text = describe(lat.to_dict())
+    assert text.startswith("expected over the validation inputs (10 rows) (a stop rule, 0.3): sum of the graphs' "
+                           "latencies") and "[100%, 40%]" in text and "each graph predicted by roofline v1" in text
+    with pytest.raises(ValueError, match="2 segment latencies for 3"):
+        expected([g0, g1], Usage((1.0, 0.5, 0.2), "x"))
+
+
+def test_an_expected_figure_stored_before_expected_how_still_describes():
+    old = {"how": "predicted", "n": 0, "median_ms": 3.0,
+           "detail": {"predictor": "roofline v1", "expected": True, "expected_over": "the validation inputs (64 rows)",
+                      "reach": [1.0, 0.5], "segment_ms": [2.0, 2.0], "exit_rule": "entropy 0.3"}}
+    assert describe(old) == ("expected over the validation inputs (64 rows) (entropy 0.3): sum of the graphs' latencies "
+                             "[2.00, 2.00] ms weighted by the share of inputs running each [100%, 50%]; each graph "
+                             "predicted by roofline v1")
+
+
+def test_side_by_side_times_an_artifact_graph_by_graph_with_its_stored_usage(tmp_path):
+    from autocompress.hardware import obtain_side_by_side
+    from autocompress.pipeline import Usage
+
+    manifest = _two_graph_artifact(tmp_path)
+    single = tiny_bert_like(tmp_path / "single.onnx", hidden=64, layers=1)
+    quick = HardwareProfile("quick-cpu", "this CPU, one thread", "onnxruntime", "CPUExecutionProvider", 1,
+                            seq_len=32, max_seconds=0.3)
+    usage = Usage((1.0, 0.25), "the validation inputs (8 rows)", "a stop rule")
+    with pytest.raises(ValueError, match="share of the inputs"):
+        obtain_side_by_side({"pipe": manifest, "one": single}, quick)     # no stored figure says the usage
+    stored = {"pipe": obtain_latency(manifest, quick, usage=usage).to_dict()}
+    again = obtain_side_by_side({"pipe": manifest, "one": single}, quick, stored=stored)
+    assert set(again) == {"pipe", "one"}
+    d = again["pipe"].detail
+    assert d["expected"] and d["reach"] == [1.0, 0.25] and len(d["segment_ms"]) == 2
+    assert "side by side with 3 models" in d["protocol"]
+    assert again["pipe"].median_ms == pytest.approx(d["segment_ms"][0] + 0.25 * d["segment_ms"][1], abs=2e-4)  # (rounded)

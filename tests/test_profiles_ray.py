@@ -2,9 +2,8 @@
 Ray cluster on this machine (head + a worker offering hw-mobile-cpu)."""
 import pytest
 
-from autocompress.hardware.latency import describe
-from autocompress.hardware.obtain import RAY, obtain_latency, route
-from autocompress.hardware.profiles import load_profile
+from autocompress.hardware import describe, load_profile, obtain_latency, route
+from autocompress.hardware.obtain import RAY
 
 from test_hardware import tiny_bert_like
 

@@ -253,7 +253,7 @@ def test_recipe_json_round_trip(step):
     r = Recipe((Step("drop_layers", {"keep": 4}), Step("distill", {"steps": 10}), step))
     back = Recipe.from_json(r.to_json())
     assert back.to_json() == r.to_json() and back.hash == r.hash and back.steps[-1].config == step.config
-    assert back.to_dict()["steps"][-1] == {"method": step.method, "params": {**Step(step.method).to_dict()["params"],
+    assert back.to_dict()["steps"][-1] == {"method": step.method, "version": 1, "params": {**Step(step.method).to_dict()["params"],
                                                                            **step.params}}
 
 

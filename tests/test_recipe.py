@@ -113,3 +113,59 @@ def test_empty_recipe_changes_nothing(tiny_bert, tiny_ctx, tiny_transfer):
         ref = tiny_bert(**arch_inputs(tiny_bert, b)).logits
         out = Recipe().apply_torch(tiny_bert, tiny_ctx)(**arch_inputs(tiny_bert, b)).logits
     assert torch.equal(ref, out)
+
+
+# ---------------------------------------------------------------- the stored form's versions
+def test_recipe_stored_before_steps_had_versions_reads_back():
+    """A version-1 recipe (steps without a version key, as stores written before steps carried their
+    config's version hold) reads back as the same steps, and is written again in today's form."""
+    from autocompress.methods import get_method
+
+    old = {"version": 1, "steps": [
+        {"method": "drop_layers", "params": {"keep": 4, "strategy": "top"}},
+        {"method": "prune_heads", "params": {"ratio": 0.25, "score_batches": 8, "batch_size": 32}},
+        {"method": "prune_ffn", "params": {"ratio": 0.5, "score_batches": 8, "batch_size": 32, "multiple": 16}},
+        {"method": "distill", "params": {"steps": 300}},
+        {"method": "quantize_int8", "params": {"per_channel": True, "reduce_range": False}}]}
+    now = full_recipe()
+    back = Recipe.from_json(json.dumps(old))
+    assert [s.method for s in back.steps] == [s.method for s in now.steps]
+    assert [s.config for s in back.steps] == [s.config for s in now.steps]
+    assert back.to_json() == now.to_json() and back.hash == now.hash
+    assert all(s["version"] == get_method(s["method"]).version for s in json.loads(back.to_json())["steps"])
+    # today's form with the version keys taken out is the old form: it reads back too
+    stripped = {"version": 1, "steps": [{k: v for k, v in s.items() if k != "version"} for s in now.to_dict()["steps"]]}
+    assert Recipe.from_dict(stripped).to_json() == back.to_json()
+
+
+def test_current_recipe_names_every_steps_version():
+    from autocompress.methods import get_method
+
+    d = json.loads(full_recipe().to_json())
+    assert d["version"] == RECIPE_VERSION == 2
+    assert [s["version"] for s in d["steps"]] == [get_method(s["method"]).version for s in d["steps"]]
+    assert all(set(s) == {"method", "version", "params"} for s in d["steps"])
+
+
+def test_hash_is_that_of_stores_written_before_steps_had_versions():
+    """Duplicates and the recovery cache find trials stored before steps carried a config version: the
+    hash of a version-1 recipe is what the version-1 code computed (f91f1a40ff528d52, taken from it); a
+    step whose config version is above 1 hashes apart."""
+    import dataclasses
+
+    from autocompress.methods import REGISTRY
+
+    r = Recipe((Step("drop_layers", {"keep": 4}), Step("distill", {"steps": 300}), Step("quantize_int8")))
+    assert r.hash == "f91f1a40ff528d52"
+    m = REGISTRY["drop_layers"]
+    cls = m.config_cls
+    had = cls.__dict__.get("VERSION")
+    try:
+        cls.VERSION = 2
+        assert r.hash != "f91f1a40ff528d52" and '"version":2' in r.to_json()
+    finally:
+        if had is None:
+            del cls.VERSION
+        else:
+            cls.VERSION = had
+    assert dataclasses.fields(cls) and m.version == 1

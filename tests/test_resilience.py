@@ -80,7 +80,7 @@ def test_ctrl_c_stores_the_run_as_interrupted_and_exits_130(user):
 
 
 def test_a_killed_search_resumes_without_losing_or_repeating_trials(user):
-    from autocompress.search.runner import study_agrees
+    from autocompress.search.resume import study_agrees
 
     cwd, env = user
     proc = _start(cwd, env, "--name", "crash")
@@ -133,7 +133,7 @@ def test_a_killed_search_resumes_without_losing_or_repeating_trials(user):
 def test_cluster_search_with_the_store_in_postgresql(user, ray_cluster, postgres_url):
     """Two nodes (`ray start --head` + `ray start --address`), token auth, trials in parallel, one per
     node; the store and the Optuna study in PostgreSQL."""
-    from autocompress.search.runner import study_agrees
+    from autocompress.search.resume import study_agrees
     from autocompress.store import Store
 
     cwd, env = user

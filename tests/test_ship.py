@@ -101,7 +101,8 @@ def test_a_changed_artifact_is_not_exported(tmp_path, capsys):
 
 
 def test_predicted_latencies_are_labelled_in_plots(tmp_path):
-    from autocompress.report import _latency_note, front_data, plot_html, plot_png
+    from autocompress.plots import _latency_note, plot_html, plot_png
+    from autocompress.report import front_data
 
     data = front_data(make_store(tmp_path, mobile="predicted"), "r")
     assert data["metric"] == "accuracy"
@@ -132,7 +133,8 @@ def test_runs_list(tmp_path):
 def test_plots_draw_the_line_through_accuracy_and_latency_only(tmp_path):
     """With the zipped size as a third objective, trial 3 (slower and less accurate than trial 1 on
     laptop-cpu, but the smallest download) is on the front; the plots draw it apart, not on the line."""
-    from autocompress.report import _series, front_data
+    from autocompress.plots import _series
+    from autocompress.report import front_data
 
     d = front_data(make_store(tmp_path), "r")["devices"]["laptop-cpu"]
     assert [m["trial"] for m in d["front"]] == [2, 1, 3, 0]

@@ -3,7 +3,7 @@ import hashlib
 
 import pytest
 
-from autocompress.hardware.latency import Latency
+from autocompress.hardware import Latency
 from autocompress.recipe import Recipe, Step
 from autocompress.store import Store, StoreError, TrialRecord, default_url
 
@@ -93,7 +93,7 @@ def test_trial_round_trip(store, tmp_path):
     # the stored checksum and size are the file's
     from sqlalchemy import select
 
-    from autocompress.store import ArtifactRow
+    from autocompress.store.tables import ArtifactRow
     with store._session() as s:
         row = s.scalars(select(ArtifactRow)).one()
     assert row.sha256 == hashlib.sha256(art.read_bytes()).hexdigest()

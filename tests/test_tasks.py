@@ -251,7 +251,7 @@ def testhub_unreachable_without_offline_env(monkeypatch):
 
 def test_hub_load_error_becomes_data_error(monkeypatch):
     monkeypatch.delenv("AUTOCOMPRESS_GLUE_DIR", raising=False)
-    monkeypatch.setattr(tasks, "hub_unreachable", lambda: False)
+    monkeypatch.setattr(tasks.glue, "hub_unreachable", lambda: False)
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
@@ -264,7 +264,7 @@ def test_hub_load_error_becomes_data_error(monkeypatch):
 def test_hub_columns_renamed(monkeypatch):
     """With a (mocked) hub, columns are renamed, idx dropped and MNLI uses validation_matched."""
     monkeypatch.delenv("AUTOCOMPRESS_GLUE_DIR", raising=False)
-    monkeypatch.setattr(tasks, "hub_unreachable", lambda: False)
+    monkeypatch.setattr(tasks.glue, "hub_unreachable", lambda: False)
     feats = datasets.Features({
         "premise": datasets.Value("string"), "hypothesis": datasets.Value("string"),
         "label": datasets.ClassLabel(names=["entailment", "neutral", "contradiction"]),

@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from autocompress import checkpoint
-from autocompress.hardware.latency import describe
-from autocompress.hardware.profiles import HardwareProfile, load_profile
+from autocompress.hardware import describe
+from autocompress.hardware import HardwareProfile, load_profile
 from autocompress.methods.base import REGISTRY
 from autocompress.recipe import Recipe, Step
 from autocompress.search.runner import ConstrainedOptunaSearch, DefineByRun
 from autocompress.search.space import load_space
-from autocompress.search.trial import TrialSetup, evaluate_candidate
+from autocompress.search.trial import TrialSetup
+from conftest import run_and_report
 from autocompress.store import Store
 from autocompress.tasks import load_task, save_task_data
 from autocompress.teacher import TeacherSettings, adopt_teacher, resolve_model
@@ -52,7 +53,7 @@ def world(tmp_path_factory, glue_dir):
     setup = TrialSetup(store_url=store.url, run="b", run_dir=str(tmp / "run"),
                        data_path=save_task_data(data, tmp / "run" / "data"), teacher_path=str(teacher.path), profiles=(CPU, load_profile("server-gpu")),
                        device="server-gpu", budget_ms=None, space_text="", num_layers=4, threads=1)
-    base = evaluate_candidate(setup, 0, Recipe(), role="teacher", data=data, teacher=teacher)
+    base = run_and_report(setup, 0, Recipe(), role="teacher", data=data, teacher=teacher)
     calls = []
     distill = REGISTRY["distill"]
 
@@ -62,9 +63,9 @@ def world(tmp_path_factory, glue_dir):
 
     mp.setitem(REGISTRY, "distill", dataclasses.replace(distill, fn=counting))
     setup = dataclasses.replace(setup, budget_ms=0.6 * base["latency_ms"])
-    heavy = evaluate_candidate(setup, 1, HEAVY, data=data, teacher=teacher)
+    heavy = run_and_report(setup, 1, HEAVY, data=data, teacher=teacher)
     calls_after_heavy = list(calls)
-    light = evaluate_candidate(setup, 2, LIGHT, data=data, teacher=teacher)
+    light = run_and_report(setup, 2, LIGHT, data=data, teacher=teacher)
     yield {"store": store, "setup": setup, "heavy": heavy, "light": light, "calls": calls,
            "calls_after_heavy": calls_after_heavy, "tmp": tmp, "data": data, "teacher": teacher}
     mp.undo()
@@ -114,7 +115,7 @@ def test_the_constraint_reaches_optuna(world):
 
 def test_a_repeated_over_budget_recipe_is_not_redone(world):
     setup, store = world["setup"], world["store"]
-    out = evaluate_candidate(setup, 3, HEAVY, data=world["data"], teacher=world["teacher"])
+    out = run_and_report(setup, 3, HEAVY, data=world["data"], teacher=world["teacher"])
     assert out["trained"] is False and out["constraint"] == world["heavy"]["constraint"]
     assert world["calls"] == [3]
     assert store.trial("b", 3).status == "duplicate"
@@ -122,7 +123,7 @@ def test_a_repeated_over_budget_recipe_is_not_redone(world):
 
 def test_graph_signature_ignores_weights_only(world, tmp_path):
     from autocompress import export
-    from autocompress.hardware.obtain import graph_signature
+    from autocompress.hardware import graph_signature
 
     teacher = world["teacher"]
     a = export.export_onnx(teacher.model(), tmp_path / "a.onnx")
@@ -144,7 +145,7 @@ def test_a_recipe_sharing_the_trained_prefix_reuses_the_model(world):
 
     setup, store, run = world["setup"], world["store"], world["tmp"] / "run"
     quantized = Recipe(LIGHT.steps + (Step("quantize_int8", {}),))
-    out = evaluate_candidate(setup, 4, quantized, data=world["data"], teacher=world["teacher"])
+    out = run_and_report(setup, 4, quantized, data=world["data"], teacher=world["teacher"])
     assert out["trained"] is True and world["calls"] == [3]          # distillation did not run again
     t = store.trial("b", 4)
     assert t.status == "done" and t.reused_from == "b/2" and t.recovery_seconds is None
@@ -153,7 +154,7 @@ def test_a_recipe_sharing_the_trained_prefix_reuses_the_model(world):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert t.size_mb < 0.5 * store.trial("b", 2).size_mb                # its own ONNX step did run (int8)
     other = Recipe(LIGHT.steps + (Step("quantize_int8", {"reduce_range": True}),))    # not a duplicate recipe
-    evaluate_candidate(dataclasses.replace(setup, seed=1), 5, other, data=world["data"], teacher=world["teacher"])
+    run_and_report(dataclasses.replace(setup, seed=1), 5, other, data=world["data"], teacher=world["teacher"])
     assert world["calls"] == [3, 3] and store.trial("b", 5).reused_from is None
 
 
@@ -164,7 +165,7 @@ def test_masked_pruning_is_timed_in_its_shipped_form_then_trained(world):
 
     setup = dataclasses.replace(world["setup"], budget_ms=None)
     recipe = Recipe((Step("magnitude_prune", {"sparsity": 0.5}), Step("distill", {"steps": 3, "batch_size": 8})))
-    out = evaluate_candidate(setup, 6, recipe, data=world["data"], teacher=world["teacher"])
+    out = run_and_report(setup, 6, recipe, data=world["data"], teacher=world["teacher"])
     t = world["store"].trial("b", 6)
     assert out["trained"] and t.status == "done" and world["calls"][-1] == 3, t.error
     state = load_file(str(world["tmp"] / "run" / "trial-006" / "checkpoint" / "model.safetensors"))

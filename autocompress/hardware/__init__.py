@@ -1,10 +1,15 @@
-"""Hardware profiles (profiles.py), the measurement protocol (latency.py, the only module that times
-things), predictors for absent devices (predictor.py), and the dispatch that says, per profile, how a
-latency is obtained here (obtain.py): ``obtain_latency(onnx_path, profile) -> Latency``."""
+"""Latency on hardware profiles: what the rest of autocompress uses (import from here).
 
-
-def obtain_latency(onnx_path, profile, **kwargs):
-    """See ``hardware.obtain.obtain_latency``."""
-    from .obtain import obtain_latency as obtain
-
-    return obtain(onnx_path, profile, **kwargs)
+profiles.py (the YAML schema, predictor specs included), figure.py (``Latency``: a figure and how it
+was obtained), host.py (this CPU, its flags, pinning), latency.py (the only module that times
+things), predictors/ (one module per way of predicting a device that is not here), obtain.py (per
+profile, how a latency is obtained here: ``obtain_latency(artifact, profile) -> Latency``).
+"""
+from ..locks import measuring as exclusive_machine, training as shared_machine  # noqa: F401
+from .figure import Latency, describe, ratio  # noqa: F401
+from .host import cpu_info  # noqa: F401
+from .latency import measure_latency, measure_side_by_side, time_call  # noqa: F401
+from .obtain import (describe_route, expected, graph_signature, obtain_latency, obtain_side_by_side,  # noqa: F401
+                     obtain_together, prepare, route)
+from .predictors import for_profile as predictor_for  # noqa: F401
+from .profiles import HardwareProfile, ProfileError, list_profiles, load_profile  # noqa: F401

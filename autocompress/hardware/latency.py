@@ -24,20 +24,19 @@ import hashlib
 import json
 import math
 import os
-import platform
-import subprocess
 import tempfile
 import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
-from autocompress import locks
-from autocompress.hardware.profiles import HardwareProfile
+from .. import fileio, locks, paths, pipeline
+from .figure import Latency
+from .host import cpu_info, pinned, where
 
+Profile = Any    # a ``profiles.HardwareProfile``: received, never imported (only its attributes are read here)
 _ORT_DTYPES = {
     "tensor(int64)": np.int64,
     "tensor(int32)": np.int32,
@@ -46,120 +45,7 @@ _ORT_DTYPES = {
     "tensor(double)": np.float64,
     "tensor(bool)": np.bool_,
 }
-INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")  # x86 and ARM (dot product)
-
-
-@dataclass
-class Latency:
-    profile: str
-    median_ms: float
-    spread_ms: float  # interquartile range p75 - p25
-    p10_ms: float
-    p90_ms: float
-    n: int
-    how: str = "measured"  # "measured" or "predicted"
-    detail: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Latency":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-
-def describe(lat: dict) -> str:
-    text = _describe(lat)
-    d = lat.get("detail") or {}
-    if not d.get("expected"):
-        return text
-    reach = ", ".join(f"{100 * r:.0f}%" for r in d.get("reach") or [])
-    segs = ", ".join(f"{ms:.2f}" for ms in d.get("segment_ms") or [])
-    return (f"expected over {d.get('expected_over', '?')} (early exit, {d.get('exit_rule', '?')}): sum of the "
-            f"segments' latencies [{segs}] ms weighted by the share of inputs reaching each [{reach}]; "
-            f"each segment {text}")
-
-
-def _describe(lat: dict) -> str:
-    """How a latency was obtained, in one line (tables, JSON, plots and model cards all use this):
-    ``measured on HOST (CPU), PROVIDER, N thread(s), batch 1 x seq 128, n=40, IQR 0.31 ms`` (then, where
-    known: the Ray node, the confidence interval, the other shapes) or ``predicted by MODEL, device ...,
-    from ..., calibrated on ..., held-out error ...``. A predicted figure never reads as measured."""
-    d = lat.get("detail") or {}
-    others = "".join(f"; batch {s['batch_size']} x seq {s['seq_len']}: {s['median_ms']:.2f} ms"
-                     for s in d.get("other_shapes") or [])
-    if lat.get("how") == "measured":
-        chip = d.get("gpu") or d.get("cpu")
-        where = d.get("host", "?") + (f" ({chip})" if chip else "")
-        if d.get("ray_node_id"):
-            where += f", Ray node {d['ray_node_id'][:12]} offering {d.get('ray_resource', '?')}"
-        pins = f" pinned to CPU(s) {','.join(map(str, d['pinned_cpus']))}" if d.get("pinned_cpus") else ""
-        threads = "" if d.get("gpu") else f"{d.get('threads', '?')} thread(s){pins}, "
-        text = (f"measured on {where}, {d.get('provider', '?')}, {threads}"
-                f"batch {d.get('batch_size', '?')} x seq {d.get('seq_len', '?')}, n={lat.get('n')}, "
-                f"IQR {lat.get('spread_ms', 0):.2f} ms")
-        if d.get("ci95_rel") is not None:
-            text += f", median ±{100 * d['ci95_rel']:.1f}% (95% CI)"
-        text += _drift(d)
-        if d.get("precision") == "fp16":
-            text += ", fp16 conversion of the fp32 graph"
-        return text + _before_training(d) + others
-    model = d.get("predictor", "an unnamed model")
-    labels = {"device": "device", "input": "from", "calibrated_on": "calibrated on", "heldout_error": "held-out error",
-              "note": "note"}
-    extra = "".join(f", {label} {d[k]}" for k, label in labels.items() if d.get(k))
-    return f"predicted by {model}{extra}{_before_training(d)}{others}"
-
-
-def _drift(d: dict) -> str:
-    """How a CPU figure was scaled to the host's nominal speed (``HostReference``), if it was."""
-    ref = d.get("host_reference")
-    if not ref:
-        return ""
-    return (f", x{ref['factor']:.3f} to the host's nominal speed (interleaved reference {ref['median_ms']:.2f} ms, "
-            f"nominal {ref['nominal_ms']:.2f} ms)")
-
-
-def _before_training(d: dict) -> str:
-    return ", obtained on the untrained structure (same graph as shipped)" if d.get("timed_before_training") else ""
-
-
-def ratio(baseline: Latency, other: Latency) -> float:
-    """Speed-up of `other` over `baseline` (> 1 means `other` is faster)."""
-    return baseline.median_ms / other.median_ms
-
-
-# Only one measurement at a time per machine, never beside training: see autocompress/locks.py.
-exclusive_machine = locks.measuring
-shared_machine = locks.training
-
-
-# ------------------------------------------------------------------ what the machine is
-def cpu_info() -> dict[str, Any]:
-    """This CPU's model name, core count, and the int8 dot-product instructions its flags list (what
-    makes int8 inference fast: AVX-512 VNNI, AVX-VNNI, AMX on x86; dot product / i8mm on ARM)."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip().lower()
-            if key in ("model name", "hardware") and model in ("", platform.machine(), platform.processor()):
-                model = value.strip()
-            elif key in ("flags", "features") and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    return {"cpu": model, "cores": os.cpu_count() or 1, "int8_isa": [f for f in INT8_FLAGS if f in flags]}
-
-
-def _gpu_name() -> str:
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", "0"],
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "CUDA device 0"
-    except (OSError, subprocess.SubprocessError, IndexError):
-        return "CUDA device 0"
+# Only one measurement at a time per machine, never beside training (locks.measuring): see autocompress/locks.py.
 
 
 # ------------------------------------------------------------------ the protocol
@@ -215,7 +101,10 @@ def repeat(run_once: Callable[[], Any], *, warmup: int, min_runs: int, max_runs:
     return times, why
 
 
-def _inputs(session: Any, batch: int, seq: int) -> dict[str, np.ndarray]:
+def inputs(session: Any, batch: int, seq: int) -> dict[str, np.ndarray]:
+    """Fixed synthetic feeds of shape [batch, seq] for every input of an ONNX Runtime session: token ids,
+    a full attention mask, zeros for the rest; a [batch, seq, hidden] float input (a hidden state a graph
+    hands on to the next) gets random values. Seeded: every call feeds the same values."""
     rng = np.random.default_rng(0)
     shape = (batch, seq)
     feeds = {}
@@ -259,29 +148,6 @@ def _stats(times_ms: list[float]) -> tuple[float, float, float, float]:
     return float(p50), float(p75 - p25), float(p10), float(p90)
 
 
-def _where(provider: str, threads: int, cpus: tuple[int, ...] | None = None) -> dict[str, Any]:
-    if provider == "CUDAExecutionProvider":
-        return {"host": platform.node(), "gpu": _gpu_name(), "provider": provider, "threads": threads}
-    info = cpu_info()
-    return {"host": platform.node(), "cpu": info["cpu"], "cores": info["cores"], "int8_isa": info["int8_isa"],
-            "provider": provider, "threads": threads, **({"pinned_cpus": list(cpus)} if cpus else {})}
-
-
-@contextmanager
-def pinned(cpus: tuple[int, ...] | None) -> Iterator[None]:
-    """The calling thread on ``cpus[0]`` meanwhile (sessions made with ``cpus`` pin their pool's threads
-    to the others); nothing without ``cpus``. Its former affinity is restored after."""
-    if not cpus:
-        yield
-        return
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {cpus[0]})
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
-
-
 # ------------------------------------------------------------------ host speed: the interleaved reference
 REFERENCE_CONFIG = {"model_type": "bert", "hidden_size": 384, "num_attention_heads": 12, "intermediate_size": 1536}
 REFERENCE_VERSION = 1
@@ -313,10 +179,8 @@ class HostReference:
     cpus: tuple[int, ...] | None = None     # pinned as the measurements it brackets (timed so too)
 
     def runner(self) -> Callable[[], Any]:
-        from .profiles import ort_session
-
-        session = ort_session(self.path, threads=self.threads, cpus=self.cpus)
-        return _runner(session, _inputs(session, 1, 128), "CPUExecutionProvider")
+        session = pipeline.session(self.path, threads=self.threads, cpus=self.cpus)
+        return _runner(session, inputs(session, 1, 128), "CPUExecutionProvider")
 
     def blocks(self, runs: int = 8, settle: int = 3) -> Callable[[], list[float]]:
         """A block of ``runs`` reference runs, timed after the first ``settle``: what ran before (a large
@@ -352,7 +216,7 @@ def host_reference(threads: int, cpus: tuple[int, ...] | None = None) -> HostRef
     use, then read from the cache."""
     import onnxruntime as ort
 
-    from . import predictor
+    from .. import export                         # (torch: imported when a reference is first built)
 
     info, layers = cpu_info(), reference_layers(threads)
     spec = {"v": REFERENCE_VERSION, "cpu": info["cpu"], "isa": info["int8_isa"], "ort": ort.__version__,
@@ -363,23 +227,22 @@ def host_reference(threads: int, cpus: tuple[int, ...] | None = None) -> HostRef
         spec["cpus"] = list(cpus)
     blob = json.dumps(spec, sort_keys=True)
     key = hashlib.sha256(blob.encode()).hexdigest()[:16]
-    folder = predictor.calibration_dir()
+    folder = paths.calibration_dir()
     onnx_path, meta = folder / f"host-reference-{key}.onnx", folder / f"host-reference-{key}.json"
-    with predictor.locked(meta):
+    with locks.file_lock(meta):
         if meta.is_file() and onnx_path.is_file():
             d = json.loads(meta.read_text())
             return HostReference(onnx_path, threads, d["nominal_ms"], d["date"], layers, cpus)
         if not onnx_path.is_file():
-            tmp = predictor.build_anchor(REFERENCE_CONFIG, folder / f"host-reference-{key}.tmp.onnx", num_layers=layers)
+            tmp = export.export_anchor(REFERENCE_CONFIG, folder / f"host-reference-{key}.tmp.onnx", num_layers=layers)
             tmp.replace(onnx_path)
         ref = HostReference(onnx_path, threads, 0.0, time.strftime("%Y-%m-%d"), layers, cpus)
-        with exclusive_machine(), pinned(cpus):
+        with locks.measuring(), pinned(cpus):
             times, _ = repeat(ref.runner(), warmup=20, min_runs=300, max_runs=2000, max_seconds=15.0, ci_target=0.005)
         ref = HostReference(onnx_path, threads, float(np.median(times)), ref.date, layers, cpus)
-        meta.write_text(json.dumps({"nominal_ms": ref.nominal_ms, "n": len(times), "date": ref.date, "cpu": info["cpu"],
-                                    "threads": threads, "layers": layers, "cpus": list(cpus) if cpus else None,
-                                    "ci95_rel": round(ci_rel(times), 4)},
-                                   indent=2))
+        fileio.write_json(meta, {"nominal_ms": ref.nominal_ms, "n": len(times), "date": ref.date, "cpu": info["cpu"],
+                                 "threads": threads, "layers": layers, "cpus": list(cpus) if cpus else None,
+                                 "ci95_rel": round(ci_rel(times), 4)})
         return ref
 
 
@@ -392,7 +255,7 @@ def _bracketing(enabled: bool, provider: str, threads: int,
 
 def measure_latency(
     onnx_path: str | os.PathLike,
-    profile: HardwareProfile,
+    profile: Profile,
     *,
     warmup: int = 5,
     min_runs: int | None = None,
@@ -417,9 +280,9 @@ def measure_latency(
     ref, reference = _bracketing(drift_reference, provider, threads, cpus)
     session = profile.session(onnx_path, threads=threads, provider=provider, cpus=cpus)
     results = []
-    with exclusive_machine(), pinned(cpus):
+    with locks.measuring(), pinned(cpus):
         for batch, seq in profile.shapes:
-            run = _runner(session, _inputs(session, batch, seq), provider)
+            run = _runner(session, inputs(session, batch, seq), provider)
             ref_times: list[float] = []
             times, stop = repeat(run, warmup=warmup, min_runs=min_runs, max_runs=max_runs, max_seconds=max_seconds,
                                  ci_target=ci_target, reference=reference, reference_times=ref_times)
@@ -433,13 +296,13 @@ def measure_latency(
     return _latency(profile, times, provider, threads, extra, ref, ref_times, cpus)
 
 
-def _latency(profile: HardwareProfile, times_ms: list[float], provider: str, threads: int, extra: dict,
+def _latency(profile: Profile, times_ms: list[float], provider: str, threads: int, extra: dict,
              ref: HostReference | None = None, ref_times: list[float] | None = None,
              cpus: tuple[int, ...] | None = None) -> Latency:
     """The figure from a run's times: as timed, or (with the reference's times) scaled to nominal speed."""
     factor = ref.factor(ref_times) if ref else 1.0
     median, iqr, p10, p90 = (v * factor for v in _stats(times_ms))
-    detail = {**_where(provider, threads, cpus), "batch_size": profile.batch_size, "seq_len": profile.seq_len, **extra}
+    detail = {**where(provider, threads, cpus), "batch_size": profile.batch_size, "seq_len": profile.seq_len, **extra}
     if ref:
         detail.update(ref.detail(ref_times, median / factor))
     return Latency(profile.name, median, iqr, p10, p90, len(times_ms), "measured", detail)
@@ -447,7 +310,7 @@ def _latency(profile: HardwareProfile, times_ms: list[float], provider: str, thr
 
 def measure_side_by_side(
     onnx_paths: dict[Any, str | os.PathLike],
-    profile: HardwareProfile,
+    profile: Profile,
     *,
     warmup: int = 5,
     rounds: int = 3,
@@ -466,11 +329,11 @@ def measure_side_by_side(
     ref, reference = _bracketing(drift_reference, profile.provider, threads, cpus)
     times: dict[Any, list[float]] = {k: [] for k in onnx_paths}
     ref_times: dict[Any, list[float]] = {k: [] for k in onnx_paths}
-    with exclusive_machine(), pinned(cpus):
+    with locks.measuring(), pinned(cpus):
         for _ in range(rounds):
             for k, path in onnx_paths.items():
                 session = profile.session(path, threads=threads, cpus=cpus)
-                run = _runner(session, _inputs(session, profile.batch_size, profile.seq_len), profile.provider)
+                run = _runner(session, inputs(session, profile.batch_size, profile.seq_len), profile.provider)
                 times[k] += repeat(run, warmup=warmup, min_runs=runs_per_round, max_runs=runs_per_round,
                                    max_seconds=0.0, ci_target=0.0, reference=reference, reference_times=ref_times[k])[0]
                 del run, session
@@ -479,7 +342,7 @@ def measure_side_by_side(
 
 
 # ------------------------------------------------------------------ per operator (what predictors map from)
-def profile_operators(onnx_path: str | os.PathLike, profile: HardwareProfile, *, threads: int = 1,
+def profile_operators(onnx_path: str | os.PathLike, profile: Profile, *, threads: int = 1,
                       warmup: int = 5, min_runs: int | None = None, max_runs: int = 1000,
                       max_seconds: float | None = None, ci_target: float | None = None,
                       drift_reference: bool = True) -> tuple[Latency, dict[str, float]]:
@@ -501,8 +364,8 @@ def profile_operators(onnx_path: str | os.PathLike, profile: HardwareProfile, *,
         opts.enable_profiling = True
         opts.profile_file_prefix = str(Path(tmp) / "ort")
         session = profile.session(onnx_path, threads=threads, provider="CPUExecutionProvider", options=opts, cpus=cpus)
-        feeds = _inputs(session, profile.batch_size, profile.seq_len)
-        with exclusive_machine(), pinned(cpus):
+        feeds = inputs(session, profile.batch_size, profile.seq_len)
+        with locks.measuring(), pinned(cpus):
             times, stop = repeat(lambda: session.run(None, feeds), warmup=warmup, min_runs=min_runs,
                                  max_runs=max_runs, max_seconds=max_seconds, ci_target=ci_target,
                                  reference=reference, reference_times=ref_times)

@@ -1,6 +1,8 @@
 """How each profile's latency is obtained here: measured on this machine, measured on a Ray node that
-offers the profile's custom resource, or predicted. One entry point, ``obtain_latency``; the figure it
-returns says which (``Latency.how`` and ``Latency.detail``). Timing itself stays in ``latency``.
+offers the profile's custom resource, or predicted (by the profile's predictor: ``predictors``). One
+entry point, ``obtain_latency``; the figure it returns says which (``Latency.how`` and
+``Latency.detail``). An artifact of several graphs (``pipeline.open``) gets the expected latency of its
+graphs under its usage (``expected``). Timing itself stays in ``latency``.
 """
 from __future__ import annotations
 
@@ -12,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import pipeline
-from .latency import Latency, measure_latency, measure_side_by_side
+from . import predictors
+from .figure import Latency
+from .host import cpu_info
+from .latency import measure_latency, measure_side_by_side
 from .profiles import HardwareProfile, ProfileError, load_profile
 
 HERE, RAY, PREDICTED = "here", "ray", "predicted"
@@ -90,10 +95,8 @@ def graph_signature(onnx_path: str | os.PathLike) -> str:
 def _is_quantized(onnx_path: str | os.PathLike) -> bool:
     import onnx
 
-    from .predictor import QUANTIZED_OPS
-
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    return any(n.op_type in QUANTIZED_OPS for n in graph.node)
+    return any(n.op_type in predictors.QUANTIZED_OPS for n in graph.node)
 
 
 def source_graph(onnx_path: str | os.PathLike, profile: HardwareProfile, fp32_path: str | os.PathLike | None) -> Path:
@@ -109,39 +112,68 @@ def source_graph(onnx_path: str | os.PathLike, profile: HardwareProfile, fp32_pa
     return Path(onnx_path)
 
 
-def obtain_latency(onnx_path: str | os.PathLike, profile: HardwareProfile | str, *,
-                   fp32_path: str | os.PathLike | None = None, log=None, **protocol) -> Latency:
-    """The latency of an ONNX model on ``profile``, obtained the way ``route`` says. ``fp32_path`` is the
-    same candidate before its ONNX steps (what fp16 profiles convert). ``protocol`` passes measurement
-    settings (runs, caps) through to ``latency`` when measuring."""
+def obtain_latency(path: str | os.PathLike, profile: HardwareProfile | str, *,
+                   fp32_path: str | os.PathLike | None = None, usage: pipeline.Usage | None = None, log=None,
+                   **protocol) -> Latency:
+    """The latency of an artifact (``pipeline.open``: one ONNX graph, or a manifest of several) on
+    ``profile``, each graph obtained the way ``route`` says. ``fp32_path`` is a single graph before its
+    ONNX steps (what fp16 profiles convert; an artifact of several graphs names its own). An artifact
+    whose graphs run on a share of the inputs each has an expected latency: its graphs' figures weighted
+    by ``usage`` (``expected``; a ValueError without it). ``protocol`` passes measurement settings
+    (runs, caps) through to ``latency`` when measuring."""
     profile = load_profile(profile)
-    if pipeline.is_pipeline(onnx_path):
-        return _expected(onnx_path, profile, log=log, **protocol)
+    artifact = pipeline.open(path)
+    if artifact.input_dependent:
+        if usage is None:
+            raise ValueError(f"{path} runs each of its {len(artifact.graphs())} graphs on a share of the inputs: "
+                             "its latency needs their usage (score it first)")
+        return expected([_obtain_graph(g, profile, fp32, log, protocol) for g, fp32 in artifact.graphs()], usage)
+    ((graph, own_fp32),) = artifact.graphs()
+    return _obtain_graph(graph, profile, fp32_path if fp32_path is not None else own_fp32, log, protocol)
+
+
+def _obtain_graph(onnx_path: Path, profile: HardwareProfile, fp32_path: str | os.PathLike | None, log,
+                  protocol: dict) -> Latency:
     src = source_graph(onnx_path, profile, fp32_path)
     how = route(profile)
     if how.kind == HERE:
         return _measure_here(src, profile, **protocol)
     if how.kind == RAY:
         return _on_ray_node({"model": src}, profile, side_by_side=False, protocol=protocol)["model"]
-    from .predictor import predict
-
-    return predict(src, profile, log=log)
+    return predictors.for_profile(profile).predict(src, log=log)
 
 
-def _expected(manifest: str | os.PathLike, profile: HardwareProfile, *, log=None, **protocol) -> Latency:
-    """A pipeline's expected latency on ``profile``: each segment's figure obtained the way the profile
-    says (its final graph; its fp32 graph for fp16 profiles), weighted by the share of the scored inputs
-    that reach it (``pipeline.expected``)."""
-    segments = pipeline.read(manifest)["segments"]
-    return _combine(manifest, [obtain_latency(s["file"], profile, fp32_path=s["fp32"], log=log, **protocol)
-                               for s in segments])
+def expected(latencies: list[Latency], usage: pipeline.Usage) -> Latency:
+    """The expected latency of an artifact of several graphs: ``sum_i share_i x latency_i`` for the median
+    (and likewise for the spread and percentiles, and the profile's other shapes: weighted sums of the
+    graphs' figures, an approximation; at a batch above 1 a graph runs when any row of the batch reaches
+    it, on fewer rows, and the per-row share stands for that). Its ``how`` is the graphs' (all obtained
+    the same way on one profile); its ``detail`` keeps where and how they were obtained and adds the
+    usage (``Usage.to_detail``: what the shares were measured on, the shares, what decided them),
+    ``segment_ms`` and ``segment_how``."""
+    shares = usage.shares
+    if len(latencies) != len(shares):
+        raise ValueError(f"{len(latencies)} segment latencies for {len(shares)} reach values")
+    lats = latencies
+    first = lats[0]
 
+    def weighted(attr: str) -> float:
+        return float(sum(r * getattr(lat, attr) for r, lat in zip(shares, lats)))
 
-def _combine(manifest: str | os.PathLike, segment_latencies: list[Latency]) -> Latency:
-    reach, over = pipeline.reach(manifest)
-    m = pipeline.read(manifest, verify=False)
-    return pipeline.expected(segment_latencies, reach, over, extra={"exit_rule": f"{m['rule']} {m['threshold']:g}",
-                                                                    "exits_after": m.get("exits_after")})
+    per_figure = {"host_ms", "host_n", "host_ci95_rel", "host_classes_ms", "constants", "other_shapes", "ci95_rel",
+                  "timed_before_training"}
+    detail = {k: v for k, v in first.detail.items() if k not in per_figure}
+    detail.update(usage.to_detail(), segment_ms=[round(lat.median_ms, 4) for lat in lats],
+                  segment_how=[lat.how for lat in lats])
+    shapes = [[(o["batch_size"], o["seq_len"]) for o in lat.detail.get("other_shapes") or []] for lat in lats]
+    if shapes[0] and all(s == shapes[0] for s in shapes):
+        detail["other_shapes"] = []
+        for i, (b, q) in enumerate(shapes[0]):
+            figures = [lat.detail["other_shapes"][i] for lat in lats]
+            detail["other_shapes"].append({"batch_size": b, "seq_len": q, "median_ms": float(
+                sum(r * f["median_ms"] for r, f in zip(shares, figures)))})
+    return Latency(first.profile, weighted("median_ms"), weighted("spread_ms"), weighted("p10_ms"),
+                   weighted("p90_ms"), min(lat.n for lat in lats), first.how, detail)
 
 
 def _measure_here(src: Path, profile: HardwareProfile, **protocol) -> Latency:
@@ -157,43 +189,58 @@ def _measure_here(src: Path, profile: HardwareProfile, **protocol) -> Latency:
 
 def obtain_side_by_side(onnx_paths: dict[Any, str | os.PathLike], profile: HardwareProfile | str, *,
                         stored: dict[Any, dict] | None = None,
-                        fp32_paths: dict[Any, str | os.PathLike] | None = None) -> dict[Any, Latency]:
-    """Several models timed together, so their ratios hold (interleaved rounds on one machine). Measured
-    profiles are measured side by side where they are measured (here or on the Ray node); a
-    host-operators prediction is redone from a side-by-side host measurement (its operator mix from the
-    ``stored`` figure); a roofline has nothing to re-time and returns {}."""
+                        fp32_paths: dict[Any, str | os.PathLike] | None = None,
+                        usages: dict[Any, pipeline.Usage] | None = None) -> dict[Any, Latency]:
+    """Several artifacts timed together, so their ratios hold (interleaved rounds on one machine). Measured
+    profiles are measured side by side where they are measured (here or on the Ray node); a predictor
+    redoes what it can from one side-by-side host measurement (``Predictor.repredict_side_by_side``:
+    host-operators from each ``stored`` figure's operator mix; a roofline has nothing to re-time and
+    returns {}). An artifact of several graphs takes part graph by graph, and its expected latency is
+    made again from their new figures with the usage of its stored figure (or ``usages``; a ValueError
+    where neither gives one)."""
     profile = load_profile(profile)
-    fp32_paths = dict(fp32_paths or {})
-    # a pipeline (early exit) takes part segment by segment; its expected latency is then made again
-    # from its segments' new figures (a host-operators prediction, which needs each segment's stored
-    # operator mix, is not redone: its per-trial figure stands)
-    onnx_paths, pipes = dict(onnx_paths), {}
+    stored, fp32_paths, usages = stored or {}, dict(fp32_paths or {}), usages or {}
+    # (a host-operators prediction of a graph, which needs that graph's stored operator mix, is not redone:
+    # its per-trial figure stands)
+    onnx_paths, multi = dict(onnx_paths), {}
     for k, p in list(onnx_paths.items()):
-        if pipeline.is_pipeline(p):
-            del onnx_paths[k]
-            pipes[k] = (p, pipeline.read(p)["segments"])
-            for j, seg in enumerate(pipes[k][1]):
-                onnx_paths[(_SEGMENT, k, j)], fp32_paths[(_SEGMENT, k, j)] = seg["file"], seg["fp32"]
-    out = _side_by_side(onnx_paths, profile, stored or {}, fp32_paths)
-    for k, (manifest, segments) in pipes.items():
-        lats = [out.pop((_SEGMENT, k, j), None) for j in range(len(segments))]
+        artifact = pipeline.open(p)
+        if not artifact.input_dependent:
+            continue
+        del onnx_paths[k]
+        usage = usages.get(k) or pipeline.Usage.from_detail((stored.get(k) or {}).get("detail") or {})
+        if usage is None:
+            raise ValueError(f"{p} runs each of its graphs on a share of the inputs: no stored expected figure "
+                             "says which share (score it first)")
+        graphs = artifact.graphs()
+        multi[k] = (usage, len(graphs))
+        for j, (graph, fp32) in enumerate(graphs):
+            onnx_paths[(_GRAPH, k, j)], fp32_paths[(_GRAPH, k, j)] = graph, fp32
+    out = _side_by_side(onnx_paths, profile, stored, fp32_paths)
+    for k, (usage, n) in multi.items():
+        lats = [out.pop((_GRAPH, k, j), None) for j in range(n)]
         if all(lats):
-            out[k] = _combine(manifest, lats)
+            out[k] = expected(lats, usage)
     return out
 
 
-def obtain_together(onnx_paths: dict[Any, str | os.PathLike], profile: HardwareProfile | str) -> dict[Any, Latency]:
-    """Models compared on ``profile`` with no figures stored for them yet (benchmarks): measured side
+def obtain_together(onnx_paths: dict[Any, str | os.PathLike], profile: HardwareProfile | str, *,
+                    usages: dict[Any, pipeline.Usage] | None = None) -> dict[Any, Latency]:
+    """Artifacts compared on ``profile`` with no figures stored for them yet (benchmarks): measured side
     by side where the profile is measured; predicted one by one where it is predicted, then a
-    host-operators prediction is redone from one side-by-side host measurement. Ratios between the
-    models come from one run either way; a pipeline gets its expected latency."""
+    host-operators prediction is redone from one side-by-side host measurement. Ratios between them
+    come from one run either way; an artifact of several graphs gets its expected latency, with its
+    usage from ``usages``."""
     profile = load_profile(profile)
-    first = {} if route(profile).kind == HERE else {k: obtain_latency(p, profile) for k, p in onnx_paths.items()}
-    again = obtain_side_by_side(onnx_paths, profile, stored={k: lat.to_dict() for k, lat in first.items()})
+    usages = usages or {}
+    first = {} if route(profile).kind == HERE else {k: obtain_latency(p, profile, usage=usages.get(k))
+                                                   for k, p in onnx_paths.items()}
+    again = obtain_side_by_side(onnx_paths, profile, stored={k: lat.to_dict() for k, lat in first.items()},
+                                usages=usages)
     return {**first, **again}
 
 
-_SEGMENT = "pipeline segment"
+_GRAPH = "a graph of an artifact"
 
 
 def _side_by_side(onnx_paths: dict[Any, str | os.PathLike], profile: HardwareProfile, stored: dict[Any, dict],
@@ -208,16 +255,9 @@ def _side_by_side(onnx_paths: dict[Any, str | os.PathLike], profile: HardwarePro
         return measure_side_by_side(srcs, profile)
     if how.kind == RAY:
         return _on_ray_node(srcs, profile, side_by_side=True, protocol={})
-    if profile.predictor["kind"] != "host-operators" or not stored:
+    if not stored:
         return {}
-    from .predictor import repredict_host_operators
-
-    keys = [k for k in srcs if stored.get(k, {}).get("how") == "predicted" and "host_ms" in stored[k]["detail"]]
-    # as the predictions' host timings: scaled to the host's nominal speed; one thread is noisier per run
-    # than the profiles measured here, so twice the rounds
-    host = measure_side_by_side({k: srcs[k] for k in keys}, profile, threads=profile.predictor["host_threads"],
-                                rounds=6, drift_reference=True)
-    return {k: repredict_host_operators(profile, stored[k], host[k].median_ms) for k in keys}
+    return predictors.for_profile(profile).repredict_side_by_side(srcs, stored)
 
 
 # ------------------------------------------------------------------ on a Ray node offering the resource
@@ -270,11 +310,9 @@ def _on_ray_node(srcs: dict[Any, Path], profile: HardwareProfile, *, side_by_sid
 def prepare(profiles, *, log=None, fresh: bool = False) -> None:
     """Calibrate on this host the predictors these profiles will use here (once per host, then cached;
     ``fresh`` calibrates again), so that no trial pays for it."""
-    from .predictor import calibrate_host_operators
-
     for p in map(load_profile, profiles):
-        if p.predictor and p.predictor["kind"] == "host-operators" and route(p).kind == PREDICTED:
-            calibrate_host_operators(p, log=log, fresh=fresh)
+        if p.predictor and route(p).kind == PREDICTED:
+            predictors.for_profile(p).prepare(log=log, fresh=fresh)
 
 
 def describe_route(profile: HardwareProfile) -> str:
@@ -284,20 +322,8 @@ def describe_route(profile: HardwareProfile) -> str:
     except ProfileError as e:
         return str(e)
     if r.kind == HERE and profile.provider == "CPUExecutionProvider":
-        from .latency import cpu_info
-
         isa = cpu_info()["int8_isa"]
         return f"{r.text}; int8 dot-product instructions: {', '.join(isa) if isa else 'none (int8 brings no speed-up)'}"
     if r.kind != PREDICTED:
         return r.text
-    spec = profile.predictor
-    if spec["kind"] == "roofline":
-        return f"{r.text}; calibrated on {spec.get('calibrated_on')}; held-out error {spec.get('heldout_error')}"
-    from .predictor import cached_calibration
-
-    cal = cached_calibration(profile)
-    if cal is None:
-        return f"{r.text}; not yet calibrated on this host (done on first use, a few minutes, then cached)"
-    return (f"{r.text}; calibrated on this host on {cal['date']} on {len(cal['anchors'])} published figures, "
-            f"leave-one-out mean |error| {100 * cal['loo_mean_abs_error']:.0f}% "
-            f"(max {100 * cal['loo_max_abs_error']:.0f}%)")
+    return f"{r.text}; {predictors.for_profile(profile).describe_state()}"

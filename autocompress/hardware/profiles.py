@@ -7,7 +7,8 @@ what is at hand (``hardware.obtain`` decides, in this order):
   machine (the laptop CPU; the server GPU where CUDA is present).
 - ``resource: NAME`` and a node of the connected Ray cluster offers that custom resource: measured on
   that node (a real phone or ARM board running a Ray worker started with ``--resources '{"NAME": 1}'``).
-- ``predictor:``: predicted, and labelled so (``hardware.predictor``).
+- ``predictor:``: predicted, and labelled so (``hardware.predictors``: the spec's common fields, kind,
+  name and anchors, are checked here, the rest by the kind's own ``check``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ from typing import Any
 
 import yaml
 
+from .. import pipeline
+from . import predictors
+from .host import pin_cpus
+from .predictors import PredictorError
+
 RUNTIMES = ("onnxruntime",)
 PRECISIONS = ("shipped", "fp16")
 _BUNDLED = "autocompress.hw_profiles"
@@ -27,41 +33,6 @@ _BUNDLED = "autocompress.hw_profiles"
 
 class ProfileError(Exception):
     """A profile could not be found or is invalid (one-line, user-facing message)."""
-
-
-def pin_cpus(threads: int) -> tuple[int, ...] | None:
-    """The logical CPUs that a measurement on ``threads`` threads is pinned to, one per thread: the first
-    ``threads`` of those this process may run on; None where it may run on fewer (or the OS has no
-    affinity call)."""
-    if not hasattr(os, "sched_getaffinity"):
-        return None
-    allowed = sorted(os.sched_getaffinity(0))
-    return tuple(allowed[:threads]) if len(allowed) >= threads else None
-
-
-def ort_session(onnx_path: str | os.PathLike, *, threads: int, provider: str = "CPUExecutionProvider",
-                options: Any = None, cpus: tuple[int, ...] | None = None) -> "onnxruntime.InferenceSession":  # noqa: F821
-    """An ONNX Runtime session for timing: ``threads`` intra-op threads, one inter-op thread, sequential
-    execution, all graph optimisations; its pool threads spin only while a run is under way (so an
-    idle session never takes the cores from the next one, e.g. the interleaved host reference). With
-    ``cpus`` (``pin_cpus``), the pool's threads are pinned to ``cpus[1:]``, one each; the calling
-    thread, which runs a share of every operator, is pinned to ``cpus[0]`` while it times
-    (``latency.pinned``): ONNX Runtime leaves that thread to the application."""
-    import onnxruntime as ort
-
-    opts = options or ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.add_session_config_entry("session.force_spinning_stop", "1")
-    if cpus and threads > 1 and provider == "CPUExecutionProvider":
-        if len(cpus) != threads:
-            raise ValueError(f"{threads} threads need {threads} CPUs to be pinned to, got {cpus}")
-        # one entry per pool thread, 1-based logical processor ids (ONNX Runtime's format)
-        opts.add_session_config_entry("session.intra_op_thread_affinities", ";".join(str(c + 1) for c in cpus[1:]))
-    providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
-    return ort.InferenceSession(str(onnx_path), sess_options=opts, providers=providers)
 
 
 @dataclass(frozen=True)
@@ -83,7 +54,7 @@ class HardwareProfile:
     min_runs: int = 10            # ... but never fewer runs than this (a short window is one phase of the machine)
     nominal_speed: bool = False   # CPU: scale measurements to this host's nominal speed (latency.HostReference)
     pin_threads: bool = False     # CPU: each thread pinned to its own logical CPU while timing (pin_cpus)
-    predictor: dict | None = None  # how to predict where the device is absent (see hardware.predictor)
+    predictor: dict | None = None  # how to predict where the device is absent (see hardware.predictors)
 
     @property
     def threads(self) -> int:
@@ -110,13 +81,13 @@ class HardwareProfile:
     def session(self, onnx_path: str | os.PathLike, *, threads: int | None = None, provider: str | None = None,
                 options: Any = None, cpus: tuple[int, ...] | None = None) -> "onnxruntime.InferenceSession":  # noqa: F821
         """An ONNX Runtime session as the profile says: its provider, its threads, pinned to ``cpus`` if
-        given (see ``ort_session``)."""
+        given (see ``pipeline.session``; the calling thread is pinned by ``host.pinned``)."""
         provider = provider or self.provider
         import onnxruntime as ort
 
         if provider not in ort.get_available_providers():
             raise ProfileError(f"profile '{self.name}': provider {provider} is not available in this onnxruntime")
-        return ort_session(onnx_path, threads=threads or self.threads, provider=provider, options=options, cpus=cpus)
+        return pipeline.session(onnx_path, threads=threads or self.threads, provider=provider, options=options, cpus=cpus)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values; ``from_dict`` reads it back (the store keeps a run's profiles this way)."""
@@ -166,13 +137,42 @@ class HardwareProfile:
                                "'predictor': its latency could never be obtained")
         values = dict(d, extra_shapes=tuple(tuple(s) for s in shapes))
         if d.get("predictor") is not None:
-            from .predictor import PredictorError, check_spec
-
             try:
-                values["predictor"] = check_spec(_int_keys(d["predictor"]))
+                values["predictor"] = check_predictor(_int_keys(d["predictor"]))
             except PredictorError as e:
                 raise ProfileError(f"profile field 'predictor': {e}") from None
         return cls(**values)
+
+
+def check_predictor(d: Any) -> dict:
+    """Validate a profile's ``predictor:`` mapping: the fields every kind has (kind, name, anchors: each
+    with name, config, source, ms and use) here, the rest by the kind's ``check``; returns it with
+    defaults filled in. A ``PredictorError`` (one line) names the field."""
+    if not isinstance(d, dict):
+        raise PredictorError(f"must be a mapping with a 'kind', got {type(d).__name__}")
+    kind = d.get("kind")
+    cls = predictors.get(kind)
+    if "name" in d and (not isinstance(d["name"], str) or not d["name"].strip()):
+        raise PredictorError(f"'name' must be a non-empty string (the model's name in every figure), got {d['name']!r}")
+    anchors = d.get("anchors")
+    if not isinstance(anchors, list) or len(anchors) < 2:
+        raise PredictorError("'anchors' must list at least two published measurements (name, config, source, ms)")
+    for a in anchors:
+        if not isinstance(a, dict) or not {"name", "config", "source", "ms"} <= set(a):
+            raise PredictorError(f"each anchor needs name, config, source and ms, got {a!r}")
+        if not isinstance(a["config"], dict) or "model_type" not in a["config"]:
+            raise PredictorError(f"anchor {a['name']!r}: 'config' must give a transformers model_type and its settings")
+        ms = a["ms"]
+        if not isinstance(ms, dict) or not ms or not all(
+                isinstance(seq, int) and isinstance(row, dict) and row and
+                all(isinstance(b, int) and isinstance(v, (int, float)) and v > 0 for b, v in row.items())
+                for seq, row in ms.items()):
+            raise PredictorError(f"anchor {a['name']!r}: 'ms' must map sequence length -> batch size -> milliseconds")
+        if a.get("use", "fit") not in ("fit", "heldout"):
+            raise PredictorError(f"anchor {a['name']!r}: 'use' must be fit or heldout, got {a.get('use')!r}")
+    out = dict(d)
+    out.setdefault("name", f"{kind} map")
+    return cls.check(out)
 
 
 def _int_keys(spec: Any) -> Any:

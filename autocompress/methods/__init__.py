@@ -1,4 +1,6 @@
-"""One module per family of the survey's taxonomy; importing this package fills the registry.
+"""The one entry point to the methods: one module per family of the survey's taxonomy; importing this
+package fills the registry (methods, finalizers, module kinds). Import from here, not from ``base``, to
+see every method.
 
 Methods of your own: name their modules in ``AUTOCOMPRESS_PLUGINS`` (comma-separated, importable
 from ``PYTHONPATH``); each registers its methods with ``@register`` like the bundled ones. Trial
@@ -8,7 +10,7 @@ import importlib
 import os
 
 from . import distillation, early_exit, factorization, pruning, quantization, sharing, sparsity  # noqa: F401
-from .base import REGISTRY, Context, RecipeError, TransferSet, get_method  # noqa: F401
+from .base import MODULE_KINDS, REGISTRY, STAGES, Context, Method, RecipeError, get_method, module_spec  # noqa: F401
 
 PLUGINS_ENV = "AUTOCOMPRESS_PLUGINS"
 

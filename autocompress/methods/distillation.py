@@ -39,7 +39,8 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +65,10 @@ class Distillation:
     attention: float = 0.0
     embeddings: float = 0.0
     mapping: str = "origin"     # student layer -> teacher layer: origin | uniform | last
+
+    # for the contract suite (methods/base.py); no identity: every step trains (steps >= 1, lr > 0)
+    EXAMPLE: ClassVar[dict] = {"steps": 3, "batch_size": 8, "hidden": 1.0, "attention": 1.0}
+    IDENTITY: ClassVar[dict | None] = None
 
     def __post_init__(self):
         check(isinstance(self.steps, int) and self.steps >= 1, "distill", f"steps must be an int >= 1, got {self.steps!r}")
@@ -282,31 +287,88 @@ def _train(model, cfg: Distillation, ctx: Context):
         return sum(getattr(cfg, name) * value for name, value in losses.items()), losses
 
     with attention_maps(model, teacher) if cfg.attention > 0 else nullcontext():
-        optimise(model, params, cfg, ctx, loss_fn)
+        recover(model, params, cfg, ctx, loss_fn)
     return model, targets
 
 
-def optimise(model, params: list, cfg: Distillation, ctx: Context, loss_fn, name: str = "distill") -> None:
-    """The recovery training loop: ``cfg.steps`` AdamW steps on ``params`` (linear warm-up and decay,
-    gradients clipped at 1) over the transfer set's batches; ``loss_fn(batch) -> (loss, {part: loss})``
-    (the parts are shown in the progress line). ``model`` trains meanwhile and is left in eval mode.
-    Early exit trains its exit heads with it."""
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
-    warm = max(1, int(cfg.steps * cfg.warmup))
+@dataclass
+class Watch:
+    """Looking at a held-out split while training: every ``every`` steps (and at the end) ``evaluate()``
+    gives a score (higher is better); the weights of the best step are kept and put back at the end;
+    training stops once ``patience`` evaluations in a row did not beat the best by more than ``min_gain``
+    (None: never early). ``curve`` records every evaluation."""
+
+    evaluate: Callable[[], float]
+    every: int
+    patience: int | None = None
+    min_gain: float = 0.0
+    curve: list[dict] = field(default_factory=list)
+    kept_step: int | None = None
+    stopped: str = ""
+
+    def best(self) -> float | None:
+        return max((c["val"] for c in self.curve), default=None)
+
+
+def optimise(model, params: list, batches: Iterator[dict], loss_fn, *, steps: int, lr: float, warmup: float = 0.1,
+             name: str = "train", on_step: Callable[[int, int, torch.Tensor, dict], None] | None = None,
+             watch: Watch | None = None, weight_decay: float = 0.01) -> None:
+    """The training loop of autocompress (the teacher's fine-tune, recovery, early exit's heads): ``steps``
+    AdamW steps on ``params`` over ``batches`` (linear warm-up over a ``warmup`` fraction, then linear decay;
+    gradients clipped at 1); ``loss_fn(batch) -> (loss, {part: loss})``. A loss that is not finite stops
+    it with a FloatingPointError. ``on_step(step, steps, loss, parts)`` after each step (progress).
+    With ``watch``, the held-out score is looked at as it goes (see ``Watch``). ``model`` trains
+    meanwhile and is left in eval mode."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    warm = max(1, int(steps * warmup))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (cfg.steps - s) / max(1, cfg.steps - warm))))
+        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
     model.train()
-    for step, batch in enumerate(ctx.transfer.batches(cfg.batch_size, cfg.steps, seed=ctx.seed + 1)):
+    best_state, since, last_loss, done = None, 0, float("nan"), 0
+    for step, batch in enumerate(batches):
         loss, losses = loss_fn(batch)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"{name}: the loss became {loss.item()} at step {step + 1} of {cfg.steps} "
-                                     f"(lr {cfg.lr:g}): the trial is stopped")
+            raise FloatingPointError(f"{name}: the loss became {loss.item()} at step {step + 1} of {steps} "
+                                     f"(lr {lr:g}): the trial is stopped")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        if ctx.progress and (step + 1) % 50 == 0:
-            parts = " ".join(f"{k} {v.item():.3f}" for k, v in losses.items())
-            ctx.progress(f"{name} {step + 1}/{cfg.steps} loss {loss.item():.3f} ({parts})")
+        done, last_loss = step + 1, loss.item()
+        if on_step:
+            on_step(done, steps, loss, losses)
+        if watch and (done % watch.every == 0 or done == steps):
+            model.eval()
+            value = float(watch.evaluate())
+            model.train()
+            previous = watch.best()
+            watch.curve.append({"step": done, "train_loss": round(last_loss, 5), "val": value})
+            if previous is None or value > previous + watch.min_gain:
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                watch.kept_step, since = done, 0
+            else:
+                since += 1
+                if watch.patience is not None and since >= watch.patience:
+                    watch.stopped = (f"no gain over the best ({previous:.4f} at step {watch.kept_step}) in "
+                                     f"{since} evaluations")
+                    break
+        if done >= steps:
+            break
+    if watch:
+        watch.stopped = watch.stopped or f"the planned {steps} steps were done"
+        if best_state is not None and watch.kept_step != done:
+            model.load_state_dict(best_state)
     model.eval()
+
+
+def recover(model, params: list, cfg: Distillation, ctx: Context, loss_fn, name: str = "distill") -> None:
+    """``optimise`` as a recovery step runs it: ``cfg.steps`` steps of ``cfg.batch_size`` from the
+    transfer set, progress every 50 steps through ``ctx.progress``."""
+    def on_step(step, steps, loss, losses):
+        if ctx.progress and step % 50 == 0:
+            parts = " ".join(f"{k} {v.item():.3f}" for k, v in losses.items())
+            ctx.progress(f"{name} {step}/{steps} loss {loss.item():.3f} ({parts})")
+
+    optimise(model, params, ctx.transfer.batches(cfg.batch_size, cfg.steps, seed=ctx.seed + 1), loss_fn,
+             steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup, name=name, on_step=on_step)

@@ -12,19 +12,18 @@ front show the latency as measured, whichever way it goes.
 projection (ALBERT's factorized embedding parameterization, Lan et al., 2020), from the SVD of the
 fine-tuned matrix. Embeddings are a lookup, so this buys size, hardly any time.
 
-Both modules are registered with ``checkpoint.module_kind`` so a saved model is rebuilt from its
+Both modules are registered with ``methods.base.module_kind`` so a saved model is rebuilt from its
 structure record.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from .. import arch
-from ..checkpoint import module_kind
-from .base import Context, check, refuse_after_finalizers, register
+from .base import Context, check, module_kind, refuse_after_finalizers, register
 
 ATTENTION = ("query", "key", "value", "attn_out")
 FFN = ("ffn_in", "ffn_out")
@@ -135,6 +134,9 @@ class LowRank:
     targets: str = "ffn"      # which Linears: ffn | attention | all
     multiple: int = 8         # rank rounded to a multiple of this (GEMM-friendly)
 
+    EXAMPLE: ClassVar[dict] = {"rank_ratio": 0.5, "targets": "all"}    # for the contract suite (methods/base.py)
+    IDENTITY: ClassVar[dict | None] = {"rank_ratio": 1.0}
+
     def __post_init__(self):
         check(isinstance(self.rank_ratio, (int, float)) and not isinstance(self.rank_ratio, bool)
               and 0.0 < self.rank_ratio <= 1.0, "low_rank", f"rank_ratio must be in (0, 1], got {self.rank_ratio!r}")
@@ -174,6 +176,9 @@ def low_rank(model, cfg: LowRank, ctx: Context | None = None):
 @dataclass(frozen=True)
 class EmbeddingFactorization:
     dim: int                  # E: the inner width of V x E . E x H; must be below the embedding width H
+
+    EXAMPLE: ClassVar[dict] = {"dim": 16}              # for the contract suite (methods/base.py)
+    IDENTITY: ClassVar[dict | None] = None             # none: dim must be below the width (at H it is no smaller)
 
     def __post_init__(self):
         check(isinstance(self.dim, int) and not isinstance(self.dim, bool) and self.dim >= 1,

@@ -9,6 +9,7 @@ shrinks; ``checkpoint.py`` saves the new per-layer shapes so the model can be re
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,9 @@ def encoder_layers(model) -> torch.nn.ModuleList:
 class LayerDrop:
     keep: int                 # number of encoder layers kept
     strategy: str = "top"     # "top": drop the top layers (Sajjad et al., 2020); "alternate": keep evenly spaced
+
+    EXAMPLE: ClassVar[dict] = {"keep": 2, "strategy": "alternate"}      # for the contract suite (methods/base.py)
+    IDENTITY: ClassVar[dict | None] = {"keep": 4}                       # all of the tiny model's 4 layers
 
     def __post_init__(self):
         check(isinstance(self.keep, int) and self.keep >= 1, "drop_layers", f"keep must be an int >= 1, got {self.keep!r}")
@@ -109,6 +113,9 @@ class HeadPruning:
     score_batches: int = 8    # batches used for the importance score
     batch_size: int = 32
 
+    EXAMPLE: ClassVar[dict] = {"ratio": 0.5, "score_batches": 2, "batch_size": 8}
+    IDENTITY: ClassVar[dict | None] = {"ratio": 0.0}
+
     def __post_init__(self):
         check(isinstance(self.ratio, (int, float)) and 0.0 <= self.ratio < 1.0, "prune_heads",
               f"ratio must be in [0, 1), got {self.ratio!r}")
@@ -155,6 +162,9 @@ class FFNPruning:
     score_batches: int = 8
     batch_size: int = 32
     multiple: int = 16        # kept width rounded to a multiple of this (GEMM-friendly)
+
+    EXAMPLE: ClassVar[dict] = {"ratio": 0.5, "score_batches": 2, "batch_size": 8}
+    IDENTITY: ClassVar[dict | None] = {"ratio": 0.0}
 
     def __post_init__(self):
         check(isinstance(self.ratio, (int, float)) and 0.0 <= self.ratio < 1.0, "prune_ffn",

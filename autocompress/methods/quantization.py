@@ -26,6 +26,7 @@ import os
 import random
 import tempfile
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +88,12 @@ class DynamicInt8:
     per_channel: bool = True    # per-tensor loses far more accuracy on MiniLM
     reduce_range: bool = False
 
+    # for the contract suite (methods/base.py): int8 has no identity; TOLERANCE: max |logit change| on the
+    # tiny model (logits up to ~1.4; measured 0.04)
+    EXAMPLE: ClassVar[dict] = {"per_channel": True}
+    IDENTITY: ClassVar[dict | None] = None
+    TOLERANCE: ClassVar[float] = 0.15
+
     def __post_init__(self):
         _check_bool(self.per_channel, "quantize_int8", "per_channel")
         _check_bool(self.reduce_range, "quantize_int8", "reduce_range")
@@ -109,6 +116,10 @@ class StaticInt8:
     calibration: str = "minmax"   # minmax | entropy | percentile (ONNX Runtime's calibrators)
     per_channel: bool = True      # weights per output channel
     rows: int = 128               # transfer-set rows the activation ranges are calibrated on
+
+    EXAMPLE: ClassVar[dict] = {"calibration": "minmax", "rows": 16}    # for the contract suite (methods/base.py)
+    IDENTITY: ClassVar[dict | None] = None
+    TOLERANCE: ClassVar[float] = 0.2                                     # measured 0.09
 
     def __post_init__(self):
         check(self.calibration in CALIBRATIONS, "quantize_static",
@@ -221,18 +232,18 @@ FP16_CPU_NOTE = ("fp16 is for GPU profiles: ONNX Runtime's CPU provider has few 
 class Float16:
     """No parameters: inputs and outputs keep their types (int64 ids in, float32 logits out)."""
 
+    EXAMPLE: ClassVar[dict] = {}                       # for the contract suite (methods/base.py)
+    IDENTITY: ClassVar[dict | None] = None
+    TOLERANCE: ClassVar[float] = 0.01                  # measured 0.002
+
 
 @register("quantize_fp16", "onnx", Float16, label=lambda c: "fp16", exclusive=PRECISION, cpu_note=FP16_CPU_NOTE)
 def quantize_fp16(src: str | os.PathLike, dst: str | os.PathLike, cfg: Float16, ctx=None):
     """Float16 weights and arithmetic for GPU profiles (on a CPU profile it is slower than fp32)."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
     from .. import export
 
     with _quiet():
-        model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
-    return export.save(model, dst)
+        return export.to_fp16(src, dst)
 
 
 # ---------------------------------------------------------------- mixed precision
@@ -240,6 +251,10 @@ def quantize_fp16(src: str | os.PathLike, dst: str | os.PathLike, cfg: Float16, 
 class MixedInt8:
     keep_fp32: int = 4    # the most sensitive weight MatMuls (or Gemms) left in fp32 (all where there are fewer)
     rows: int = 64        # transfer-set rows on which each MatMul's sensitivity is measured
+
+    EXAMPLE: ClassVar[dict] = {"keep_fp32": 2, "rows": 16}    # for the contract suite (methods/base.py)
+    IDENTITY: ClassVar[dict | None] = None
+    TOLERANCE: ClassVar[float] = 0.15                         # measured 0.03
 
     def __post_init__(self):
         _check_count(self.keep_fp32, "quantize_mixed", "keep_fp32", 0)

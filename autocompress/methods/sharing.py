@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from .. import arch
-from ..checkpoint import module_spec
-from .base import Context, RecipeError, check, refuse_after_finalizers, register
+from .base import Context, RecipeError, check, module_spec, refuse_after_finalizers, register
 from .factorization import TARGETS
 
 INITS = ("mean", "first")
@@ -41,6 +41,9 @@ class LayerSharing:
     groups: int               # distinct weight sets; consecutive layers share one (1: all layers share)
     what: str = "all"         # attention | ffn | all
     init: str = "first"       # its first layer | the mean of the group's layers (recovers worse, see above)
+
+    EXAMPLE: ClassVar[dict] = {"groups": 2, "what": "ffn", "init": "mean"}    # for the contract suite (methods/base.py)
+    IDENTITY: ClassVar[dict | None] = {"groups": 4}                            # one group per layer of the tiny model
 
     def __post_init__(self):
         check(isinstance(self.groups, int) and not isinstance(self.groups, bool) and self.groups >= 1,

@@ -4,7 +4,7 @@ for BERT: Gordon et al., 2020; Chen et al., 2020).
 The ``sparsity`` fraction of all encoder Linear weights with the smallest magnitude, ranked together
 across layers (a global threshold, so layers that matter less lose more), are set to zero. The zeros
 are held by ``torch.nn.utils.prune`` masks, so the recovery training that follows in a recipe cannot
-revive them; ``finalize`` (``methods.base``) then makes them permanent and drops the masks.
+revive them; ``finalize`` (``autocompress.finalize``) then makes them permanent and drops the masks.
 
 What it buys here: **size once compressed** (zeros deflate well: the zipped ONNX file shrinks), not
 speed — the matrices stay dense, and a dense runtime (ONNX Runtime's CPU kernels) multiplies zeros as
@@ -13,17 +13,22 @@ fast as any other number. Biases, LayerNorms, embeddings and the classifier are 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch.nn.utils import prune
 
 from .. import arch
-from .base import Context, check, register, register_finalizer
+from ..finalize import register_finalizer
+from .base import Context, check, register
 
 
 @dataclass(frozen=True)
 class MagnitudePruning:
     sparsity: float           # fraction of the encoder's Linear weights set to zero, in [0, 1)
+
+    EXAMPLE: ClassVar[dict] = {"sparsity": 0.5}         # for the contract suite (methods/base.py)
+    IDENTITY: ClassVar[dict | None] = {"sparsity": 0.0}
 
     def __post_init__(self):
         check(isinstance(self.sparsity, (int, float)) and not isinstance(self.sparsity, bool)

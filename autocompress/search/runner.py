@@ -1,13 +1,9 @@
 """Ray Tune + OptunaSearch: two objectives (validation accuracy up, target latency down), the latency
-budget as an Optuna constraint, every candidate timed on every profile, then the fronts re-scored on
-the GLUE dev set.
+budget as an Optuna constraint, every candidate timed on every profile (``trial``), the sampler as
+``samplers`` says; then the fronts re-timed side by side and re-scored on the GLUE dev set.
 
-Surviving crashes uses what Optuna offers: the study lives in the store's database (RDBStorage); the
-driver records Optuna heartbeats for the trials it runs; ``--resume`` lets Optuna's
-``fail_stale_trials`` fail the trials whose heartbeat stopped, and its
-``RetryHeartbeatStaleTrialCallback`` enqueues their parameters again, so their recipes are proposed
-again. Our own table follows Optuna's verdicts (``reconcile``). Ray Tune's own experiment restore is not
-used: a new Tuner continues the same study, and only the trials still owed are run.
+A resumed search continues the same Optuna study (``resume``); Ray Tune's own experiment restore is not
+used: a new Tuner runs only the trials still owed.
 
 Import ``cluster.configure_environment`` first: this module imports Ray.
 """
@@ -15,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,23 +18,17 @@ from pathlib import Path
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from ..evaluate import EVAL_MAX_LENGTH, encode, predict_onnx, score
-from ..hardware.obtain import obtain_side_by_side
-from ..hardware.profiles import HardwareProfile
+from ..evaluate import predict_onnx, score
+from ..features import EVAL_MAX_LENGTH, encode
+from ..hardware import HardwareProfile, obtain_side_by_side
 from ..recipe import Recipe
 from ..store import Store, StoreError, TrialRecord, first_line
 from ..tasks import TaskData
 from ..teacher import Teacher
-from . import cluster, pareto
+from . import cluster, pareto, samplers
+from .resume import GRACE_S, Heartbeat, fail_stale_trials, finished_count, reconcile  # noqa: F401  (GRACE_S: the CLI)
 from .space import Space
-from .trial import OBJECTIVES, TrialSetup, evaluate_candidate, trainable
-
-HEARTBEAT_S = 10       # the driver records an Optuna heartbeat for each running trial this often
-GRACE_S = 30           # a running trial whose heartbeat is older than this is stale (its search is gone)
-FINISHED = ("done", "duplicate", "over_budget", "failed", "stopped")   # statuses that use up the trial budget
-STATE_OF = {"done": "COMPLETE", "duplicate": "COMPLETE", "over_budget": "COMPLETE", "failed": "FAIL",
-            "stopped": "PRUNED"}     # our status -> the Optuna state the same trial must have
-
+from .trial import OBJECTIVES, TrialSetup, run_trial, trainable
 
 @dataclass
 class SearchPlan:
@@ -56,19 +45,7 @@ class SearchPlan:
     parallel: int | None = None          # trials at once (None: one per node of the cluster)
     time_limit_s: float | None = None
     attempt: int = 0                      # 0: the first start; k: the k-th --resume
-
-
-def heartbeat_storage(url: str):
-    """The study's storage with Optuna's heartbeat settings and retry of stale trials (used to record
-    heartbeats and to fail stale trials; the searcher itself asks and tells through a plain one)."""
-    import warnings
-
-    import optuna
-
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    return optuna.storages.RDBStorage(
-        url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
+    sampler: str = "tpe"                  # the search strategy (``samplers``)
 
 
 class ConstrainedOptunaSearch(OptunaSearch):
@@ -91,39 +68,6 @@ class ConstrainedOptunaSearch(OptunaSearch):
             self._ot_trials[trial_id].set_constraint("latency_budget", float(result["constraint"]))
         getattr(self, "live", {}).pop(trial_id, None)
         super().on_trial_complete(trial_id, result, error)
-
-
-class Heartbeat:
-    """A driver thread: every HEARTBEAT_S, an Optuna heartbeat for each trial under way (so a resumed
-    search can tell which trials were left running by a search that died) and the run's own heartbeat
-    in the store (so --resume can tell whether the run's search is still alive)."""
-
-    def __init__(self, searcher: ConstrainedOptunaSearch, store: Store, run: str, url: str):
-        self.searcher, self.store, self.run = searcher, store, run
-        self.storage = heartbeat_storage(url)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True, name="autocompress-heartbeat")
-
-    def beat(self) -> None:
-        for trial_id in list(getattr(self.searcher, "live", {}).values()):
-            self.storage.record_heartbeat(trial_id)
-        self.store.touch_run(self.run)
-
-    def _loop(self) -> None:
-        while not self.stop.wait(HEARTBEAT_S):
-            try:
-                self.beat()
-            except Exception:          # a busy database: try again at the next beat
-                pass
-
-    def __enter__(self):
-        self.beat()
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(timeout=5)
 
 
 @dataclass
@@ -195,79 +139,6 @@ class Progress(tune.Callback):
             return "unknown error (see the Ray logs)"
 
 
-# ------------------------------------------------------------------ resuming
-def fail_stale_trials(plan: SearchPlan, store: Store, log=print) -> list[tuple[int, int | None]]:
-    """Before a resumed search: let Optuna fail the trials the interrupted search left running (their
-    heartbeats stopped) and enqueue their parameters again; mirror that in our table. Returns
-    (stale trial, the trial that will retry it) pairs."""
-    import optuna
-    from optuna.trial import TrialState
-
-    storage = heartbeat_storage(plan.store_url)
-    study = optuna.load_study(study_name=plan.run, storage=storage)
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    if running:
-        log(f"waiting up to {GRACE_S + HEARTBEAT_S} s for the heartbeats of {len(running)} trial(s) the "
-            "interrupted search left running to go stale")
-        deadline = time.time() + GRACE_S + HEARTBEAT_S + 5
-        while running and time.time() < deadline:
-            optuna.storages.fail_stale_trials(study)
-            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if running:
-                time.sleep(2)
-        for t in running:     # never got a heartbeat (the search died between asking and recording one)
-            if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
-                storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(t._trial_id))
-    return reconcile(plan, store)
-
-
-def reconcile(plan: SearchPlan, store: Store, why: str = "the search stopped while it ran") -> list[tuple[int, int | None]]:
-    """Make our table agree with the Optuna study: a trial Optuna failed as stale (or never saw
-    finish) is failed here too, with the reason and the trial that retries its recipe; a trial Optuna
-    asked for but that never reached a worker gets a row. Returns (stale, retry) pairs."""
-    import optuna
-    from optuna.trial import TrialState
-
-    study = optuna.load_study(study_name=plan.run, storage=optuna.storages.RDBStorage(plan.store_url))
-    trials = study.get_trials(deepcopy=False)
-    retry_of = {t.system_attrs.get("failed_trial"): t.number for t in trials
-                if t.state == TrialState.WAITING and "failed_trial" in t.system_attrs}
-    ours = {t.number: t for t in store.trials(plan.run, status=None)}
-    pairs = []
-    for t in trials:
-        number = t.number + 1
-        if t.state == TrialState.WAITING:
-            continue
-        row = ours.get(number)
-        if t.state == TrialState.FAIL and (row is None or row.status not in FINISHED):
-            retry = retry_of.get(t.number)
-            error = (f"stale: {why}; " + (f"its recipe is proposed again as trial {retry + 1}" if retry is not None
-                                          else "not retried (retried too often)"))
-            if row is None:
-                store.record_failed(plan.run, number, t.params, error)
-            else:
-                store.finish_trial(store.trial_id(plan.run, number), "failed", error=error)
-            pairs.append((number, None if retry is None else retry + 1))
-    return pairs
-
-
-def finished_count(store: Store, run: str) -> int:
-    return sum(1 for t in store.trials(run, status=None) if t.role == "candidate" and t.status in FINISHED
-               and not (t.error or "").startswith("stale:"))
-
-
-def study_agrees(store: Store, run: str, url: str) -> tuple[dict[int, str], dict[int, str]]:
-    """(our candidate trials -> the Optuna state their status means, the study's trials -> state), for
-    checking that the two agree after a search (WAITING trials, proposed but never started, excluded)."""
-    import optuna
-
-    study = optuna.load_study(study_name=run, storage=optuna.storages.RDBStorage(url))
-    theirs = {t.number + 1: t.state.name for t in study.get_trials(deepcopy=False) if t.state.name != "WAITING"}
-    ours = {t.number: STATE_OF.get(t.status, t.status.upper()) for t in store.trials(run, status=None)
-            if t.role == "candidate"}
-    return ours, theirs
-
-
 # ------------------------------------------------------------------ the search
 def run_search(plan: SearchPlan, setup: TrialSetup, data: TaskData, teacher: Teacher,
                log=print) -> str:
@@ -278,9 +149,9 @@ def run_search(plan: SearchPlan, setup: TrialSetup, data: TaskData, teacher: Tea
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     store = Store(plan.store_url, create=False)
     if plan.attempt == 0:
-        evaluate_candidate(setup, 0, Recipe(), role="teacher", data=data, teacher=teacher)
+        run_trial(setup, 0, Recipe(), role="teacher", data=data, teacher=teacher)
     else:
-        for stale, retry in fail_stale_trials(plan, store, log):
+        for stale, retry in fail_stale_trials(store, plan.run, log):
             log(f"trial {stale} was running when the search stopped: failed as stale"
                 + (f", its recipe is proposed again as trial {retry}" if retry else ""))
     done_before = finished_count(store, plan.run)
@@ -290,10 +161,9 @@ def run_search(plan: SearchPlan, setup: TrialSetup, data: TaskData, teacher: Tea
     bar = tqdm(total=plan.trials, initial=done_before, desc="trials", unit="trial", dynamic_ncols=True)
     progress = Progress(bar, store, plan)
 
-    # seeds first, then random start-up trials, then multi-objective TPE (feasible trials preferred)
-    startup = max(len(plan.space.seeds) + 2, plan.trials // 3)
-    sampler = optuna.samplers.TPESampler(seed=plan.seed + plan.attempt, n_startup_trials=startup)
     seeds = plan.space.seeds[: plan.trials] if plan.attempt == 0 else []   # a resumed study holds its own queue
+    sampler = samplers.make(plan.sampler, seed=plan.seed + plan.attempt, trials=plan.trials,
+                            seeds=len(plan.space.seeds))
     searcher = ConstrainedOptunaSearch(space=DefineByRun(plan.space, setup.num_layers), metric=list(OBJECTIVES),
                                        mode=["max", "min"], sampler=sampler,
                                        storage=optuna.storages.RDBStorage(plan.store_url), study_name=plan.run,
@@ -335,7 +205,7 @@ def run_search(plan: SearchPlan, setup: TrialSetup, data: TaskData, teacher: Tea
             ray.shutdown()
         bar.close()
     if status == "done":
-        reconcile(plan, store, why="its search ended before it finished")
+        reconcile(store, plan.run, why="its search ended before it finished")
     return status
 
 

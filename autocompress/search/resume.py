@@ -1,0 +1,139 @@
+"""Surviving a crash or a stop, with what Optuna offers.
+
+The study lives in the store's database (RDBStorage). While trials run, the driver records an Optuna
+heartbeat for each (``Heartbeat``), and the run's own heartbeat in the store. ``--resume`` lets Optuna's
+``fail_stale_trials`` fail the trials whose heartbeat stopped, and its ``RetryHeartbeatStaleTrialCallback``
+enqueues their parameters again, so their recipes are proposed again; our own table follows Optuna's
+verdicts (``reconcile``).
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+from ..store import Store
+
+HEARTBEAT_S = 10       # the driver records an Optuna heartbeat for each running trial this often
+GRACE_S = 30           # a running trial whose heartbeat is older than this is stale (its search is gone)
+FINISHED = ("done", "duplicate", "over_budget", "failed", "stopped")   # statuses that use up the trial budget
+STATE_OF = {"done": "COMPLETE", "duplicate": "COMPLETE", "over_budget": "COMPLETE", "failed": "FAIL",
+            "stopped": "PRUNED"}     # our status -> the Optuna state the same trial must have
+
+
+
+def heartbeat_storage(url: str):
+    """The study's storage with Optuna's heartbeat settings and retry of stale trials (used to record
+    heartbeats and to fail stale trials; the searcher itself asks and tells through a plain one)."""
+    import warnings
+
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    return optuna.storages.RDBStorage(
+        url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
+
+
+class Heartbeat:
+    """A driver thread: every HEARTBEAT_S, an Optuna heartbeat for each trial under way (so a resumed
+    search can tell which trials were left running by a search that died) and the run's own heartbeat
+    in the store (so --resume can tell whether the run's search is still alive)."""
+
+    def __init__(self, searcher, store: Store, run: str, url: str):
+        self.searcher, self.store, self.run = searcher, store, run
+        self.storage = heartbeat_storage(url)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True, name="autocompress-heartbeat")
+
+    def beat(self) -> None:
+        for trial_id in list(getattr(self.searcher, "live", {}).values()):
+            self.storage.record_heartbeat(trial_id)
+        self.store.touch_run(self.run)
+
+    def _loop(self) -> None:
+        while not self.stop.wait(HEARTBEAT_S):
+            try:
+                self.beat()
+            except Exception:          # a busy database: try again at the next beat
+                pass
+
+    def __enter__(self):
+        self.beat()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+def fail_stale_trials(store: Store, run: str, log=print) -> list[tuple[int, int | None]]:
+    """Before a resumed search: let Optuna fail the trials the interrupted search left running (their
+    heartbeats stopped) and enqueue their parameters again; mirror that in our table. Returns
+    (stale trial, the trial that will retry it) pairs."""
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = heartbeat_storage(store.url)
+    study = optuna.load_study(study_name=run, storage=storage)
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if running:
+        log(f"waiting up to {GRACE_S + HEARTBEAT_S} s for the heartbeats of {len(running)} trial(s) the "
+            "interrupted search left running to go stale")
+        deadline = time.time() + GRACE_S + HEARTBEAT_S + 5
+        while running and time.time() < deadline:
+            optuna.storages.fail_stale_trials(study)
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if running:
+                time.sleep(2)
+        for t in running:     # never got a heartbeat (the search died between asking and recording one)
+            if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(t._trial_id))
+    return reconcile(store, run)
+
+
+def reconcile(store: Store, run: str, why: str = "the search stopped while it ran") -> list[tuple[int, int | None]]:
+    """Make our table agree with the Optuna study: a trial Optuna failed as stale (or never saw
+    finish) is failed here too, with the reason and the trial that retries its recipe; a trial Optuna
+    asked for but that never reached a worker gets a row. Returns (stale, retry) pairs."""
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name=run, storage=optuna.storages.RDBStorage(store.url))
+    trials = study.get_trials(deepcopy=False)
+    retry_of = {t.system_attrs.get("failed_trial"): t.number for t in trials
+                if t.state == TrialState.WAITING and "failed_trial" in t.system_attrs}
+    ours = {t.number: t for t in store.trials(run, status=None)}
+    pairs = []
+    for t in trials:
+        number = t.number + 1
+        if t.state == TrialState.WAITING:
+            continue
+        row = ours.get(number)
+        if t.state == TrialState.FAIL and (row is None or row.status not in FINISHED):
+            retry = retry_of.get(t.number)
+            error = (f"stale: {why}; " + (f"its recipe is proposed again as trial {retry + 1}" if retry is not None
+                                          else "not retried (retried too often)"))
+            if row is None:
+                store.record_failed(run, number, t.params, error)
+            else:
+                store.finish_trial(store.trial_id(run, number), "failed", error=error)
+            pairs.append((number, None if retry is None else retry + 1))
+    return pairs
+
+
+def finished_count(store: Store, run: str) -> int:
+    return sum(1 for t in store.trials(run, status=None) if t.role == "candidate" and t.status in FINISHED
+               and not (t.error or "").startswith("stale:"))
+
+
+def study_agrees(store: Store, run: str, url: str) -> tuple[dict[int, str], dict[int, str]]:
+    """(our candidate trials -> the Optuna state their status means, the study's trials -> state), for
+    checking that the two agree after a search (WAITING trials, proposed but never started, excluded)."""
+    import optuna
+
+    study = optuna.load_study(study_name=run, storage=optuna.storages.RDBStorage(url))
+    theirs = {t.number + 1: t.state.name for t in study.get_trials(deepcopy=False) if t.state.name != "WAITING"}
+    ours = {t.number: STATE_OF.get(t.status, t.status.upper()) for t in store.trials(run, status=None)
+            if t.role == "candidate"}
+    return ours, theirs
