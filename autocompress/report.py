@@ -18,7 +18,7 @@ EXPECTED_LEGEND = (f"{EXPECTED_MARK} = expected latency (early exit): its segmen
                    "    the validation inputs reaching each")
 
 
-def _member(t: TrialRecord, profile: str, teacher: TrialRecord | None) -> dict[str, Any]:
+def _member(t: TrialRecord, profile: str, teacher: TrialRecord | None, resolution: float | None = None) -> dict[str, Any]:
     lat = t.latencies[profile]
     base = teacher.latencies.get(profile) if teacher else None
     methods = [get_method(s.method) for s in Recipe.from_json(t.recipe).steps]
@@ -41,6 +41,10 @@ def _member(t: TrialRecord, profile: str, teacher: TrialRecord | None) -> dict[s
         "size_zip_mb": round(t.size_zip_mb, 2) if t.size_zip_mb is not None else None,
         "n_params": t.n_params,
         "onnx": t.artifacts.get("onnx"),
+        # val score within the noise of the teacher's at the split's size (cannot be told apart from it)
+        "within_noise_of_teacher": (None if resolution is None or teacher is None or t.role == "teacher"
+                                    or t.accuracy("val") is None or teacher.accuracy("val") is None
+                                    else abs(t.accuracy("val") - teacher.accuracy("val")) <= resolution),
     }
 
 
@@ -54,6 +58,8 @@ def front_data(store: Store, run: str) -> dict[str, Any]:
     """Per device: the front members with their figures, the best within budget, the teacher, the teacher
     with only ONNX steps (int8), and every candidate."""
     r: RunRecord = store.get_run(run)
+    settings = RunSettings.from_dict(r.settings)
+    res = settings.resolution
     trials = store.trials(run)
     failed = store.trials(run, status="failed")
     duplicates = store.trials(run, status="duplicate")
@@ -68,14 +74,15 @@ def front_data(store: Store, run: str) -> dict[str, Any]:
             "target": p == r.device,
             "budget_ms": budget,
             "teacher": _member(teacher, p, teacher) if teacher and p in teacher.latencies else None,
-            "front": [_member(t, p, teacher) for t in pareto.front(trials, p)],
+            "front": [_member(t, p, teacher, res) for t in pareto.front(trials, p)],
             "best_within_budget": best.number if best else None,
             "teacher_quantized": [_member(t, p, teacher) for t in trials if _teacher_quantized(t) and p in t.latencies],
             "candidates": [_member(t, p, teacher) for t in trials if t.role == "candidate" and p in t.latencies],
             "obtained": _how(trials, p),
         }
     return {
-        "run": r.name, "status": r.status, "task": r.task, "metric": RunSettings.from_dict(r.settings).task_info(r.task)[1],
+        "run": r.name, "status": r.status, "task": r.task, "metric": settings.task_info(r.task)[1],
+        "val_size": settings.val_size, "resolution": res, "baseline": settings.baseline, "carve": settings.carve,
         "model": r.model, "device": r.device,
         "budget_ms": r.budget_ms, "created": r.created.isoformat(timespec="seconds"),
         "trials_done": len([t for t in trials if t.role == "candidate"]), "trials_failed": len(failed),
@@ -154,6 +161,19 @@ def _mb(v: float | None) -> str:
     return "-" if v is None else f"{v:g}"
 
 
+NOISE_MARK = "≈"
+
+
+def resolution_line(data: dict[str, Any]) -> str | None:
+    """How far apart two val scores must be to differ at the split's size (None for runs that did not
+    record it)."""
+    res, n = data.get("resolution"), data.get("val_size")
+    if res is None or not n:
+        return None
+    return (f"val has {n} rows: two {data.get('metric', 'accuracy')} scores must be {100 * res:.1f} points apart to "
+            f"differ at 95%; a front member within that of the teacher is marked {NOISE_MARK}")
+
+
 def tables(data: dict[str, Any]) -> str:
     """One text table per device; the most accurate model within budget is marked with *."""
     lines = [f"run {data['run']} ({data['status']}): {data['task']}, {data['trials_done']} trials done"
@@ -169,6 +189,11 @@ def tables(data: dict[str, Any]) -> str:
     over = over_budget_line(data)
     if over:
         lines.append(f"  {over}")
+    if data.get("carve"):
+        lines.append(f"  val: {data['carve']}")
+    noise = resolution_line(data)
+    if noise:
+        lines.append(f"  {noise}")
     if not data["trials_done"]:
         lines.append("  no candidate finished, so there is no front")
         return "\n".join(lines)
@@ -192,7 +217,8 @@ def tables(data: dict[str, Any]) -> str:
             lat_s = f"{lat['median_ms']:.2f} ±{lat['spread_ms'] / 2:.2f}"
             sp = f"{m['speedup']:.2f}x" if m["speedup"] else "-"
             dagger = ((" †" if m["size_only_steps"] else "") + (" ‡" if m.get("cpu_notes") else "")
-                      + (f" {EXPECTED_MARK}" if m["latency_expected"] else ""))
+                      + (f" {EXPECTED_MARK}" if m["latency_expected"] else "")
+                      + (f" {NOISE_MARK}" if m.get("within_noise_of_teacher") else ""))
             lines.append(f"  {mark:1} {m['trial']:>5} {_pct(m['val']):>6} {_pct(m['dev']):>6} {lat_s:>16} "
                          f"{_tag(lat):>17} {sp:>7} {m['size_mb']:>6} {_mb(m['size_zip_mb']):>6}  {m['recipe']}{dagger}")
         if d["budget_ms"] and d["best_within_budget"] is None:
@@ -207,6 +233,9 @@ def tables(data: dict[str, Any]) -> str:
                  "latency = median ± half the interquartile range at the device's shape (its line above says how it\n"
                  "was obtained: measured, or predicted and by what; fronts and teacher re-timed side by side where\n"
                  "measured or host-predicted, so speed-ups are ratios from one measurement); * = best within budget")
+    if any(m.get("within_noise_of_teacher") for d in data["devices"].values() for m in d["front"]):
+        lines.append(f"{NOISE_MARK} = its val score is within the noise of the teacher's at this split's size (see the "
+                     "line at the top):\n    the two cannot be told apart on val")
     if any(m["latency_expected"] for d in data["devices"].values() for m in d["front"]):
         lines.append(f"{EXPECTED_LEGEND} (an input's own latency depends on where it leaves; re-timed\n"
                      "    segment by segment beside the others where measured)")

@@ -20,9 +20,9 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from . import arch, checkpoint, export, fileio
-from .evaluate import predict_torch, score
-from .features import TransferSet, encode
-from .methods.distillation import optimise
+from .evaluate import beats_trivial, predict_torch, resolution, score
+from .features import EVAL_MAX_LENGTH, TransferSet, encode
+from .methods.distillation import Watch, optimise
 from .paths import teachers_dir
 from .tasks import TaskData, hub_unreachable
 
@@ -65,8 +65,17 @@ class TeacherSettings:
     min_steps: int = 600          # small data sets: at least this many optimiser steps ...
     max_epochs: int = 20          # ... within this many passes over the rows
     two_passes_up_to: int = 100_000   # rows: two passes up to this size (SST-2: +0.5 dev over one), one above
-    version: int = 3              # the training recipe; a change retrains cached teachers
+    evaluations: int = 8          # val looked at about this often over the plan (every pass where passes are shorter)
+    patience: int | None = 3      # stop after this many evaluations without a gain (None: train the whole plan)
+    keep_best: bool = True        # keep the weights of the best evaluation (False: the last ones)
+    version: int = 4              # the training recipe; a change retrains cached teachers
     data: str = ""                # fingerprint of your own data files (FileTask.fingerprint); empty for GLUE
+
+    def eval_every(self, rows: int) -> int:
+        """Steps between two looks at val: every pass, or ``evaluations`` times over a plan of long passes."""
+        per_pass = max(1, -(-rows // self.batch_size))
+        total = per_pass * self.plan_epochs(rows)
+        return max(1, min(per_pass, -(-total // self.evaluations)))
 
     def plan_epochs(self, rows: int) -> int:
         """Epochs for ``rows`` training rows: as asked, else two passes (one over data sets larger than
@@ -118,17 +127,18 @@ def _subset(n_rows: int, n: int, seed: int) -> list[int]:
 
 
 def finetune(model, transfer: TransferSet, settings: TeacherSettings,
-             progress: Callable[[int, int, float], None] | None = None):
-    """Plain fine-tuning with length-bucketed batches and linear warm-up/decay."""
+             progress: Callable[[int, int, float], None] | None = None, watch: Watch | None = None):
+    """Fine-tuning with length-bucketed batches and linear warm-up/decay (``methods.distillation.optimise``);
+    with ``watch``, looking at val as it goes, keeping the best weights and stopping early."""
     emb = arch.vocab_weight(model)
     emb.requires_grad_(False)   # its 30k x H gradient and Adam state cost more time than they help
     try:
-        return _train(model, transfer, settings, progress)
+        return _train(model, transfer, settings, progress, watch)
     finally:
         emb.requires_grad_(True)
 
 
-def _train(model, transfer: TransferSet, settings: TeacherSettings, progress) -> object:
+def _train(model, transfer: TransferSet, settings: TeacherSettings, progress, watch: Watch | None) -> object:
     steps = settings.plan_epochs(len(transfer)) * ((len(transfer) + settings.batch_size - 1) // settings.batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -136,9 +146,30 @@ def _train(model, transfer: TransferSet, settings: TeacherSettings, progress) ->
         return model(**arch.inputs(model, batch), labels=batch["labels"]).loss, {}
 
     optimise(model, params, transfer.batches(settings.batch_size, steps, seed=settings.seed), loss_fn, steps=steps,
-             lr=settings.lr, warmup=0.1, name="fine-tune",
+             lr=settings.lr, warmup=0.1, name="fine-tune", watch=watch,
              on_step=(lambda step, total, loss, _: progress(step, total, loss.item())) if progress else None)
     return model
+
+
+def watch_val(model, tokenizer, settings: TeacherSettings, data: TaskData, rows: int,
+              log: Callable[[str], None]) -> Watch:
+    """How the fine-tune looks at val: every ``eval_every`` steps the task's metric on the validation split
+    (one line in the log each time), the best weights kept, a stop after ``patience`` looks without gain."""
+    features = encode(tokenizer, data.val, EVAL_MAX_LENGTH)
+    labels, pad = data.val["label"], tokenizer.pad_token_id or 0
+    per_pass = max(1, -(-rows // settings.batch_size))
+    total = per_pass * settings.plan_epochs(rows)
+    watch = None
+
+    def evaluate(step: int, train_loss: float) -> float:
+        value = score(data.spec, predict_torch(model, features, pad_id=pad), labels, "val").main
+        best = watch.best()
+        log(f"teacher step {step}/{total} (pass {step / per_pass:.2f}): train loss {train_loss:.4f}, val "
+            f"{data.spec.metric} {value:.4f}" + (" (best so far)" if best is None or value > best else f" (best {best:.4f})"))
+        return value
+
+    watch = Watch(evaluate, settings.eval_every(rows), patience=settings.patience, keep_best=settings.keep_best)
+    return watch
 
 
 def load_teacher(path: str | os.PathLike) -> Teacher:
@@ -170,19 +201,30 @@ def get_teacher(settings: TeacherSettings, data: TaskData, *, log: Callable[[str
     labels = torch.tensor(list(rows["label"]), dtype=torch.long)
     train_set = TransferSet(encode(tokenizer, rows, settings.max_length), labels,
                             torch.zeros(len(rows), data.spec.num_labels), pad_id=pad)
-    log(f"fine-tuning teacher {settings.model} on {len(rows)} {data.spec.name} rows, "
-        f"{settings.plan_epochs(len(rows))} epoch(s)")
-    finetune(model, train_set, settings, progress)
+    # today's loop when neither is asked for: the whole plan, the last weights, val only at the end
+    watch = watch_val(model, tokenizer, settings, data, len(rows), log) if settings.patience or settings.keep_best else None
+    log(f"fine-tuning teacher {settings.model} on {len(rows)} {data.spec.name} rows: "
+        + (f"at most {settings.plan_epochs(len(rows))} pass(es), val ({len(data.val)} rows) looked at every "
+           f"{watch.every} steps" + (f", stopping after {settings.patience} looks without a gain" if settings.patience
+                                    else "") if watch else f"{settings.plan_epochs(len(rows))} pass(es)"))
+    finetune(model, train_set, settings, progress, watch)
     train_seconds = time.time() - t0
-    return _finish(model, tokenizer, settings, data, train_idx, final, train_seconds, log)
+    if watch:
+        log(f"teacher: kept step {watch.kept_step} (val {data.spec.metric} {watch.best():.4f}); stopped: {watch.stopped}")
+    return _finish(model, tokenizer, settings, data, train_idx, final, train_seconds, log, watch)
 
 
 def _finish(model, tokenizer, settings: TeacherSettings, data: TaskData, train_idx: list[int], final: Path,
-            train_seconds: float, log: Callable[[str], None]) -> Teacher:
-    """Score, compute transfer logits, export, and move the finished teacher into the cache atomically."""
+            train_seconds: float, log: Callable[[str], None], watch: Watch | None = None) -> Teacher:
+    """Score, check it learned, compute transfer logits, export, and move the finished teacher into the
+    cache atomically."""
     pad = tokenizer.pad_token_id or 0
-    val = score(data.spec, predict_torch(model, encode(tokenizer, data.val, 128), pad_id=pad), data.val["label"], "val")
-    dev = score(data.spec, predict_torch(model, encode(tokenizer, data.dev, 128), pad_id=pad), data.dev["label"], "dev")
+    val_logits = predict_torch(model, encode(tokenizer, data.val, EVAL_MAX_LENGTH), pad_id=pad)
+    val = score(data.spec, val_logits, data.val["label"], "val")
+    base = trivial_baseline(data)
+    learned = beats_trivial(data.spec, val_logits.argmax(-1), data.val["label"], base["answer"])
+    dev = score(data.spec, predict_torch(model, encode(tokenizer, data.dev, EVAL_MAX_LENGTH), pad_id=pad),
+                data.dev["label"], "dev")
     transfer_idx = train_idx[: settings.transfer_examples] if settings.transfer_examples > 0 else train_idx
     rows = data.train.select(transfer_idx)
     logits = predict_torch(model, encode(tokenizer, rows, settings.max_length), pad_id=pad)
@@ -195,7 +237,10 @@ def _finish(model, tokenizer, settings: TeacherSettings, data: TaskData, train_i
                 "train_rows": len(train_idx), "epochs": settings.plan_epochs(len(train_idx)),
                 "train_seconds": round(train_seconds, 1),
                 "val": dataclasses.asdict(val), "dev": dataclasses.asdict(dev),
-                "baseline": trivial_baseline(data), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+                "baseline": base, "learned": learned.to_dict(),
+                "resolution": resolution(data.spec, val_logits.argmax(-1), data.val["label"]),
+                **({"curve": watch.curve, "kept_step": watch.kept_step, "stopped": watch.stopped} if watch else {}),
+                "created": time.strftime("%Y-%m-%d %H:%M:%S")}
         fileio.write_json(tmp / "teacher.json", info)
     log(f"teacher ready in {train_seconds:.0f}s: val {val.main:.4f} ({val.n} rows), dev {dev.main:.4f} ({dev.n} rows)")
     return load_teacher(final)
@@ -220,18 +265,33 @@ class UselessTeacher(TeacherError):
 
 
 def check_learned(teacher: "Teacher", margin: float = 0.01) -> None:
-    """Raise ``UselessTeacher`` when the teacher's validation score does not beat always answering one
-    class by ``margin``: compressing such a model would spend an hour on nothing."""
+    """Raise ``UselessTeacher`` when the teacher does not beat always answering one class by more than the
+    noise of its validation score (``evaluate.beats_trivial``, recorded when it was fine-tuned): compressing
+    such a model would spend an hour on nothing. A teacher cached before that was recorded is held to a
+    fixed ``margin``."""
     info = teacher.info
-    base = info.get("baseline")
-    if base is None or info["val"]["metrics"]["main"] > base["main"] + margin:
+    base, learned = info.get("baseline"), info.get("learned")
+    if base is None:
         return
-    metric = base["metric"]
+    metric, n = base["metric"], info["val"].get("n", "?")
+    score_ = info["val"]["metrics"]["main"]
+    advice = ("give it more rows or passes (--train-examples, --epochs), a base model pre-trained for this kind of "
+              "task (--model), or a larger validation split (--val-size: the noise shrinks with n); or pass "
+              "--force to search anyway")
+    if learned is None:
+        if score_ > base["main"] + margin:
+            return
+        raise UselessTeacher(
+            f"the teacher learned nothing: its val {metric} is {100 * score_:.1f}, and always answering class "
+            f"{base['answer']} scores {100 * base['main']:.1f} ({info['train_rows']} rows, "
+            f"{info.get('epochs', '?')} epoch(s)); {advice}")
+    if learned["passed"]:
+        return
     raise UselessTeacher(
-        f"the teacher learned nothing: its val {metric} is {100 * info['val']['metrics']['main']:.1f}, and always "
-        f"answering class {base['answer']} scores {100 * base['main']:.1f} ({info['train_rows']} rows, "
-        f"{info.get('epochs', '?')} epoch(s)); give it more rows or epochs (--train-examples, --epochs), "
-        "or pass --force to search anyway")
+        f"the teacher is within the noise of the trivial baseline: its val {metric} is {100 * score_:.1f} (n={n}), "
+        f"always answering class {base['answer']} scores {100 * base['main']:.1f}; at n={n} a {metric} must be "
+        f"{100 * learned['needed']:.1f} points above that to beat it at 95% ({learned['method']}: lower end "
+        f"{100 * learned['lower']:.1f}) ({info['train_rows']} rows, {info.get('epochs', '?')} pass(es)); {advice}")
 
 
 def adopt_teacher(path: str, settings: TeacherSettings, data: TaskData, log: Callable[[str], None] = print) -> Teacher:

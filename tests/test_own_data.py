@@ -56,7 +56,8 @@ def test_csv_with_string_labels_and_three_classes(tmp_path):
     data = load_task(FileTask(str(train), str(dev)))
     assert data.spec.name == "reviews" and data.spec.labels == ("food", "sport", "weather")
     assert data.spec.num_labels == 3 and data.spec.metric == "accuracy" and data.spec.text_b is None
-    assert len(data.val) == 24 and len(data.train) == 216 and len(data.dev) == 60    # 10% of train carved
+    assert len(data.val) == 48 and len(data.dev) == 60                         # 20% of small data carved
+    assert len(data.train) == 192 - data.carve["dropped"]       # less the rows that are parts of val inputs
     rows = dict(zip(data.dev["text_a"], data.dev["label"]))
     for text, label in topic_rows(60, 1):
         assert rows[text] == data.spec.labels.index(label)
@@ -82,11 +83,14 @@ def test_tsv_jsonl_integer_labels_and_text_pairs(tmp_path):
 
 
 def test_validation_carve_is_small_for_small_data(tmp_path):
-    assert default_val_size(67349) == 1000 and default_val_size(2490) == 249 and default_val_size(8) == 1
+    """10% of train, but 20% up to 500 rows on small data (enough rows to tell candidates apart), at most
+    1000: not 1000 of 2490 rows (the teacher keeps 80% of them), not 249 either (too few to compare)."""
+    assert default_val_size(67349) == 1000 and default_val_size(2490) == 498 and default_val_size(8) == 1
+    assert default_val_size(4000) == 500 and default_val_size(8551) == 855 and default_val_size(1000) == 200
     rows = topic_rows(2490, 3)
     train = write_csv(tmp_path / "train.csv", ["text", "label"], rows)
     data = load_task(FileTask(str(train), str(train)))
-    assert len(data.val) == 249 and len(data.train) == 2241          # not 1000 of 2490 rows any more
+    assert len(data.val) == 498 and len(data.train) == 1992 - data.carve["dropped"]
     with pytest.raises(DataError, match="--val-size 1300 would leave the teacher 1190 of the 2490"):
         load_task(FileTask(str(train), str(train)), val_size=1300)
     assert len(load_task(FileTask(str(train), str(train)), val_size=1245).val) == 1245     # half is the most
@@ -225,16 +229,20 @@ def test_own_data_search_carries_the_label_names(own):
     run = store.get_run("own")
     assert run.status == "done" and run.task == "topics"
     assert run.settings["labels"] == ["food", "sport", "weather"] and run.settings["metric"] == "macro_f1"
-    assert run.settings["val_size"] == 24                        # min(1000, 10% of 240)
+    assert run.settings["val_size"] == 48                        # 20% of 240 (small data)
     trials = {t.number: t for t in store.trials("own", status=None)}
     assert set(trials) == {0, 1} and trials[1].status == "done"   # the worker reloaded the files
     for t in trials.values():
-        assert t.metrics["val"]["n"] == 24 and "macro_f1" in t.metrics["val"]
+        assert t.metrics["val"]["n"] == 48 and "macro_f1" in t.metrics["val"]
         assert t.metrics["dev"]["n"] == 60
     teacher = json.loads((Path(run.settings["teacher"]) / "config.json").read_text())
     assert teacher["id2label"] == {"0": "food", "1": "sport", "2": "weather"}
     info = json.loads((Path(run.settings["teacher"]) / "teacher.json").read_text())
-    assert info["train_rows"] == 216 and info["dev"]["metrics"]["macro_f1"] >= 0.8   # learnable, and learnt
+    from autocompress.tasks import load_task_data
+
+    kept = load_task_data(run.settings["data_path"])
+    assert info["train_rows"] == len(kept.train) == 192 - kept.carve["dropped"]       # 240 less val's 48
+    assert info["dev"]["metrics"]["macro_f1"] >= 0.8                                  # learnable, and learnt
 
 
 def test_pick_and_predict_from_own_data(own):

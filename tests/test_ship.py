@@ -142,3 +142,25 @@ def test_plots_draw_the_line_through_accuracy_and_latency_only(tmp_path):
     assert [m["trial"] for m in series["front"]] == [2, 1, 0]
     assert [m["trial"] for m in series["front_size"]] == [3]
     assert series["candidates"] == []
+
+
+def test_front_says_how_far_apart_val_scores_must_be_and_marks_members_within_it(tmp_path):
+    """A run that recorded its val split's resolution (3 points at 200 rows): the summary says so, and a
+    member within 3 points of the teacher's val score (trial 1: 88 vs 90) is marked; trial 2 (85) is not."""
+    from autocompress.report import NOISE_MARK, front_data, tables
+
+    store = make_store(tmp_path)
+    with store._session() as s, s.begin():                   # what `search` records from the teacher
+        from autocompress.store.tables import RunRow
+
+        row = s.query(RunRow).one()
+        row.settings = {**row.settings, "val_size": 200, "resolution": 0.03}
+    data = front_data(store, "r")
+    front = {m["trial"]: m for m in data["devices"]["laptop-cpu"]["front"]}
+    assert front[1]["within_noise_of_teacher"] is True and front[2]["within_noise_of_teacher"] is False
+    text = tables(data)
+    assert "val has 200 rows: two accuracy scores must be 3.0 points apart to differ at 95%" in text
+    line = next(ln for ln in text.splitlines() if ln.strip().startswith("1 ") or " 1 " in ln[:9])
+    assert NOISE_MARK in line and f"{NOISE_MARK} = its val score is within the noise" in text
+    plain = tables(front_data(make_store(tmp_path / "other"), "r"))
+    assert NOISE_MARK not in plain and "points apart" not in plain          # runs that did not record it

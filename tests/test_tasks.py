@@ -53,11 +53,21 @@ def test_sst2_local(glue_dir):
     assert len(data.dev) == 872
     assert Counter(data.dev["label"]) == {0: 428, 1: 444}
     assert data.dev[0]["text_a"] == "it 's a charming and often affecting journey . "
-    assert len(data.val) == 1000 and len(data.train) == 67349 - 1000
+    dropped = data.carve["dropped"]
+    assert len(data.val) == 1000 and len(data.train) == 67349 - 1000 - dropped and 5000 < dropped < 15000
     assert set(data.train["label"]) == {0, 1} and set(data.val["label"]) <= {0, 1}
-    # train and val partition the file exactly (as multisets: SST-2 has duplicate sentences)
-    assert Counter(data.train["text_a"]) + Counter(data.val["text_a"]) == _texts(
-        glue_dir / "SST-2" / "train.tsv", 0, header=True)
+    # val looks like dev (whole sentences, not phrases): its median length is dev's, train's is far below
+    assert data.carve["val_median_words"] == data.carve["dev_median_words"] == 19
+    assert data.carve["train_median_words"] <= 8
+    # train, val and the left-out phrases partition the file (as multisets: SST-2 has duplicate sentences),
+    # and no train row is a part of a val sentence: val is unseen text, as dev is
+    from autocompress.tasks.split import parts_of
+
+    whole = _texts(glue_dir / "SST-2" / "train.tsv", 0, header=True)
+    kept = Counter(data.train["text_a"]) + Counter(data.val["text_a"])
+    assert not kept - whole and sum((whole - kept).values()) == dropped
+    parts = parts_of(data.val["text_a"])
+    assert not any(" ".join(t.lower().split()) in parts for t in data.train["text_a"])
     # deterministic for a seed, different for another seed
     again = load_task("sst2", glue_dir, val_size=1000, seed=0)
     assert again.val["text_a"] == data.val["text_a"]
@@ -72,7 +82,7 @@ def test_cola_local_headerless(glue_dir):
     assert data.dev[0] == {"text_a": "The sailors rode the breeze clear of the rocks.", "label": 1}
     assert "sentence" not in data.dev["text_a"][:1]
     assert Counter(data.dev["label"]) == {0: 322, 1: 721}
-    assert len(data.train) + len(data.val) == 8551 and len(data.val) == 500
+    assert len(data.train) + len(data.val) + data.carve["dropped"] == 8551 and len(data.val) == 500
     assert "text_b" not in data.train.column_names
 
 
@@ -324,3 +334,25 @@ def test_metrics_edge_cases():
     assert compute_metrics(get_task("mnli"), [0, 1, 2, 2], [0, 1, 2, 1])["main"] == pytest.approx(0.75)
     with pytest.raises(ValueError):
         compute_metrics(cola, [1, 0], [1, 0, 1])
+
+
+def test_val_is_carved_like_dev_and_its_parts_leave_train():
+    """Train: 900 short phrases, 100 whole sentences whose phrases are among them; dev: whole sentences.
+    Val is drawn like dev (long inputs, although train is mostly short) and the phrases of val's
+    sentences are left out of train; a random carve would be mostly phrases."""
+    from autocompress.tasks.split import carve
+
+    rng = np.random.default_rng(0)
+    vocab = [f"w{i}" for i in range(300)]
+    sentences = [" ".join(rng.choice(vocab, 12)) for _ in range(100)]
+    phrases = [" ".join(s.split()[i:i + 3]) for s in sentences for i in range(0, 9)]
+    rows = sentences + phrases                                    # 100 long, 900 short
+    train = datasets.Dataset.from_dict({"text_a": rows, "label": [i % 2 for i in range(len(rows))]})
+    dev = datasets.Dataset.from_dict({"text_a": [" ".join(rng.choice(vocab, 12)) for _ in range(50)], "label": [0] * 50})
+    rest, val, how = carve(train, dev, 40, seed=0)
+    assert how.val_median_words == how.dev_median_words == 12 and how.train_median_words == 3
+    assert all(len(t.split()) == 12 for t in val["text_a"])
+    own_parts = {p for s in val["text_a"] for p in phrases if p in s}
+    assert how.dropped >= len(own_parts) > 0 and not own_parts & set(rest["text_a"])
+    assert len(rest) + len(val) + how.dropped == len(rows)
+    assert carve(train, dev, 40, seed=0)[1]["text_a"] == val["text_a"]          # the same for a seed

@@ -99,3 +99,183 @@ def test_trivial_baseline_is_the_best_single_answer(glue_dir):
     assert base["main"] == pytest.approx(max(ones, 1 - ones))
     cola = trivial_baseline(load_task("cola", glue_dir, val_size=500))
     assert cola["metric"] == "matthews" and cola["main"] == 0.0
+
+
+# ---------------------------------------------------------------- looking at val while fine-tuning
+def test_optimise_keeps_the_best_look_and_stops_after_patience(tiny_bert, tiny_transfer):
+    """Scripted val scores 0.5, 0.7, 0.6, 0.65, 0.6, ...: the weights of the second look (the best) are
+    put back, and three looks without a gain stop the loop before the plan's end."""
+    from autocompress import arch
+    from autocompress.methods.distillation import Watch, optimise
+
+    scores = iter([0.5, 0.7, 0.6, 0.65, 0.6, 0.9, 0.9])
+    snapshots = {}
+
+    def evaluate(step, loss):
+        snapshots[step] = {k: v.clone() for k, v in tiny_bert.state_dict().items()}
+        return next(scores)
+
+    watch = Watch(evaluate, every=2, patience=3)
+    params = [p for p in tiny_bert.parameters() if p.requires_grad]
+    optimise(tiny_bert, params, tiny_transfer.batches(8, 40, seed=0),
+             lambda b: (tiny_bert(**arch.inputs(tiny_bert, b), labels=b["labels"]).loss, {}),
+             steps=40, lr=1e-3, watch=watch)
+    assert [c["step"] for c in watch.curve] == [2, 4, 6, 8, 10] and watch.kept_step == 4
+    assert "no gain over the best (0.7000 at step 4) in 3 evaluations" in watch.stopped
+    now = tiny_bert.state_dict()
+    assert all(torch.equal(now[k], v) for k, v in snapshots[4].items())          # the best weights are back
+    assert not all(torch.equal(now[k], v) for k, v in snapshots[10].items())
+
+
+def test_optimise_without_keep_best_keeps_the_last_weights(tiny_bert, tiny_transfer):
+    from autocompress import arch
+    from autocompress.methods.distillation import Watch, optimise
+
+    scores = iter([0.9, 0.1, 0.1])
+    watch = Watch(lambda step, loss: next(scores), every=4, keep_best=False)
+    optimise(tiny_bert, list(tiny_bert.parameters()), tiny_transfer.batches(8, 12, seed=0),
+             lambda b: (tiny_bert(**arch.inputs(tiny_bert, b), labels=b["labels"]).loss, {}), steps=12, lr=1e-3,
+             watch=watch)
+    assert watch.kept_step == 12 and watch.stopped == "the planned 12 steps were done"
+
+
+@pytest.mark.parametrize("n, passed", [(249, False), (2000, True)])
+def test_the_margin_over_the_trivial_answer_depends_on_n(n, passed):
+    """57.8% right where always answering one class scores ~53%: noise at 249 rows (Wilson's interval
+    reaches below 53%), a real gain at 2000."""
+    import numpy as np
+
+    from autocompress.evaluate import beats_trivial, wilson
+    from autocompress.tasks import get_task
+
+    labels = np.array([1] * round(0.527 * n) + [0] * (n - round(0.527 * n)))
+    right = round(0.578 * n)
+    preds = labels.copy()
+    preds[right:] = 1 - preds[right:]
+    m = beats_trivial(get_task("sst2"), preds, labels, answer=1)
+    assert m.n == n and m.baseline == pytest.approx(0.527, abs=1e-3) and m.score == pytest.approx(0.578, abs=1e-3)
+    assert m.passed is passed and m.lower == pytest.approx(wilson(right, n)[0]) and "Wilson" in m.method
+    assert (m.needed > 0.05) is (n == 249)              # ~6 points at 249 rows, ~2 at 2000
+
+
+def test_the_margin_of_matthews_is_a_paired_bootstrap():
+    import numpy as np
+
+    from autocompress.evaluate import beats_trivial
+    from autocompress.tasks import get_task
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 600)
+    good = np.where(rng.random(600) < 0.8, labels, 1 - labels)
+    noise = rng.integers(0, 2, 600)
+    assert beats_trivial(get_task("cola"), good, labels, answer=1).passed
+    m = beats_trivial(get_task("cola"), noise, labels, answer=1)
+    assert not m.passed and "bootstrap" in m.method and m.baseline == 0.0
+
+
+def test_points_apart_shrink_with_n():
+    """How far apart two accuracies near 85% must be to differ: 1.96 x sqrt(2 p (1 - p) / n); a perfect
+    score still leaves a margin."""
+    import numpy as np
+
+    from autocompress.evaluate import resolution
+    from autocompress.tasks import get_task
+
+    def at(n):
+        labels = np.zeros(n, dtype=int)
+        preds = labels.copy()
+        preds[: round(0.15 * n)] = 1
+        return resolution(get_task("sst2"), preds, labels)
+
+    acc = (212 + 1.92) / (250 + 3.84)                     # 212 of 250 right (Agresti-Coull's p)
+    assert at(250) == pytest.approx(1.96 * (2 * acc * (1 - acc) / 250) ** 0.5, rel=1e-3)  # 6.3 points
+    assert at(1000) == pytest.approx(0.0313, abs=3e-4) and at(1000) < at(250) / 1.9
+    assert resolution(get_task("sst2"), np.zeros(100, dtype=int), np.zeros(100, dtype=int)) > 0.01
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    """A tiny BERT with MiniLM's vocabulary and tokenizer, as a --model folder (fine-tunes in seconds)."""
+    import transformers
+
+    from autocompress.teacher import resolve_model
+
+    folder = tmp_path_factory.mktemp("tiny-base")
+    tok = transformers.AutoTokenizer.from_pretrained(resolve_model("minilm"))
+    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=160)
+    torch.manual_seed(0)
+    transformers.BertForSequenceClassification(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def _file_task(tmp_path, rows, name="task"):
+    import csv
+
+    from autocompress.tasks import FileTask
+
+    for split, part in (("train", rows), ("dev", rows[:80])):
+        with open(tmp_path / f"{name}-{split}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "label"])
+            w.writerows(part)
+    return FileTask(str(tmp_path / f"{name}-train.csv"), str(tmp_path / f"{name}-dev.csv"))
+
+
+def test_a_teacher_on_random_labels_is_refused_with_the_margin_and_n(tiny_base, tmp_path, monkeypatch):
+    """Labels drawn at random: whatever the fine-tune memorises, val cannot beat always answering one class
+    beyond the noise; the refusal gives the score, the n, the points needed and what to try."""
+    import random
+
+    from autocompress.teacher import UselessTeacher, check_learned, get_teacher
+
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(tmp_path / "cache"))
+    rng = random.Random(0)
+    words = ["good", "bad", "film", "plot", "slow", "fun", "long", "dull", "bright", "sad"]
+    rows = [(" ".join(rng.choice(words) for _ in range(6)), rng.choice(["a", "b"])) for _ in range(400)]
+    task = _file_task(tmp_path, rows)
+    data = load_task(task)
+    lines = []
+    settings = TeacherSettings(model=str(tiny_base), task=data.spec.name, val_size=len(data.val), min_steps=40,
+                               max_epochs=6, lr=5e-4, data=task.fingerprint())
+    teacher = get_teacher(settings, data, log=lines.append)
+    info = json.loads((teacher.path / "teacher.json").read_text())
+    assert info["val"]["n"] == 80 and not info["learned"]["passed"]
+    with pytest.raises(UselessTeacher) as e:
+        check_learned(teacher)
+    text = str(e.value)
+    assert "within the noise" in text and "(n=80)" in text and "points above that" in text and "Wilson" in text
+    assert "--val-size" in text and "--model" in text and "--force" in text
+
+
+def test_the_fine_tune_keeps_the_best_val_step_and_records_its_curve(tiny_base, tmp_path, monkeypatch):
+    """A learnable tiny task: teacher.json holds the curve (one entry per look, one log line each), the kept
+    step is the step of the best val score, and why it stopped."""
+    import random
+
+    from autocompress.teacher import check_learned, get_teacher
+
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(tmp_path / "cache"))
+    rng = random.Random(1)
+    pos, neg = ["good", "fun", "bright", "great"], ["bad", "dull", "slow", "sad"]
+    rows = []
+    for _ in range(600):
+        label = rng.choice(["pos", "neg"])
+        rows.append((" ".join(rng.choice(pos if label == "pos" else neg) for _ in range(3)) + " film", label))
+    task = _file_task(tmp_path, rows, "easy")
+    data = load_task(task)
+    lines = []
+    settings = TeacherSettings(model=str(tiny_base), task=data.spec.name, val_size=len(data.val), min_steps=160,
+                               max_epochs=20, lr=5e-3, patience=3, data=task.fingerprint())
+    teacher = get_teacher(settings, data, log=lines.append)
+    info = teacher.info
+    curve = info["curve"]
+    assert len(curve) >= 2 and [c["step"] for c in curve] == sorted(c["step"] for c in curve)
+    best = max(curve, key=lambda c: c["val"])
+    assert info["kept_step"] == min(c["step"] for c in curve if c["val"] == best["val"])
+    assert info["val"]["metrics"]["main"] == pytest.approx(best["val"], abs=1e-6)       # the kept weights' score
+    assert info["stopped"] and sum("teacher step" in line for line in lines) == len(curve)
+    assert any(f"kept step {info['kept_step']}" in line for line in lines)
+    assert 0 < info["resolution"] < 0.2
+    check_learned(teacher)                               # it learned: no error

@@ -18,8 +18,11 @@ class UserError(Exception):
 
 
 def log(msg: str) -> None:
-    """A line for the user on stderr (stdout holds the command's output)."""
-    print(msg, file=sys.stderr, flush=True)
+    """A line for the user on stderr (stdout holds the command's output), above any progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(msg, file=sys.stderr)
+    sys.stderr.flush()
 
 
 def abs_path(path: str) -> str:

@@ -126,7 +126,9 @@ def cmd_finetune(args) -> int:
     print(json.dumps({"path": str(teacher.path), "task": info["task"], "labels": list(data.spec.label_names),
                       "train_rows": info["train_rows"],
                       "epochs": info.get("epochs"), "train_seconds": info["train_seconds"], "val": info["val"],
-                      "dev": info["dev"], "baseline": info.get("baseline"), "cached": cached}, indent=2))
+                      "dev": info["dev"], "baseline": info.get("baseline"), "learned": info.get("learned"),
+                      "resolution": info.get("resolution"), "kept_step": info.get("kept_step"),
+                      "stopped": info.get("stopped"), "curve": info.get("curve"), "cached": cached}, indent=2))
     try:
         check_learned(teacher)
     except UselessTeacher as e:

@@ -67,8 +67,8 @@ def _add_data_args(p) -> None:
     p.add_argument("--metric", choices=METRICS, help="your own data's metric: accuracy (default), f1 (macro "
                    "average over classes) or matthews (Matthews correlation, multi-class R_K)")
     p.add_argument("--val-size", type=int, default=None,
-                   help="rows carved from train as the search's validation split (default min(1000, 10%% of train); "
-                   "at most half of train)")
+                   help="rows carved from train as the search's validation split (default 10%% of train, at least "
+                   "20%% up to 500 rows, at most 1000; never more than half of train)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, sampler and training (default 0)")
 
 

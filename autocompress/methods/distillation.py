@@ -293,14 +293,15 @@ def _train(model, cfg: Distillation, ctx: Context):
 
 @dataclass
 class Watch:
-    """Looking at a held-out split while training: every ``every`` steps (and at the end) ``evaluate()``
-    gives a score (higher is better); the weights of the best step are kept and put back at the end;
-    training stops once ``patience`` evaluations in a row did not beat the best by more than ``min_gain``
-    (None: never early). ``curve`` records every evaluation."""
+    """Looking at a held-out split while training: every ``every`` steps (and at the end)
+    ``evaluate(step, train_loss)`` gives a score (higher is better); with ``keep_best`` the weights of the
+    best look are put back at the end; training stops once ``patience`` looks in a row did not beat the
+    best by more than ``min_gain`` (None: never early). ``curve`` records every look."""
 
-    evaluate: Callable[[], float]
+    evaluate: Callable[[int, float], float]
     every: int
     patience: int | None = None
+    keep_best: bool = True
     min_gain: float = 0.0
     curve: list[dict] = field(default_factory=list)
     kept_step: int | None = None
@@ -340,12 +341,13 @@ def optimise(model, params: list, batches: Iterator[dict], loss_fn, *, steps: in
             on_step(done, steps, loss, losses)
         if watch and (done % watch.every == 0 or done == steps):
             model.eval()
-            value = float(watch.evaluate())
+            value = float(watch.evaluate(done, last_loss))
             model.train()
             previous = watch.best()
             watch.curve.append({"step": done, "train_loss": round(last_loss, 5), "val": value})
             if previous is None or value > previous + watch.min_gain:
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                if watch.keep_best:
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 watch.kept_step, since = done, 0
             else:
                 since += 1
@@ -357,7 +359,9 @@ def optimise(model, params: list, batches: Iterator[dict], loss_fn, *, steps: in
             break
     if watch:
         watch.stopped = watch.stopped or f"the planned {steps} steps were done"
-        if best_state is not None and watch.kept_step != done:
+        if not watch.keep_best:
+            watch.kept_step = done          # the last weights are kept
+        elif best_state is not None and watch.kept_step != done:
             model.load_state_dict(best_state)
     model.eval()
 

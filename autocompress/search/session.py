@@ -62,6 +62,9 @@ class RunSettings:
     pair: bool | None = None              # takes text pairs
     command: str | None = None            # the command line that started the run
     cwd: str | None = None                # and the folder it was started in
+    baseline: dict | None = None          # the trivial answer's val score (teacher.trivial_baseline)
+    resolution: float | None = None       # how far apart two val scores must be to differ at 95% (evaluate.resolution)
+    carve: str | None = None              # how val was carved from train (tasks.split.carve), in words
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -184,7 +187,9 @@ def start(new: NewRun, launch: Launch = Launch(), *, log: Log, teacher_progress:
             teacher=_teacher_for_workers(teacher.path, run_dir, launch.ray_address), data=new.data.source,
             data_path=save_task_data(new.data, run_dir / "data"), num_layers=new.num_layers,
             profiles=tuple(p.to_dict() for p in new.profiles), attempt=0, labels=tuple(spec.label_names),
-            metric=spec.metric, pair=spec.text_b is not None, command=new.command, cwd=new.cwd or os.getcwd())
+            metric=spec.metric, pair=spec.text_b is not None, command=new.command, cwd=new.cwd or os.getcwd(),
+            baseline=teacher.info.get("baseline"), resolution=teacher.info.get("resolution"),
+            carve=(new.data.carve or {}).get("how"))
         store.create_run(new.name, task=spec.name, model=new.teacher_folder or new.teacher.model, device=new.target.name,
                          budget_ms=new.budget_ms, space=new.space.text, run_dir=str(run_dir),
                          settings=settings.to_dict())

@@ -14,6 +14,7 @@ import datasets
 from .. import fileio
 from .files import FileTask, _load_files
 from .glue import ENV_DATA_DIR, HUB_DATASET, _load_hub, _load_local, default_data_dir, hub_unreachable  # noqa: F401
+from .split import carve
 from .spec import (METRICS, TASKS, DataError, TaskData, TaskSpec, compute_metrics, default_val_size,  # noqa: F401
                    get_task, stored_task)
 
@@ -21,8 +22,9 @@ from .spec import (METRICS, TASKS, DataError, TaskData, TaskSpec, compute_metric
 def load_task(task: str | FileTask, data_dir: str | os.PathLike | None = None, *,
               val_size: int | None = None, seed: int = 0) -> TaskData:
     """Load a GLUE task (local folder if given or set in the env, else the hub) or your own files, and
-    carve the validation split from train: ``val_size`` rows (default ``default_val_size``), at most half
-    of train so that the teacher never learns from less than the search validates on."""
+    carve the validation split from train like dev (``split.carve``): ``val_size`` rows (default
+    ``default_val_size``), at most half of train so that the teacher never learns from less than the
+    search validates on."""
     if isinstance(task, FileTask):
         spec, train, dev = _load_files(task)
         source = task.describe()
@@ -45,9 +47,13 @@ def load_task(task: str | FileTask, data_dir: str | os.PathLike | None = None, *
         raise DataError(f"{spec.name} has {n} training row(s): at least 2 are needed to carve a validation split")
     if val_size > n // 2:
         raise DataError(f"--val-size {val_size} would leave the teacher {n - val_size} of the {n} {spec.name} "
-                        f"training rows: give at most {n // 2} (half), or leave it out for min(1000, 10% of train)")
-    split = train.train_test_split(test_size=val_size, seed=seed, shuffle=True)
-    return TaskData(spec, split["train"], split["test"], dev, source)
+                        f"training rows: give at most {n // 2} (half), or leave it out for the default (10% of train, at least 20% up to 500 rows, at most 1000)")
+    rest, val, how = carve(train, dev, val_size, seed)
+    if len(rest) < val_size:
+        raise DataError(f"--val-size {val_size}: after carving val like dev, {len(rest)} of the {n} {spec.name} "
+                        "training rows would be left to the teacher (the others are val, or parts of val inputs); "
+                        "give a smaller --val-size")
+    return TaskData(spec, rest, val, dev, source, how.to_dict())
 
 
 def save_task_data(data: TaskData, folder: str | os.PathLike) -> str:
@@ -60,7 +66,8 @@ def save_task_data(data: TaskData, folder: str | os.PathLike) -> str:
     with fileio.folder(folder, keep_existing=True) as tmp:
         for split in ("train", "val", "dev"):
             getattr(data, split).save_to_disk(str(tmp / split))
-        fileio.write_json(tmp / "task.json", {"spec": dataclasses.asdict(data.spec), "source": data.source})
+        fileio.write_json(tmp / "task.json", {"spec": dataclasses.asdict(data.spec), "source": data.source,
+                                              "carve": data.carve})
     return folder
 
 
@@ -75,6 +82,6 @@ def load_task_data(folder: str | os.PathLike) -> TaskData:
                         "with every machine of the cluster?") from None
     splits = [datasets.load_from_disk(os.path.join(folder, split)) for split in ("train", "val", "dev")]
     spec = dict(meta["spec"], labels=tuple(meta["spec"].get("labels") or ()))     # JSON keeps tuples as lists
-    return TaskData(TaskSpec(**spec), *splits, meta["source"])
+    return TaskData(TaskSpec(**spec), *splits, meta["source"], meta.get("carve"))
 
 

@@ -1,0 +1,106 @@
+"""The teacher's fine-tune: today's loop (a fixed number of passes, the last weights kept, val looked at
+once at the end) against the loop that looks at val as it goes, keeps its best weights and stops after a
+patience with no gain, side by side: time, passes run, the kept step, val and dev scores, per task and seed.
+
+Each (task, seed, loop) is one run; runs append one line each to the results file as they finish, so a
+long benchmark can be stopped and continued (``--skip-done``), and each part can run on its own::
+
+    AUTOCOMPRESS_GLUE_DIR=../shared/glue python benchmarks/teacher.py --task sst2 --seeds 0 1 2
+    AUTOCOMPRESS_GLUE_DIR=../shared/glue python benchmarks/teacher.py --task cola --seeds 0
+    python benchmarks/teacher.py --table benchmarks/results/teacher.jsonl      # the table of what ran
+
+Both loops use the same split (carved like dev, ``tasks.split``), batch size, learning rate, plan and
+seed; "today" is ``TeacherSettings(patience=None, keep_best=False)`` (no look at val until the end), "new"
+the defaults. Each run fine-tunes in a cache of its own (the teacher cache is not reused), on a quiet
+machine: times are wall-clock seconds of training (scoring, transfer logits and export excluded).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+LOOPS = {"today": {"patience": None, "keep_best": False}, "new": {}}
+
+
+def run(task: str, seed: int, loop: str, data_dir: str | None) -> dict:
+    from autocompress.tasks import load_task
+    from autocompress.teacher import TeacherSettings, get_teacher
+
+    data = load_task(task, data_dir, seed=seed)
+    settings = TeacherSettings(task=data.spec.name, val_size=len(data.val), seed=seed, **LOOPS[loop])
+    with tempfile.TemporaryDirectory(prefix="ac-teacher-bench-") as cache:
+        os.environ["AUTOCOMPRESS_CACHE"] = cache
+        t0 = time.time()
+        teacher = get_teacher(settings, data, log=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
+        wall = time.time() - t0
+        info = teacher.info
+    per_pass = -(-info["train_rows"] // settings.batch_size)
+    steps = max(c["step"] for c in info["curve"]) if info.get("curve") else per_pass * info["epochs"]
+    return {"task": task, "seed": seed, "loop": loop, "train_rows": info["train_rows"], "val_n": info["val"]["n"],
+            "plan_passes": info["epochs"], "steps_run": steps, "passes_run": round(steps / per_pass, 2),
+            "kept_step": info.get("kept_step"), "stopped": info.get("stopped"),
+            "train_seconds": info["train_seconds"], "wall_seconds": round(wall, 1), "metric": data.spec.metric,
+            "val": info["val"]["metrics"]["main"], "dev": info["dev"]["metrics"]["main"],
+            "learned": (info.get("learned") or {}).get("passed"), "curve": info.get("curve"),
+            "settings": dataclasses.asdict(settings), "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def table(rows: list[dict]) -> str:
+    out = [f"{'task':6} {'loop':6} {'seed':>4} {'passes':>7} {'kept':>6} {'train s':>8} {'val':>7} {'dev':>7}  stopped"]
+    for r in rows:
+        out.append(f"{r['task']:6} {r['loop']:6} {r['seed']:>4} {r['passes_run']:>7} {str(r['kept_step']):>6} "
+                   f"{r['train_seconds']:>8.0f} {100 * r['val']:>7.2f} {100 * r['dev']:>7.2f}  {r['stopped'] or '-'}")
+    out.append("")
+    for task in sorted({r["task"] for r in rows}):
+        for loop in LOOPS:
+            sel = [r for r in rows if r["task"] == task and r["loop"] == loop]
+            if not sel:
+                continue
+            dev = [100 * r["dev"] for r in sel]
+            secs = [r["train_seconds"] for r in sel]
+            out.append(f"{task:6} {loop:6} n={len(sel)}: dev {statistics.mean(dev):.2f} (min {min(dev):.2f}, max "
+                       f"{max(dev):.2f}), train {statistics.mean(secs):.0f} s (min {min(secs):.0f}, max {max(secs):.0f})")
+    return "\n".join(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--task", default="sst2")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--loops", nargs="+", default=list(LOOPS), choices=list(LOOPS))
+    ap.add_argument("--data-dir", default=os.environ.get("AUTOCOMPRESS_GLUE_DIR"))
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "teacher.jsonl"))
+    ap.add_argument("--skip-done", action="store_true", help="leave out (task, seed, loop) already in --out")
+    ap.add_argument("--table", metavar="JSONL", help="only print the table of a results file")
+    args = ap.parse_args()
+    if args.table:
+        print(table([json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]))
+        return 0
+    out = Path(args.out)
+    done = set()
+    if args.skip_done and out.is_file():
+        done = {(r["task"], r["seed"], r["loop"]) for r in map(json.loads, out.read_text().splitlines()) if r}
+    rows = []
+    for seed in args.seeds:
+        for loop in args.loops:          # the loops alternate: a slow phase of the machine hits both
+            if (args.task, seed, loop) in done:
+                continue
+            print(f"{args.task} seed {seed}, {loop} loop", file=sys.stderr, flush=True)
+            r = run(args.task, seed, loop, args.data_dir)
+            rows.append(r)
+            with open(out, "a") as f:
+                f.write(json.dumps(r) + "\n")
+            print(table([r]).splitlines()[1], flush=True)
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
