@@ -46,7 +46,10 @@ def plot_png(data: dict[str, Any], path: str | Path) -> Path:
 
     devices = data["devices"]
     metric = data.get("metric", "accuracy")
-    fig, axes = plt.subplots(1, max(1, len(devices)), figsize=(6.2 * max(1, len(devices)), 4.8), squeeze=False)
+    notes = {name: _wrap(_latency_note(d), NOTE_CHARS) for name, d in devices.items()}
+    note_lines = max((n.count("\n") + 1 for n in notes.values() if n != "measured"), default=0)
+    height = 4.8 + 0.16 * note_lines                    # room under the panels for their provenance lines
+    fig, axes = plt.subplots(1, max(1, len(devices)), figsize=(6.2 * max(1, len(devices)), height), squeeze=False)
     for ax, (name, d) in zip(axes[0], devices.items()):
         series = _series(d)
         predicted = lambda m: m["latency"].get("how") == "predicted"  # noqa: E731
@@ -64,9 +67,10 @@ def plot_png(data: dict[str, Any], path: str | Path) -> Path:
                 ax.annotate(f"#{m['trial']}", (xi, _score(m, "val")), textcoords="offset points", xytext=(4, 4),
                             fontsize=7, color="C0")
             best = next((m for m in d["front"] if m["trial"] == d["best_within_budget"]), None)
-            if best and d["budget_ms"]:
+            if best and d["target"]:
                 ax.plot(best["latency"]["median_ms"], _score(best, "val"), "*", color="C1", ms=16, zorder=5,
-                        label="best within budget")
+                        label=f"the pick: fastest within {100 * data.get('tolerance', 0.01):g} pt of the best"
+                              + (" within budget" if d["budget_ms"] else ""))
         for m in series["front_size"]:
             ax.plot(m["latency"]["median_ms"], _score(m, "val"), "o", color="C0", mfc="none", ms=7,
                     label="on the front for its zipped size (val)")
@@ -89,9 +93,13 @@ def plot_png(data: dict[str, Any], path: str | Path) -> Path:
         how = (d.get("obtained") or {}).get("how", "")
         shape = (d["teacher"] or (d["front"] or [{}])[0]).get("latency", {}).get("detail", {})
         ax.set_title(f"{name}" + (" (target)" if d["target"] else "") + (f", {how}" if how else ""))
-        note = _latency_note(d)
-        ax.set_xlabel(f"latency, ms (batch {shape.get('batch_size', '?')} x seq {shape.get('seq_len', '?')}, median)"
-                      + ("" if note == "measured" else f"\n{note}"), fontsize=9)
+        note = notes[name]
+        ax.set_xlabel(f"latency, ms (batch {shape.get('batch_size', '?')} x seq {shape.get('seq_len', '?')}, median)",
+                      fontsize=9)
+        if note != "measured":             # how the figures were obtained: wrapped to the panel, under its axis
+            text = ax.annotate(note, xy=(0, 0), xycoords="axes fraction", xytext=(-30, -30), textcoords="offset points",
+                               va="top", ha="left", fontsize=6.5, color="0.3")
+            text.set_in_layout(False)        # room is kept for it below (``bottom``), the panels keep their width
         ax.set_ylabel(f"{metric}, % (val; dashed: dev)")
         ax.grid(alpha=0.3)
     legend = {}                                  # one legend for all devices, below the plots
@@ -101,10 +109,21 @@ def plot_png(data: dict[str, Any], path: str | Path) -> Path:
     fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=min(4, max(1, len(legend))), fontsize=8,
                frameon=False)
     fig.suptitle(f"run {data['run']}: {data['task']}", fontsize=10)
-    fig.tight_layout(rect=(0, 0.05 + 0.035 * ((len(legend) + 3) // 4), 1, 1))
+    legend_rows = (len(legend) + 3) // 4
+    bottom = (0.3 + 0.1 * note_lines + 0.17 * legend_rows) / height       # inches of notes and legend, as a fraction
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+NOTE_CHARS = 105          # characters per provenance line under a panel (6.2 inches at 6.5 points)
+
+
+def _wrap(text: str, width: int, sep: str = "\n") -> str:
+    import textwrap
+
+    return sep.join(textwrap.wrap(text, width)) or text
 
 
 def _hover(m: dict[str, Any], metric: str) -> str:
@@ -157,7 +176,8 @@ def plot_html(data: dict[str, Any], path: str | Path) -> Path:
             fig.add_vline(x=d["budget_ms"], line=dict(color="red", dash="dot"), row=1, col=col,
                           annotation_text=f"budget {d['budget_ms']:g} ms")
         note = _latency_note(d)
-        fig.update_xaxes(title_text="latency, ms (batch 1, median)" + ("" if note == "measured" else f"<br>{note}"),
+        fig.update_xaxes(title_text="latency, ms (batch 1, median)" + ("" if note == "measured" else
+                                                                      "<br><sup>" + _wrap(note, 70, "<br>") + "</sup>"),
                          row=1, col=col)
         fig.update_yaxes(title_text=f"{metric}, %", row=1, col=col)
     fig.update_layout(title=f"run {data['run']}: {data['task']} ({data['status']}, {data['trials_done']} trials)",

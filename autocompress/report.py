@@ -5,11 +5,11 @@ from __future__ import annotations
 import collections
 from typing import Any
 
-from .hardware import describe
+from .hardware import describe, host_speed_warning
 from .methods.base import get_method
 from .recipe import Recipe
 from .search import pareto
-from .search.session import RunSettings
+from .search.settings import RunSettings
 from .store import RunRecord, Store, TrialRecord, first_line
 
 
@@ -59,7 +59,8 @@ def front_data(store: Store, run: str) -> dict[str, Any]:
     with only ONNX steps (int8), and every candidate."""
     r: RunRecord = store.get_run(run)
     settings = RunSettings.from_dict(r.settings)
-    res = settings.resolution
+    res, floor = settings.resolution, settings.floor
+    tolerance = settings.tolerance if settings.tolerance is not None else pareto.TOLERANCE
     trials = store.trials(run)
     failed = store.trials(run, status="failed")
     duplicates = store.trials(run, status="duplicate")
@@ -69,23 +70,30 @@ def front_data(store: Store, run: str) -> dict[str, Any]:
     devices = {}
     for p in profiles:
         budget = r.budget_ms if p == r.device else None
-        best = pareto.best_within(trials, p, budget)
+        members = pareto.front(trials, p, floor=floor)
+        best = pareto.best_within(members, p, budget, tolerance=tolerance)
         devices[p] = {
             "target": p == r.device,
             "budget_ms": budget,
             "teacher": _member(teacher, p, teacher) if teacher and p in teacher.latencies else None,
-            "front": [_member(t, p, teacher, res) for t in pareto.front(trials, p)],
+            "front": [_member(t, p, teacher, res) for t in members],
             "best_within_budget": best.number if best else None,
+            "pick": pareto.pick_reason(members, p, budget, tolerance=tolerance),
             "teacher_quantized": [_member(t, p, teacher) for t in trials if _teacher_quantized(t) and p in t.latencies],
-            "candidates": [_member(t, p, teacher) for t in trials if t.role == "candidate" and p in t.latencies],
+            "candidates": [_member(t, p, teacher) for t in trials if t.role in ("candidate", "refined")
+                           and p in t.latencies],
             "obtained": _how(trials, p),
         }
     return {
         "run": r.name, "status": r.status, "task": r.task, "metric": settings.task_info(r.task)[1],
         "val_size": settings.val_size, "resolution": res, "baseline": settings.baseline, "carve": settings.carve,
+        "tolerance": tolerance,
+        "at_trivial_baseline": [{"trial": t.number, "val": t.accuracy("val")} for t in pareto.trivial(trials, floor)],
         "model": r.model, "device": r.device,
         "budget_ms": r.budget_ms, "created": r.created.isoformat(timespec="seconds"),
         "trials_done": len([t for t in trials if t.role == "candidate"]), "trials_failed": len(failed),
+        "refined": [{"trial": t.number, "refines": t.params.get("refines"), "val": t.accuracy("val")}
+                    for t in trials if t.role == "refined"],
         "trials_duplicate": len(duplicates),
         "over_budget": _over_budget(r, over, trials),
         "error": r.error,
@@ -191,9 +199,22 @@ def tables(data: dict[str, Any]) -> str:
         lines.append(f"  {over}")
     if data.get("carve"):
         lines.append(f"  val: {data['carve']}")
+    if data.get("refined"):
+        lines.append("  finishing: " + ", ".join(f"trial {r['trial']} is #{r['refines']} with a long recovery"
+                                                  for r in data["refined"]))
+    low = data.get("at_trivial_baseline") or []
+    if low:
+        base = data["baseline"]
+        lines.append(f"  {len(low)} candidate(s) at or below the trivial baseline (always answering class {base['answer']}: "
+                     f"val {100 * base['main']:.2f}) are kept in the store, off the fronts: trials "
+                     + ", ".join(str(x["trial"]) for x in low))
     noise = resolution_line(data)
     if noise:
         lines.append(f"  {noise}")
+    host_speed = host_speed_warning(m["latency"] for d in data["devices"].values()     # figures on the fronts
+                                    for m in d["front"] + ([d["teacher"]] if d.get("teacher") else []))
+    if host_speed:
+        lines.append(f"  warning: {host_speed}")
     if not data["trials_done"]:
         lines.append("  no candidate finished, so there is no front")
         return "\n".join(lines)
@@ -223,6 +244,8 @@ def tables(data: dict[str, Any]) -> str:
                          f"{_tag(lat):>17} {sp:>7} {m['size_mb']:>6} {_mb(m['size_zip_mb']):>6}  {m['recipe']}{dagger}")
         if d["budget_ms"] and d["best_within_budget"] is None:
             lines.append(f"  no model is within {d['budget_ms']:g} ms")
+        elif d.get("pick") and d["target"]:
+            lines.append(f"  {d['pick']}")
     notes = sorted({n for d in data["devices"].values() for m in d["front"] for n in m.get("cpu_notes", [])})
     lines.append("\nval = validation split carved from train (search decisions); dev = held-out dev set, GLUE's or\n"
                  "your --dev file (fronts only);\n"
@@ -248,9 +271,12 @@ def runs_data(store: Store) -> list[dict[str, Any]]:
     for r in store.runs():
         trials = store.trials(r.name, status=None)
         done = [t for t in trials if t.status == "done"]
-        best = pareto.best_within(done, r.device, r.budget_ms)
+        settings = RunSettings.from_dict(r.settings)
+        members = pareto.front(done, r.device, floor=settings.floor) if r.device else []
+        best = pareto.best_within(members, r.device, r.budget_ms,
+                                  tolerance=settings.tolerance if settings.tolerance is not None else pareto.TOLERANCE)
         out.append({"name": r.name, "task": r.task, "device": r.device, "budget_ms": r.budget_ms, "status": r.status,
-                    "created": r.created.isoformat(timespec="seconds"), "trials_planned": RunSettings.from_dict(r.settings).trials,
+                    "created": r.created.isoformat(timespec="seconds"), "trials_planned": settings.trials,
                     "trials_done": sum(t.role == "candidate" for t in done),
                     "trials_failed": sum(t.status == "failed" for t in trials),
                     "best_within_budget": None if best is None else {

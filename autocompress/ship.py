@@ -1,7 +1,8 @@
 """Pick a model for a device, ship it as a Hugging Face-style folder, and load such a folder to predict.
 
-``choose`` finds the most accurate member of a device's Pareto front within a latency budget (and at or
-above a minimum score), judged on the dev set where the front was re-scored on it. ``export`` writes the
+``choose`` picks a member of a device's Pareto front within a latency budget (and at or above a minimum
+score) as the search picks: the fastest within a tolerance of the most accurate, judged on the dev set
+where the front was re-scored on it. ``export`` writes the
 folder: the very ONNX file that was timed and scored (its sha256 checked against the store while it is
 copied), ``config.json`` with the task's label names, the tokenizer, ``recipe.json`` and a model card
 (``README.md``). ``ShippedModel`` loads such a folder with ONNX Runtime and the tokenizer only.
@@ -18,7 +19,7 @@ import numpy as np
 
 from . import fileio, pipeline
 from .pipeline import MODEL_FILE, PIPELINE_DIR   # noqa: F401  (a single graph; a pipeline of graphs)
-from .search.session import RunSettings
+from .search.settings import RunSettings
 
 
 class PickError(Exception):
@@ -35,6 +36,7 @@ class Choice:
     device: str
     budget_ms: float | None     # the budget applied (given, or the run's on its target device)
     min_score: float | None
+    tolerance: float            # within this of the most accurate, the fastest
     split: str                  # what it was judged on: dev, or val where the front has no dev scores
     metric: str
     trial: Any                  # store.TrialRecord: the pick
@@ -54,10 +56,11 @@ def _latency(t, device: str) -> float:
 
 
 def choose(store, run: str, device: str | None = None, budget_ms: float | None = None,
-           min_score: float | None = None) -> Choice:
-    """The most accurate member of ``device``'s front (the run's target device by default) whose latency
-    there is within the budget (given, else the run's own when ``device`` is its target) and whose score
-    is at least ``min_score``; ties go to the faster. Raises PickError naming the closest members."""
+           min_score: float | None = None, tolerance: float | None = None) -> Choice:
+    """The member of ``device``'s front (the run's target device by default) picked as the search picks
+    (``pareto.best_within``): the fastest whose score is within ``tolerance`` (default: the run's, else one
+    point) of the most accurate member within the budget (given, else the run's own when ``device`` is its
+    target), among those scoring at least ``min_score``. Raises PickError naming the closest members."""
     from .search import pareto
 
     record = store.get_run(run)
@@ -70,16 +73,21 @@ def choose(store, run: str, device: str | None = None, budget_ms: float | None =
         raise PickError(f"run {run} has no latencies for device {device!r}: choose --device from {', '.join(devices)}")
     if budget_ms is None and device == record.device:
         budget_ms = record.budget_ms
-    _, metric, _ = RunSettings.from_dict(record.settings).task_info(record.task)
-    members = pareto.front(trials, device)
+    settings = RunSettings.from_dict(record.settings)
+    _, metric, _ = settings.task_info(record.task)
+    if tolerance is None:
+        tolerance = settings.tolerance if settings.tolerance is not None else pareto.TOLERANCE
+    members = pareto.front(trials, device, floor=settings.floor)
+    if not members:
+        raise PickError(f"run {run} has no {device} front: no candidate beat the trivial baseline")
     split = "dev" if all(m.accuracy("dev") is not None for m in members) else "val"
     fits = [m for m in members if (budget_ms is None or _latency(m, device) <= budget_ms)
             and (min_score is None or m.accuracy(split) >= min_score)]
     if not fits:
         raise PickError(_no_fit(run, device, members, split, metric, budget_ms, min_score))
-    best = max(fits, key=lambda t: (t.accuracy(split), -_latency(t, device)))
+    best = pareto.best_within(fits, device, None, split=split, tolerance=tolerance)
     teacher = next((t for t in trials if t.role == "teacher"), None)
-    return Choice(record, device, budget_ms, min_score, split, metric, best, teacher)
+    return Choice(record, device, budget_ms, min_score, tolerance, split, metric, best, teacher)
 
 
 def _figures(t, device: str, split: str, metric: str) -> str:
@@ -194,8 +202,9 @@ def model_card(choice: Choice, labels: tuple[str, ...], metric: str, pair: bool,
               "the validation split: this run's front was not re-scored on the dev set (was the search interrupted?)")
     lines = ["---", "pipeline_tag: text-classification", "tags: [onnx, text-classification, autocompress]", "---", "",
              f"# {run.task}: {recipe.short()} (run {run.name}, trial {t.number})", "",
-             f"Picked by autocompress for **{choice.device}**: the most accurate member of run {run.name}'s Pareto "
-             f"front for that device{budget}{floor}, judged on {judged}.", "",
+             f"Picked by autocompress for **{choice.device}**: the fastest member of run {run.name}'s Pareto front "
+             f"for that device{budget}{floor} whose score is within {100 * choice.tolerance:g} point(s) of the most "
+             f"accurate such member, judged on {judged}.", "",
              "## Task", "",
              f"- task: {run.task}, {'text pairs' if pair else 'single texts'}, labels: "
              + ", ".join(f"`{name}`" for name in labels),

@@ -59,7 +59,7 @@ class TeacherSettings:
     lr: float = 1e-4             # with batches of 64 and two passes: SST-2 dev 90.4% (1.5e-4: 89.9%, 2e-4: 88.6%)
     batch_size: int = 64          # length-bucketed: on 2 CPU cores ~1.4x the rows/s of batches of 32
     max_length: int = TRAIN_MAX_LENGTH
-    transfer_examples: int = 16000  # rows whose teacher logits are cached for distillation
+    transfer_examples: int = 0      # rows whose teacher logits are cached for distillation (0: every train row)
     val_size: int = 1000            # rows carved from train for validation (they are not trained on)
     seed: int = 0
     min_steps: int = 600          # small data sets: at least this many optimiser steps ...

@@ -8,9 +8,14 @@
    fitted on (leave-one-out);
 3. the GPU roofline: its constants fitted again from NVIDIA's published figures and its error on the
    held-out architecture (BERT-large); where a CUDA GPU is here, the teacher and several candidates
-   measured on it beside their predictions (also written to benchmarks/results/); where none is, it says so.
+   measured on it beside their predictions (also written to benchmarks/results/); where none is, it says so;
+4. independent calibrations (3 by default), each in a fresh temporary calibration folder: the host
+   references established again, the mobile map fitted again, and the packaged MiniLM obtained with them
+   on mobile-cpu (predicted) and laptop-cpu (measured): the spread of the references, the constants, the
+   held-out error and the teacher's figures, from one calibration to the next.
 
-    python benchmarks/latency.py [--repeats 5] [--no-calibrate]
+    python benchmarks/latency.py [--repeats 5] [--no-calibrate] [--section all|repeatability|mobile|gpu|calibrations]
+                                 [--calibrations 3]
 
 Timings on a shared machine are disturbed by the other work on it: read ratios, not absolute figures.
 """
@@ -155,26 +160,98 @@ def gpu(tmp: Path) -> None:
     print(f"   written to {out}")
 
 
+def calibrations(teacher: Path, count: int) -> None:
+    """``count`` independent calibrations, each in a fresh temporary calibration folder (so each
+    establishes its own host references and fits its own mobile map), and what each gives the teacher."""
+    from autocompress import paths
+    from autocompress.hardware import latency as L
+
+    laptop, mobile = load_profile("laptop-cpu"), load_profile("mobile-cpu")
+    print(f"\n4. {count} independent calibrations (host references and mobile map established afresh each time, "
+          "each in its own temporary calibration folder), and the packaged MiniLM (fp32) obtained with each")
+    if route(mobile).kind != "predicted":
+        print(f"   {route(mobile).text}: nothing to calibrate")
+        return
+    print(f"   {'run':>3} {'ref 1 thread':>22} {'ref ' + str(laptop.threads) + ' threads':>22} {'c_matmul':>8} "
+          f"{'c_norm_act':>10} {'c_other':>7} {'held-out':>13} {'tries':>5} {'mobile ms':>9} {'laptop ms':>9} {'s':>5}")
+    rows, saved = [], os.environ.get(paths.ENV_CALIBRATION)
+    try:
+        for i in range(count):
+            with tempfile.TemporaryDirectory(prefix="bench-calibration-") as folder:
+                os.environ[paths.ENV_CALIBRATION] = folder
+                t0 = time.time()
+                one = L.host_reference(1, mobile.cpus(1), log=log)
+                more = L.host_reference(laptop.threads, laptop.cpus(), log=log)
+                cal = predictor_for(mobile).calibration(log=log)
+                m, lap = obtain_latency(teacher, mobile), obtain_latency(teacher, laptop)
+                row = {"one": one.nominal_ms, "more": more.nominal_ms, **cal["constants"],
+                       "loo_mean": cal["loo_mean_abs_error"], "loo_max": cal["loo_max_abs_error"],
+                       "mobile": m.median_ms, "laptop": lap.median_ms}
+                rows.append(row)
+                print(f"   {i + 1:>3} {_reference(one):>22} {_reference(more):>22} {row['matmul']:8.4g} "
+                      f"{row['norm_act']:10.4g} {row['other']:7.4g} "
+                      f"{100 * row['loo_mean']:5.0f}% ({100 * row['loo_max']:3.0f}%) {cal.get('attempts', 1):>5} "
+                      f"{row['mobile']:9.2f} {row['laptop']:9.2f} {time.time() - t0:5.0f}"
+                      + (f"  REFUSED: {cal['refused']}" if cal.get("refused") else "")
+                      + (f"  laptop factor {_factor(lap):.3f}" + (" OUT OF BAND" if _out(lap) else "")))
+    finally:
+        if saved is None:
+            os.environ.pop(paths.ENV_CALIBRATION, None)
+        else:
+            os.environ[paths.ENV_CALIBRATION] = saved
+    print("   spread (max/min over the calibrations): " + ", ".join(
+        f"{label} {max(r[k] for r in rows) / min(r[k] for r in rows):.3f}" for label, k in (
+            ("ref 1 thread", "one"), (f"ref {laptop.threads} threads", "more"), ("c_matmul", "matmul"),
+            ("c_norm_act", "norm_act"), ("mobile teacher", "mobile"), ("laptop teacher", "laptop"))
+        if min(r[k] for r in rows) > 0))
+    print("   held-out mean |error| per calibration: " + ", ".join(f"{100 * r['loo_mean']:.0f}%" for r in rows)
+          + "; max: " + ", ".join(f"{100 * r['loo_max']:.0f}%" for r in rows))
+
+
+def _reference(ref) -> str:
+    """A host reference in a table cell: its nominal, its CI and tries where cached, else provisional."""
+    from autocompress.hardware import reference as book
+
+    d = book.load(ref.meta) if ref.established else None
+    if not d:
+        return f"{ref.nominal_ms:.2f} ms provisional"
+    return f"{ref.nominal_ms:.2f} ms ±{100 * d['ci95_rel']:.1f}% ({d['tries']} tr)"
+
+
+def _out(lat) -> bool:
+    return bool((lat.detail.get("host_reference") or {}).get("out_of_band"))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-calibrate", action="store_true", help="use the cached mobile calibration of this host")
+    ap.add_argument("--section", choices=("all", "repeatability", "mobile", "gpu", "calibrations"), default="all",
+                    help="run one section only (1: repeatability, 2: mobile, 3: gpu, 4: calibrations)")
+    ap.add_argument("--calibrations", type=int, default=3, help="independent calibrations in section 4 (>= 3)")
     args = ap.parse_args()
     info = cpu_info()
     print(f"host {platform.node()}: {info['cpu']}, {info['cores']} cores, int8 instructions: "
           f"{', '.join(info['int8_isa']) or 'none'}; load average {os.getloadavg()[0]:.1f} "
           "(a shared machine disturbs timings: compare ratios)")
     t0 = time.time()
+    wants = (lambda name: args.section in ("all", name))
     mobile_profile = load_profile("mobile-cpu")
-    if route(mobile_profile).kind == "predicted":      # first, so that section 1 predicts with this calibration
+    if (wants("repeatability") or wants("mobile")) and route(mobile_profile).kind == "predicted":
+        # first, so that section 1 predicts with this calibration
         predictor_for(mobile_profile).prepare(log=log, fresh=not args.no_calibrate)
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
         teacher = export.export_onnx(checkpoint.load_model(resolve_model("minilm")), Path(tmp) / "minilm.fp32.onnx")
-        repeatability(teacher, args.repeats)
-        candidate = models(Path(tmp))["4 layers + int8"][0]
-        ratio_repeatability(teacher, candidate, args.repeats)
-        mobile()
-        gpu(Path(tmp))
+        if wants("repeatability"):
+            repeatability(teacher, args.repeats)
+            candidate = models(Path(tmp))["4 layers + int8"][0]
+            ratio_repeatability(teacher, candidate, args.repeats)
+        if wants("mobile"):
+            mobile()
+        if wants("gpu"):
+            gpu(Path(tmp))
+        if wants("calibrations"):
+            calibrations(teacher, max(args.calibrations, 1))
     print(f"\n(took {time.time() - t0:.0f} s)")
     return 0
 

@@ -26,19 +26,19 @@ import tempfile
 import time
 from pathlib import Path
 
-LOOPS = {"today": {"patience": None, "keep_best": False}, "new": {}}
+LOOPS = {"new": {}, "today": {"patience": None, "keep_best": False}}
 
 
-def run(task: str, seed: int, loop: str, data_dir: str | None) -> dict:
+def run(task: str, seed: int, loop: str, data_dir: str | None, cache: str | None = None) -> dict:
     from autocompress.tasks import load_task
     from autocompress.teacher import TeacherSettings, get_teacher
 
     data = load_task(task, data_dir, seed=seed)
     settings = TeacherSettings(task=data.spec.name, val_size=len(data.val), seed=seed, **LOOPS[loop])
-    with tempfile.TemporaryDirectory(prefix="ac-teacher-bench-") as cache:
-        os.environ["AUTOCOMPRESS_CACHE"] = cache
+    with tempfile.TemporaryDirectory(prefix="ac-teacher-bench-") as tmp:
+        os.environ["AUTOCOMPRESS_CACHE"] = cache or tmp
         t0 = time.time()
-        teacher = get_teacher(settings, data, log=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
+        teacher = get_teacher(settings, data, log=lambda m: print(f"  {m}", file=sys.stderr, flush=True), fresh=True)
         wall = time.time() - t0
         info = teacher.info
     per_pass = -(-info["train_rows"] // settings.batch_size)
@@ -78,6 +78,8 @@ def main() -> int:
     ap.add_argument("--data-dir", default=os.environ.get("AUTOCOMPRESS_GLUE_DIR"))
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "teacher.jsonl"))
     ap.add_argument("--skip-done", action="store_true", help="leave out (task, seed, loop) already in --out")
+    ap.add_argument("--cache", help="keep the teachers in this cache (default: a temporary one per run); always "
+                    "fine-tuned again")
     ap.add_argument("--table", metavar="JSONL", help="only print the table of a results file")
     args = ap.parse_args()
     if args.table:
@@ -89,11 +91,11 @@ def main() -> int:
         done = {(r["task"], r["seed"], r["loop"]) for r in map(json.loads, out.read_text().splitlines()) if r}
     rows = []
     for seed in args.seeds:
-        for loop in args.loops:          # the loops alternate: a slow phase of the machine hits both
+        for loop in (args.loops if seed % 2 == 0 else args.loops[::-1]):   # alternating order: a slow phase hits both
             if (args.task, seed, loop) in done:
                 continue
             print(f"{args.task} seed {seed}, {loop} loop", file=sys.stderr, flush=True)
-            r = run(args.task, seed, loop, args.data_dir)
+            r = run(args.task, seed, loop, args.data_dir, args.cache)
             rows.append(r)
             with open(out, "a") as f:
                 f.write(json.dumps(r) + "\n")

@@ -417,7 +417,7 @@ def test_a_single_graph_still_ships_as_model_onnx(trial_world, tmp_path):
                        teacher=trial_world["teacher"])
     t = store.trial("e", 4)
     assert not t.latencies["test-cpu"]["detail"].get("expected")
-    choice = ship.Choice(store.get_run("e"), "test-cpu", None, None, "val", "accuracy", t, None)
+    choice = ship.Choice(store.get_run("e"), "test-cpu", None, None, 0.01, "val", "accuracy", t, None)
     out = ship.export(store, choice, tmp_path / "one", command="autocompress pick ...")
     assert (out / "model.onnx").is_file() and not (out / "pipeline").exists()
     card = (out / "README.md").read_text()

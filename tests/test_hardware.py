@@ -1,5 +1,6 @@
 import fcntl
 import os
+import threading
 import subprocess
 import sys
 import time
@@ -215,7 +216,7 @@ def test_a_pinned_profile_times_each_thread_on_its_own_cpu(models, monkeypatch):
 
     def watching(run_once, **kw):
         out = real_repeat(run_once, **kw)
-        seen.append((os.sched_getaffinity(0), _thread_cpus()))
+        seen.append((os.sched_getaffinity(0), _thread_cpus(), str(threading.get_native_id())))
         return out
 
     monkeypatch.setattr(L, "repeat", watching)
@@ -223,9 +224,11 @@ def test_a_pinned_profile_times_each_thread_on_its_own_cpu(models, monkeypatch):
     lat = measure_latency(small, two, **FAST)
     side = measure_side_by_side({"a": small}, two, rounds=1, runs_per_round=4)
     assert len(seen) == 2 and os.sched_getaffinity(0) == before        # restored after each
-    for caller, threads in seen:
+    for caller, threads, me in seen:
         assert caller == {cpus[0]}
-        assert str(cpus[1]) in threads.values()                         # the pool's thread, pinned by the session
+        # no other thread shares the caller's CPU (a pool thread made by the pinned caller would inherit it)
+        assert all(cpu != str(cpus[0]) for tid, cpu in threads.items() if tid != me), threads
+    assert str(cpus[1]) in seen[0][1].values()            # the pool's thread, pinned by the session to its own CPU
     assert lat.detail["pinned_cpus"] == list(cpus) and side["a"].detail["pinned_cpus"] == list(cpus)
     assert f"2 thread(s) pinned to CPU(s) {cpus[0]},{cpus[1]}" in describe(lat.to_dict())
     seen.clear()

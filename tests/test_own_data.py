@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from autocompress.cli import main
+from autocompress.recipe import Recipe
 from autocompress.tasks import DataError, FileTask, compute_metrics, default_val_size, load_task
 
 TOPICS = {
@@ -290,4 +291,9 @@ def test_optuna_study_lives_in_the_same_database(own):
     for ot, t in zip(study.trials, candidates):
         assert ot.number + 1 == t.number and ot.state == states[t.status]
         assert ot.values[0] == pytest.approx(t.accuracy("val"))
+        # what each point is, for a user of optuna-dashboard: its recipe and the run's trial number
+        assert ot.user_attrs["recipe"] == Recipe.from_json(t.recipe).short() and ot.user_attrs["trial"] == t.number
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert study.metric_names == ["val_accuracy", "latency_ms"]           # not "Objective 0/1"
+    rescored = {str(t.number): t.accuracy("dev") for t in store.trials("own") if t.accuracy("dev") is not None}
+    assert rescored and study.user_attrs["dev"] == rescored

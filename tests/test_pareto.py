@@ -117,3 +117,32 @@ def test_zipped_size_is_the_third_objective():
     worse.size_zip_mb = None          # a trial without the figure: the front falls back to two objectives
     assert [t.number for t in front([dense, sparse, worse], "laptop")] == [1]
     assert best_within([dense, sparse], "laptop", 25.0).number == 1      # the budget pick: most accurate
+
+
+def test_the_pick_is_the_fastest_within_the_tolerance_of_the_most_accurate():
+    """The README's main command once ended by recommending the uncompressed teacher: it beat int8 alone
+    by 0.1 point on 1,000 val rows, and int8 was twice as fast. Within one point, the faster one is picked;
+    with tolerance 0, the most accurate; the budget still applies first."""
+    from autocompress.search.pareto import pick_reason
+
+    teacher, int8, small = trial(0, 0.965, 23.0), trial(1, 0.964, 11.0), trial(2, 0.950, 7.0)
+    ts = [teacher, int8, small]
+    assert best_within(ts, "laptop", None).number == 1                      # default: one point
+    assert best_within(ts, "laptop", None, tolerance=0.0).number == 0
+    assert best_within(ts, "laptop", None, tolerance=0.02).number == 2      # 1.5 points below: within 2
+    assert best_within(ts, "laptop", 10.0).number == 2                      # the budget leaves int8 out
+    why = pick_reason(ts, "laptop", None)
+    assert why.startswith("* = trial 1: the fastest within 1 point(s)") and "trial 0" in why and "2.09x faster" in why
+    assert "the most accurate" in pick_reason(ts, "laptop", None, tolerance=0.0)
+
+
+def test_members_at_or_below_the_trivial_baseline_are_off_the_front():
+    """A chance-level model (57.1% where always answering the majority class scores 57.1%) is never a front
+    member, however fast; it is listed by ``trivial`` (the store keeps it)."""
+    from autocompress.search.pareto import trivial
+
+    ts = [trial(0, 0.90, 20.0), trial(1, 0.571, 2.0), trial(2, 0.60, 5.0), trial(3, 0.55, 1.0)]
+    assert [t.number for t in front(ts, "laptop", floor=0.571)] == [2, 0]
+    assert [t.number for t in trivial(ts, 0.571)] == [1, 3]
+    assert [t.number for t in front(ts, "laptop")] == [3, 1, 2, 0]              # no floor recorded: as before
+    assert trivial(ts, None) == []

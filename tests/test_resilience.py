@@ -163,3 +163,121 @@ def test_parallel_trials_split_the_cores(monkeypatch):
     nodes.append({"Alive": True, "Resources": {"CPU": 8.0}})
     assert cluster.plan_parallel(None) == (2, 2)            # one trial per node, capped by the smallest node
     assert cluster.plan_parallel(3, max_threads=4) == (3, 2)
+
+
+# ---------------------------------------------------------------- Ctrl-C at any stage, within seconds
+LONG = """
+name: long
+trials: 2
+steps:
+  - method: drop_layers
+    params: {keep: {int: [1, 2]}}
+  - method: distill
+    params: {steps: {int: [10, 6000], step: 5990}, batch_size: 4}
+seeds:
+  - {drop_layers.keep: 2, distill.steps: 10}
+  - {drop_layers.keep: 1, distill.steps: 6000}
+"""
+
+
+def _search_processes(marker: str) -> list[int]:
+    """Processes whose environment holds ``marker`` (the test's own lock file path): the search and the
+    Ray processes it started (they inherit its environment)."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                if marker.encode() in (proc / "environ").read_bytes():
+                    out.append(int(proc.name))
+            except OSError:
+                pass
+    return out
+
+
+def _lines(stream, into: list):
+    import threading
+
+    def read():
+        for line in iter(stream.readline, ""):
+            into.append(line)
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    return t
+
+
+def test_ctrl_c_during_a_trials_distillation_stops_within_seconds_and_resumes(user):
+    """The issue's case: a trial whose recovery would run for minutes. Ctrl-C (SIGINT to the process group)
+    while it distils: exit 130 within 10 s, the run and that trial stored interrupted, no process of the
+    search left (Ray's included); --resume keeps the finished trial and proposes the interrupted one again."""
+    cwd, env = user
+    (cwd / "long.yaml").write_text(LONG)
+    proc = subprocess.Popen([EXE, "search", "--space", "long.yaml", "--name", "ctrlc", *TEACHER], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    err: list[str] = []
+    _lines(proc.stderr, err)
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        assert proc.poll() is None, "".join(err)[-3000:]
+        try:
+            t = _store(cwd).trial("ctrlc", 2)
+            if t is not None and t.status == "running" and (t.stage or "").startswith("distill "):
+                break             # inside its distillation loop (it reports every 50 steps)
+        except Exception:
+            pass
+        time.sleep(1)
+    else:
+        raise AssertionError("trial 2 never reached its distillation loop:\n" + "".join(err)[-3000:])
+    finished_before = {t.number: t.seconds for t in _store(cwd).trials("ctrlc") if t.role == "candidate"}
+    t0 = time.time()
+    os.killpg(proc.pid, signal.SIGINT)               # what a terminal's Ctrl-C sends
+    out = proc.stdout.read()
+    proc.wait(timeout=60)
+    took = time.time() - t0
+    assert proc.returncode == 130 and took < 10, (took, "".join(err)[-3000:])
+    assert "autocompress search --resume ctrlc" in "".join(err) and "run ctrlc (interrupted)" in out
+    store = _store(cwd)
+    assert store.get_run("ctrlc").status == "interrupted"
+    two = store.trial("ctrlc", 2)
+    assert two.status == "interrupted" and "interrupted while this trial ran" in two.error
+    time.sleep(1)
+    assert _search_processes(env["AUTOCOMPRESS_LOCK_FILE"]) == []     # no Ray process of the search left
+    # --resume: the finished trial is kept, the interrupted one is proposed again (bounded here by a time limit)
+    r = subprocess.run([EXE, "search", "--resume", "ctrlc", "--time-limit", "45s"], cwd=cwd, env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    store = _store(cwd)
+    assert store.get_run("ctrlc").status == "done"
+    assert {t.number: t.seconds for t in store.trials("ctrlc") if t.number in finished_before} == finished_before
+    two = store.trial("ctrlc", 2)
+    assert two.status == "failed" and "its recipe is proposed again as trial 3" in two.error
+    assert store.trial("ctrlc", 3).params == two.params
+
+
+def test_ctrl_c_during_the_teachers_fine_tune_leaves_no_partial_teacher(tmp_path, glue_dir):
+    """Ctrl-C while the teacher fine-tunes (before the run exists): exit 130 within 10 s, nothing in the
+    teacher cache (no folder, no temporary one), no run in the store, no process left."""
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    (cwd / "tiny.yaml").write_text(SPACE)
+    env = {**os.environ, "AUTOCOMPRESS_CACHE": str(tmp_path / "cache"), "AUTOCOMPRESS_GLUE_DIR": str(glue_dir),
+           "AUTOCOMPRESS_LOCK_FILE": str(tmp_path / "machine.lock"), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([EXE, "search", "--space", "tiny.yaml", "--name", "t", "--train-examples", "3200",
+                             "--epochs", "3", "--val-size", "200"], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    err: list[str] = []
+    _lines(proc.stderr, err)
+    deadline = time.time() + 600
+    while not any("teacher step" in line for line in err):       # its first look at val: mid-way
+        assert proc.poll() is None and time.time() < deadline, "".join(err)[-3000:]
+        time.sleep(0.5)
+    t0 = time.time()
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=60)
+    assert proc.returncode == 130 and time.time() - t0 < 10, "".join(err)[-3000:]
+    teachers = tmp_path / "cache" / "teachers"
+    assert not teachers.exists() or list(teachers.iterdir()) == []
+    db = cwd / "runs" / "autocompress.db"
+    assert not db.exists() or _store(cwd).run_names() == []
+    time.sleep(1)
+    assert _search_processes(env["AUTOCOMPRESS_LOCK_FILE"]) == []

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..hardware import ProfileError
     from ..methods.base import RecipeError
     from ..search.cluster import ClusterError
-    from ..search.session import SessionError
+    from ..search.settings import SessionError
     from ..search.space import SpaceError
     from ..ship import IntegrityError, PickError
     from ..store import StoreError

@@ -10,7 +10,7 @@ from pathlib import Path
 from .checks import (UserError, check_bench_model, check_numbers, check_out_folder, check_output_file,
                      check_predict_input, check_task_options, load_profile_checked, log, model_config, read_examples,
                      resolve_paths, store_url, task_source, teacher_settings)
-from .parser import parse_budget, parse_score
+from .parser import parse_budget, parse_points, parse_score
 
 
 def cmd_front(args) -> int:
@@ -53,6 +53,7 @@ def cmd_runs(args) -> int:
 def cmd_pick(args) -> int:
     budget = parse_budget(args.budget) if args.budget is not None else None
     floor = parse_score(args.min_accuracy) if args.min_accuracy is not None else None
+    tolerance = parse_points(args.tolerance) if args.tolerance is not None else None
     resolve_paths(args)
     out = Path(args.out)
     check_out_folder(out)
@@ -61,13 +62,15 @@ def cmd_pick(args) -> int:
     from ..store import Store
 
     store = Store(store_url(args), create=False)
-    choice = ship.choose(store, args.run, device=args.device, budget_ms=budget, min_score=floor)
+    choice = ship.choose(store, args.run, device=args.device, budget_ms=budget, min_score=floor, tolerance=tolerance)
     folder = ship.export(store, choice, out, command=args.command_line)
     t, m = choice.trial, choice.trial.metrics[choice.split]
     within = f", within {choice.budget_ms:g} ms" if choice.budget_ms is not None else ""
     print(f"picked trial {t.number} of run {args.run} for {choice.device}: {choice.split} {choice.metric} "
           f"{choice.score:.4f} (n={m['n']}), {choice.latency_ms:.2f} ms{within}; recipe: "
           f"{Recipe.from_json(t.recipe).short()}")
+    print(f"the fastest member within {100 * choice.tolerance:g} point(s) of the most accurate one"
+          + (f" within {choice.budget_ms:g} ms" if choice.budget_ms is not None else "") + " (--tolerance)")
     if choice.split == "val":
         print("judged on the validation split: this run's front was not re-scored on the dev set")
     print(f"wrote {folder}: {', '.join(sorted(p.name for p in folder.iterdir()))}")
@@ -138,16 +141,23 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_profiles(args) -> int:
-    from ..hardware import describe_route, list_profiles, load_profile, prepare
+    """The profiles and how each is obtained here; ``--recalibrate`` (alias ``--calibrate``) establishes
+    the host references again and calibrates the predictors again first; ``--check`` times the references
+    again briefly and says whether each cached one, and each calibration, still holds (exit 1 if not)."""
+    from ..hardware import check_host, describe_route, list_profiles, load_profile, prepare
 
     _join_cluster_checked(args.ray_address)
     profiles = [load_profile(name) for name in list_profiles()]
     with _ray(args.ray_address):
-        if args.calibrate:
+        if args.recalibrate:
             prepare(profiles, log=log, fresh=True)
         for p in profiles:
             shapes = ", ".join(f"batch {b} x seq {s}" for b, s in p.shapes)
             print(f"{p.name}: {p.device or p.description}\n  {shapes}; {describe_route(p)}")
+        if args.check:
+            ok, lines = check_host(profiles)
+            print("\n".join(lines))
+            return 0 if ok else 1
     return 0
 
 

@@ -31,6 +31,14 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * {"h": 3600, "m": 60, "min": 60, "s": 1, None: 1}[m.group(2)]
 
 
+def parse_points(text: str, option: str = "--tolerance") -> float:
+    """'1', '0.5', '1pt' -> a fraction of the metric (0.01, 0.005): points of a score in [0, 100]."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(pts?|points?|%)?\s*", text or "")
+    if not m or float(m.group(1)) > 100:
+        raise UserError(f"{option} {text!r}: give points of the metric, e.g. 1 or 0.5 (0: the most accurate)")
+    return float(m.group(1)) / 100.0
+
+
 def parse_score(text: str) -> float:
     """'0.85' or '85%' -> 0.85 (a score in the task's metric: accuracy, F1 or Matthews correlation)."""
     m = re.fullmatch(r"\s*([-+]?\d+(?:\.\d+)?)\s*(%)?\s*", text or "")
@@ -114,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "single machine); the cores are split between trials side by side")
     s.add_argument("--time-limit", help="stop the search after this long, e.g. 2h or 30m: running trials are "
                    "stopped and the fronts of what finished are still re-timed, re-scored and printed")
+    s.add_argument("--sampler", default="tpe", choices=("tpe", "random"), help="the search strategy: tpe (default: "
+                   "the space's seed recipes, random start-up trials, then multi-objective TPE) or random (the "
+                   "baseline a strategy must beat)")
+    s.add_argument("--tolerance", help="the pick that ends the search (*): the fastest member within this many points "
+                   "of the most accurate one within budget, on val (default 1; 0: the most accurate)")
     s.add_argument("--force", action="store_true", help="search even if the teacher is no better than always "
                    "answering one class (by default the search stops there)")
     s.add_argument("--resume", metavar="RUN", help="continue an interrupted run (same --storage/--runs-dir): "
@@ -135,15 +148,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="machine-readable output")
     _add_store_args(r)
 
-    k = sub.add_parser("pick", help="pick the most accurate model within a budget for a device and write it as a "
-                       "model folder", description="Pick the most accurate member of a device's Pareto front within "
-                       "the latency budget (judged on the dev set), and write it as a Hugging Face-style folder: "
-                       "model.onnx (the very file timed and scored), config.json, tokenizer, recipe.json, README.md.")
+    k = sub.add_parser("pick", help="pick a model within a budget for a device and write it as a model folder",
+                       description="Pick from a device's Pareto front as the search does: among the members within "
+                       "the latency budget, the fastest whose score is within --tolerance of the most accurate "
+                       "(judged on the dev set); write it as a Hugging Face-style folder: model.onnx (the very file "
+                       "timed and scored), config.json, tokenizer, recipe.json, README.md.")
     k.add_argument("run", help="the run's name (see `autocompress runs`)")
     k.add_argument("--device", help="the device to ship for (default: the run's target device)")
     k.add_argument("--budget", help="latency budget on that device, e.g. 30ms (default: the run's budget when the "
                    "device is its target, else none)")
     k.add_argument("--min-accuracy", help="the lowest acceptable score in the task's metric, e.g. 0.85 or 85%%")
+    k.add_argument("--tolerance", help="how far below the most accurate member a faster one may score and still be "
+                   "picked, in points of the metric, e.g. 1 or 0.5 (default: the run's, else 1; 0: the most accurate)")
     k.add_argument("--out", required=True, metavar="DIR", help="the folder to write (new, or empty)")
     _add_store_args(k)
 
@@ -159,8 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--fresh", action="store_true", help="fine-tune again even if a cached teacher exists")
 
     pr = sub.add_parser("profiles", help="list the hardware profiles and how each latency is obtained here")
-    pr.add_argument("--calibrate", action="store_true", help="calibrate the predictors on this host again "
-                    "(otherwise done once per host, on first use, and cached)")
+    pr.add_argument("--recalibrate", "--calibrate", dest="recalibrate", action="store_true", help="establish this "
+                    "host's speed references again and calibrate the predictors again (otherwise done once per host, "
+                    "on first use, and cached; the old references are kept in their history)")
+    pr.add_argument("--check", action="store_true", help="time the host's speed references again now (a few "
+                    "seconds) and say whether each cached one, and each predictor's calibration, still holds; "
+                    "exit 1 if one does not")
     pr.add_argument("--ray-address", help="also look for Ray nodes offering a profile's resource in this cluster")
 
     b = sub.add_parser("bench", help="latency of a model folder or ONNX file on one profile, with how it was obtained")

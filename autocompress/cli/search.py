@@ -10,10 +10,11 @@ import time
 from .checks import (UserError, check_name, check_numbers, check_output_places, check_task_options,
                      is_default_runs_dir, load_profile_checked, log, model_config, resolve_paths, store_url,
                      task_source, teacher_settings)
-from .parser import build_parser, parse_budget, parse_duration
+from .parser import build_parser, parse_budget, parse_duration, parse_points
 
 # Options a resumed search takes from the stored run (giving them again with --resume is refused).
 FIXED_ON_RESUME = ("budget", "device", "space", "trials", "name", "task", "data_dir", "val_size", "seed", "model",
+                   "tolerance", "sampler",
                    "teacher", "train_examples", "epochs", "train", "dev", "text_column", "text_pair_column",
                    "label_column", "metric")
 
@@ -51,12 +52,13 @@ class TeacherBar:
 def cmd_search(args) -> int:
     from ..search import cluster, session
 
-    signal.signal(signal.SIGTERM, _interrupt)      # a stop (systemd, kill) ends the search like Ctrl-C
+    signal.signal(signal.SIGTERM, _interrupt)      # until the session takes over (session.Stopper): like Ctrl-C
     if args.resume:
         return _resume(args)
     # Everything the user gave is checked before anything is trained or written.
     budget = parse_budget(args.budget) if args.budget is not None else None
     time_limit = parse_duration(args.time_limit) if args.time_limit else None
+    tolerance = parse_points(args.tolerance) if args.tolerance is not None else None
     check_numbers(args)
     check_task_options(args)
     resolve_paths(args)
@@ -90,7 +92,8 @@ def cmd_search(args) -> int:
     new = session.NewRun(name=name, store_url=url, runs_dir=args.runs_dir, target=target, profiles=profiles,
                          space=space, trials=trials, budget_ms=budget, data=data,
                          teacher=teacher_settings(args, data, source), num_layers=num_layers,
-                         teacher_folder=args.teacher, force=args.force, command=args.command_line)
+                         teacher_folder=args.teacher, force=args.force, command=args.command_line, tolerance=tolerance,
+                         sampler=args.sampler)
     with TeacherBar() as bar, _store_in_use(url):
         outcome = session.start(new, _launch(args, time_limit), log=log, teacher_progress=bar)
     return _report(outcome, url)

@@ -67,9 +67,9 @@ def _describe(lat: dict) -> str:
         return text + _before_training(d) + others
     model = d.get("predictor", "an unnamed model")
     labels = {"device": "device", "input": "from", "calibrated_on": "calibrated on", "heldout_error": "held-out error",
-              "note": "note"}
+              "note": "note", "warning": "WARNING:"}
     extra = "".join(f", {label} {d[k]}" for k, label in labels.items() if d.get(k))
-    return f"predicted by {model}{extra}{_before_training(d)}{others}"
+    return f"predicted by {model}{extra}{_flags(d.get('host_reference'))}{_before_training(d)}{others}"
 
 
 def _drift(d: dict) -> str:
@@ -78,7 +78,38 @@ def _drift(d: dict) -> str:
     if not ref:
         return ""
     return (f", x{ref['factor']:.3f} to the host's nominal speed (interleaved reference {ref['median_ms']:.2f} ms, "
-            f"nominal {ref['nominal_ms']:.2f} ms)")
+            f"nominal {ref['nominal_ms']:.2f} ms)") + _flags(ref)
+
+
+def _flags(ref: dict | None) -> str:
+    """What a figure scaled to the host's nominal speed must not hide (``hardware.reference``): a factor
+    outside the plausible band, a nominal used by one process only (its windows never agreed)."""
+    ref = ref or {}
+    text = ""
+    if ref.get("out_of_band"):
+        low, high = ref.get("band") or ("?", "?")
+        text += (f" — OUT OF BAND: a host-speed factor of {ref['factor']:.2f} is outside {low}-{high} (a nominal timed "
+                 "under load, or a host overloaded now): this figure is doubtful")
+    if ref.get("established") is False:
+        text += (" — PROVISIONAL nominal: its windows never agreed, so it was used by this process only and not "
+                 "cached")
+    return text
+
+
+def host_speed_warning(lats) -> str | None:
+    """One line for a run's summary where any of these figures (dicts) was scaled by a factor out of band
+    or by a provisional nominal; None where none was."""
+    refs = [(lat.get("detail") or {}).get("host_reference") or {} for lat in lats]
+    out = sorted({round(r["factor"], 2) for r in refs if r.get("out_of_band")})
+    provisional = sum(r.get("established") is False for r in refs)
+    if not out and not provisional:
+        return None
+    parts = [f"{sum(r.get('out_of_band', False) for r in refs)} figure(s) scaled to the host's nominal speed by a "
+             f"factor out of band ({', '.join(f'{f:.2f}' for f in out)})"] if out else []
+    if provisional:
+        parts.append(f"{provisional} scaled by a provisional nominal (not cached: the host was unsteady)")
+    return ("; ".join(parts) + ": their milliseconds are doubtful (ratios side by side hold); see "
+            "`autocompress profiles --check`")
 
 
 def _before_training(d: dict) -> str:

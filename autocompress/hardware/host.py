@@ -73,3 +73,18 @@ def pinned(cpus: tuple[int, ...] | None) -> Iterator[None]:
         yield
     finally:
         os.sched_setaffinity(0, before)
+
+
+@contextmanager
+def unpinned(cpus: tuple[int, ...] | None) -> Iterator[None]:
+    """Inside ``pinned(cpus)``: the calling thread free on every CPU of ``cpus`` meanwhile. ONNX Runtime's
+    pool threads are made by the thread that creates a session and start with its affinity; one made while
+    the caller is pinned to ``cpus[0]`` did not always move to its own CPU: create sessions in here."""
+    if not cpus:
+        yield
+        return
+    os.sched_setaffinity(0, set(cpus))
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, {cpus[0]})

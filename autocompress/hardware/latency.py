@@ -15,26 +15,28 @@ the reference's nominal time over its median during the measurement: the speed o
 machine drifts (by 5-10% between windows of a few seconds, in one process or across processes), a
 model and the reference drift alike, and a figure should not follow this host's mood (a phone's
 least of all). The raw median and the factor are kept in the detail, and ``describe`` shows them. A
-profile without the flag is measured as timed.
+profile without the flag is measured as timed. The nominal is established only when windows of reference
+runs are steady, and checked against each measurement's interleaved median: ``reference`` keeps that
+record (the policy, the cache file, its history); the timing stays here.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from .. import fileio, locks, paths, pipeline
+from .. import fileio, locks, pipeline
+from . import reference as book
 from .figure import Latency
-from .host import cpu_info, pinned, where
+from .host import pinned, unpinned, where
+from .reference import HostReference, ci_rel, median_ci  # noqa: F401  (re-exported: the protocol's statistics)
 
 Profile = Any    # a ``profiles.HardwareProfile``: received, never imported (only its attributes are read here)
 _ORT_DTYPES = {
@@ -49,23 +51,6 @@ _ORT_DTYPES = {
 
 
 # ------------------------------------------------------------------ the protocol
-def median_ci(times: list[float], confidence: float = 0.95) -> tuple[float, float]:
-    """Distribution-free confidence interval of the median from order statistics: the ranks
-    n/2 -/+ z*sqrt(n)/2 of the sorted sample (binomial, normal approximation)."""
-    x = np.sort(np.asarray(times, dtype=float))
-    n = len(x)
-    z = {0.9: 1.645, 0.95: 1.96, 0.99: 2.576}[confidence]
-    lo = max(int(math.floor(n / 2 - z * math.sqrt(n) / 2)), 1)
-    hi = min(int(math.ceil(1 + n / 2 + z * math.sqrt(n) / 2)), n)
-    return float(x[lo - 1]), float(x[hi - 1])
-
-
-def ci_rel(times: list[float]) -> float:
-    """Half the width of the median's 95% confidence interval, relative to the median."""
-    lo, hi = median_ci(times)
-    return (hi - lo) / 2 / float(np.median(times))
-
-
 def repeat(run_once: Callable[[], Any], *, warmup: int, min_runs: int, max_runs: int, max_seconds: float,
            ci_target: float, clock: Callable[[], float] = time.perf_counter,
            reference: Callable[[], list[float]] | None = None, reference_times: list[float] | None = None,
@@ -149,108 +134,119 @@ def _stats(times_ms: list[float]) -> tuple[float, float, float, float]:
 
 
 # ------------------------------------------------------------------ host speed: the interleaved reference
-REFERENCE_CONFIG = {"model_type": "bert", "hidden_size": 384, "num_attention_heads": 12, "intermediate_size": 1536}
-REFERENCE_VERSION = 1
+def _reference_runner(ref: HostReference) -> Callable[[], Any]:
+    session = pipeline.session(ref.path, threads=ref.threads, cpus=ref.cpus)
+    return _runner(session, inputs(session, 1, 128), "CPUExecutionProvider")
 
 
-def reference_layers(threads: int) -> int:
-    """Layers of the reference at ``threads`` threads. On one thread, one layer (3.7 ms here) followed the
-    models best; on two, a one-layer run (2.3 ms) is so short that the thread pool's wake-ups weigh in it
-    as they do not in a model's, and three layers followed them better: five processes on this host,
-    each timing MiniLM fp32 / its int8 / the references in turns, spread 1.034 / 1.044 (max/min of model
-    over reference) with one layer, 1.015 / 1.025 with three, against 1.052 / 1.061 as timed; on one
-    thread, 1.008 / 1.024 with one layer, 1.022 / 1.031 with three."""
-    return 1 if threads <= 1 else 3
+def reference_blocks(ref: HostReference, runs: int = 8, settle: int = 3) -> Callable[[], list[float]]:
+    """A block of ``runs`` runs of the host reference, timed after the first ``settle``: what ran before
+    (a large fp32 model drops the clock for a while, and has the caches) slows the first runs after it, by
+    a different amount for each model; the settled runs measure the machine, not its last model."""
+    run = _reference_runner(ref)
+
+    def block() -> list[float]:
+        out = []
+        for i in range(runs):
+            t0 = time.perf_counter()
+            run()
+            if i >= settle:
+                out.append((time.perf_counter() - t0) * 1e3)
+        return out
+
+    return block
 
 
-@dataclass(frozen=True)
-class HostReference:
-    """A fixed workload timed in blocks between the timed runs of a CPU measurement: ``layers`` BERT
-    layers of MiniLM's width (random weights; ``reference_layers``), batch 1 x seq 128, on the
-    measurement's threads. ``nominal_ms`` is its median on this host, timed once per CPU, ONNX Runtime
-    version and thread count, and cached with the predictors' calibrations (a re-timing would move
-    every scaled figure by its own noise)."""
-
-    path: Path
-    threads: int
-    nominal_ms: float
-    date: str
-    layers: int = 1
-    cpus: tuple[int, ...] | None = None     # pinned as the measurements it brackets (timed so too)
-
-    def runner(self) -> Callable[[], Any]:
-        session = pipeline.session(self.path, threads=self.threads, cpus=self.cpus)
-        return _runner(session, inputs(session, 1, 128), "CPUExecutionProvider")
-
-    def blocks(self, runs: int = 8, settle: int = 3) -> Callable[[], list[float]]:
-        """A block of ``runs`` reference runs, timed after the first ``settle``: what ran before (a large
-        fp32 model drops the clock for a while, and has the caches) slows the first runs after it, by
-        a different amount for each model; the settled runs measure the machine, not its last model."""
-        run = self.runner()
-
-        def block() -> list[float]:
-            out = []
-            for i in range(runs):
-                t0 = time.perf_counter()
-                run()
-                if i >= settle:
-                    out.append((time.perf_counter() - t0) * 1e3)
-            return out
-
-        return block
-
-    def factor(self, reference_times: list[float]) -> float:
-        """What scales a figure timed beside these reference runs to this host's nominal speed."""
-        return self.nominal_ms / float(np.median(reference_times))
-
-    def detail(self, reference_times: list[float], raw_median_ms: float) -> dict:
-        return {"raw_median_ms": round(raw_median_ms, 4),
-                "host_reference": {"model": f"{self.layers} BERT layer(s) (hidden 384, 12 heads), batch 1 x seq 128",
-                                   "nominal_ms": round(self.nominal_ms, 4),
-                                   "median_ms": round(float(np.median(reference_times)), 4),
-                                   "factor": round(self.factor(reference_times), 4)}}
+def reference_windows(ref: HostReference, *, windows: int = book.WINDOWS, runs: int = book.WINDOW_RUNS,
+                      gap_s: float = book.GAP_S, warmup: int = 20) -> list[book.Window]:
+    """``windows`` windows of ``runs`` reference runs each (the first after ``warmup`` runs), ``gap_s``
+    apart, holding the machine: each window's times (ms) and this process's CPU share meanwhile (its CPU
+    time over wall time x threads: about 1 where it had its CPUs, less where other work took them)."""
+    run, out = _reference_runner(ref), []
+    for i in range(windows):
+        if i:
+            time.sleep(gap_s)
+        with locks.measuring(), pinned(ref.cpus):
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            times, _ = repeat(run, warmup=warmup if i == 0 else 3, min_runs=runs, max_runs=runs, max_seconds=0.0,
+                              ci_target=0.0)
+            out.append((times, (time.process_time() - cpu0) / ((time.perf_counter() - wall0) * ref.threads)))
+    return out
 
 
-def host_reference(threads: int, cpus: tuple[int, ...] | None = None) -> HostReference:
-    """This host's reference at ``threads`` threads (pinned to ``cpus`` if given): built and timed on first
-    use, then read from the cache."""
-    import onnxruntime as ort
+_PROCESS_ONLY: dict[str, tuple[HostReference, float]] = {}    # record path -> (a reference never steady, when)
 
+
+def host_reference(threads: int, cpus: tuple[int, ...] | None = None, *, fresh: bool = False,
+                   log: Callable[[str], None] | None = None) -> HostReference:
+    """This host's reference at ``threads`` threads (pinned to ``cpus`` if given): the cached one where
+    nothing since says it was timed under load (``reference.trouble``); otherwise (or ``fresh``) built if
+    need be and established now, the one it replaces kept in the record's history (``reference``)."""
     from .. import export                         # (torch: imported when a reference is first built)
 
-    info, layers = cpu_info(), reference_layers(threads)
-    spec = {"v": REFERENCE_VERSION, "cpu": info["cpu"], "isa": info["int8_isa"], "ort": ort.__version__,
-            "threads": threads, "config": REFERENCE_CONFIG}
-    if layers != 1:      # (the one-layer reference's key predates the field: the mobile calibrations use it)
-        spec["layers"] = layers
-    if cpus:
-        spec["cpus"] = list(cpus)
-    blob = json.dumps(spec, sort_keys=True)
-    key = hashlib.sha256(blob.encode()).hexdigest()[:16]
-    folder = paths.calibration_dir()
-    onnx_path, meta = folder / f"host-reference-{key}.onnx", folder / f"host-reference-{key}.json"
+    onnx_path, meta, layers, info = book.locate(threads, cpus)
     with locks.file_lock(meta):
-        if meta.is_file() and onnx_path.is_file():
-            d = json.loads(meta.read_text())
-            return HostReference(onnx_path, threads, d["nominal_ms"], d["date"], layers, cpus)
+        old = book.load(meta)
+        why = "established again on request" if fresh else "none cached" if old is None else book.trouble(old)
+        if not why and onnx_path.is_file():
+            return HostReference(onnx_path, threads, old["nominal_ms"], old["date"], layers, cpus, old["id"])
+        memo = _PROCESS_ONLY.get(str(meta))
+        if memo and not fresh and time.time() - memo[1] < book.RETRY_S:
+            return memo[0]
         if not onnx_path.is_file():
-            tmp = export.export_anchor(REFERENCE_CONFIG, folder / f"host-reference-{key}.tmp.onnx", num_layers=layers)
+            why = why or "its ONNX file was missing"
+            tmp = export.export_anchor(book.REFERENCE_CONFIG, meta.with_suffix(".tmp.onnx"), num_layers=layers)
             tmp.replace(onnx_path)
-        ref = HostReference(onnx_path, threads, 0.0, time.strftime("%Y-%m-%d"), layers, cpus)
-        with locks.measuring(), pinned(cpus):
-            times, _ = repeat(ref.runner(), warmup=20, min_runs=300, max_runs=2000, max_seconds=15.0, ci_target=0.005)
-        ref = HostReference(onnx_path, threads, float(np.median(times)), ref.date, layers, cpus)
-        fileio.write_json(meta, {"nominal_ms": ref.nominal_ms, "n": len(times), "date": ref.date, "cpu": info["cpu"],
-                                 "threads": threads, "layers": layers, "cpus": list(cpus) if cpus else None,
-                                 "ci95_rel": round(ci_rel(times), 4)})
+        ref, verdict, tries = _establish(HostReference(onnx_path, threads, 0.0, time.strftime("%Y-%m-%d"), layers, cpus))
+        if verdict.ok:
+            fileio.write_json(meta, book.record(verdict, ref.id, tries, info, old, why))
+            _PROCESS_ONLY.pop(str(meta), None)
+            return ref
+        _PROCESS_ONLY[str(meta)] = (ref, time.time())
+        if log:
+            log(f"host reference ({threads} thread(s)): not established after {tries} tries ({verdict.why}): used by "
+                "this process only, not cached; the figures it scales say so")
         return ref
+
+
+def _establish(ref: HostReference) -> tuple[HostReference, book.Verdict, int]:
+    """Windows of reference runs until they are steady (``reference.judge``), TRIES times at most with
+    pauses between; the reference with the steadiest try's nominal (``established`` if it was steady)."""
+    best = None
+    for attempt in range(book.TRIES):
+        if attempt:
+            time.sleep(book.PAUSES_S[attempt - 1])
+        verdict = book.judge(reference_windows(ref))
+        best = verdict if best is None or book.steadier(verdict, best) else best
+        if verdict.ok:
+            break
+    return replace(ref, nominal_ms=best.nominal_ms, id=book.new_id(), established=best.ok), best, attempt + 1
+
+
+def check_reference(threads: int, cpus: tuple[int, ...] | None = None) -> tuple[str, str]:
+    """The cached reference at ``threads`` timed again now, briefly, against its nominal: ("holds" | "does
+    not hold" | "unsure" | "none", in words; ``reference.holds_now``). Caches nothing."""
+    ref = book.cached(threads, cpus)
+    if ref is None:
+        return "none", "no reference cached (established on first use)"
+    now = book.judge(reference_windows(ref, windows=book.CHECK_WINDOWS, runs=book.CHECK_RUNS))
+    return book.holds_now(book.load(ref.meta), now)
+
+
+def _observed(ref: HostReference | None, ref_times: list[float]) -> HostReference | None:
+    """A measurement's interleaved median kept beside the cached nominal (``reference.note``); where the
+    last observations say that nominal was timed under load (or another process replaced it), the
+    reference is established again now (or read) and the figure is scaled to it."""
+    if ref is None or not ref_times or not book.note(ref, float(np.median(ref_times))):
+        return ref
+    return host_reference(ref.threads, ref.cpus)
 
 
 def _bracketing(enabled: bool, provider: str, threads: int,
                 cpus: tuple[int, ...] | None) -> tuple[HostReference | None, Callable[[], list[float]] | None]:
     """The host reference and its block runner where a CPU measurement is to be scaled; (None, None) otherwise."""
     ref = host_reference(threads, cpus) if enabled and provider == "CPUExecutionProvider" else None
-    return ref, (ref.blocks() if ref else None)
+    return ref, (reference_blocks(ref) if ref else None)
 
 
 def measure_latency(
@@ -288,6 +284,7 @@ def measure_latency(
                                  ci_target=ci_target, reference=reference, reference_times=ref_times)
             results.append((batch, seq, times, ref_times, stop))
     del session, reference
+    ref = _observed(ref, [t for r in results for t in r[3]])
     (batch, seq, times, ref_times, stop), rest = results[0], results[1:]
     extra = {"warmup": warmup, "protocol": f"sequential; stopped at: {stop}", "ci95_rel": round(ci_rel(times), 4)}
     if rest:
@@ -332,11 +329,13 @@ def measure_side_by_side(
     with locks.measuring(), pinned(cpus):
         for _ in range(rounds):
             for k, path in onnx_paths.items():
-                session = profile.session(path, threads=threads, cpus=cpus)
+                with unpinned(cpus):
+                    session = profile.session(path, threads=threads, cpus=cpus)
                 run = _runner(session, inputs(session, profile.batch_size, profile.seq_len), profile.provider)
                 times[k] += repeat(run, warmup=warmup, min_runs=runs_per_round, max_runs=runs_per_round,
                                    max_seconds=0.0, ci_target=0.0, reference=reference, reference_times=ref_times[k])[0]
                 del run, session
+    ref = _observed(ref, [t for r in ref_times.values() for t in r])
     extra = {"warmup": warmup, "protocol": f"side by side with {len(onnx_paths)} models, {rounds} interleaved rounds"}
     return {k: _latency(profile, t, profile.provider, threads, extra, ref, ref_times[k], cpus) for k, t in times.items()}
 
@@ -383,6 +382,7 @@ def profile_operators(onnx_path: str | os.PathLike, profile: Profile, *, threads
             op = e.get("args", {}).get("op_name", "?")
             per_run[i][op] = per_run[i].get(op, 0.0) + e["dur"] / 1e3
     ops = sorted({op for r in per_run for op in r})
+    ref = _observed(ref, ref_times)
     factor = ref.factor(ref_times) if ref else 1.0
     op_ms = {op: factor * float(np.median([r.get(op, 0.0) for r in per_run])) for op in ops}
     lat = _latency(profile, times, "CPUExecutionProvider", threads,

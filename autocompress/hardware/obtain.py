@@ -17,7 +17,7 @@ from .. import pipeline
 from . import predictors
 from .figure import Latency
 from .host import cpu_info
-from .latency import measure_latency, measure_side_by_side
+from .latency import check_reference, host_reference, measure_latency, measure_side_by_side
 from .profiles import HardwareProfile, ProfileError, load_profile
 
 HERE, RAY, PREDICTED = "here", "ray", "predicted"
@@ -308,11 +308,52 @@ def _on_ray_node(srcs: dict[Any, Path], profile: HardwareProfile, *, side_by_sid
 
 # ------------------------------------------------------------------ before a search, and in words
 def prepare(profiles, *, log=None, fresh: bool = False) -> None:
-    """Calibrate on this host the predictors these profiles will use here (once per host, then cached;
-    ``fresh`` calibrates again), so that no trial pays for it."""
-    for p in map(load_profile, profiles):
+    """Calibrate on this host the predictors these profiles will use here (once per host, then cached),
+    so that no trial pays for it; ``fresh`` establishes the host references they use again first (the old
+    ones kept in their records' history), then calibrates again."""
+    profiles = [load_profile(p) for p in profiles]
+    if fresh:
+        for threads, cpus in host_references(profiles):
+            ref = host_reference(threads, cpus, fresh=True, log=log)
+            if log:
+                log(f"host reference, {threads} thread(s): nominal {ref.nominal_ms:.2f} ms "
+                    + ("(established, cached)" if ref.established else "(provisional: not cached)"))
+    for p in profiles:
         if p.predictor and route(p).kind == PREDICTED:
             predictors.for_profile(p).prepare(log=log, fresh=fresh)
+
+
+def host_references(profiles) -> dict[tuple[int, tuple[int, ...] | None], list[str]]:
+    """The host references these profiles' figures are scaled to here ((threads, CPUs) -> profile names):
+    a CPU profile measured here at its nominal speed, a predictor's host timings."""
+    out: dict[tuple[int, tuple[int, ...] | None], list[str]] = {}
+    for p in map(load_profile, profiles):
+        kind, threads = route(p).kind, None
+        if kind == HERE and p.provider == "CPUExecutionProvider" and p.nominal_speed:
+            threads = p.threads
+        elif kind == PREDICTED:
+            threads = predictors.for_profile(p).host_threads()
+        if threads:
+            out.setdefault((threads, p.cpus(threads)), []).append(p.name)
+    return out
+
+
+def check_host(profiles) -> tuple[bool, list[str]]:
+    """Each host reference these profiles use timed again now, briefly, against its cached nominal, and
+    each predictor's calibration: whether the cached one still holds. (all hold, lines in words)"""
+    profiles = [load_profile(p) for p in profiles]
+    status: dict = {}
+    lines = ["host references (timed again now, briefly, against the cached nominal):"]
+    for (threads, cpus), names in host_references(profiles).items():
+        status[(threads, cpus)], text = check_reference(threads, cpus)
+        pins = f" pinned to CPU(s) {','.join(map(str, cpus))}" if cpus else ""
+        lines.append(f"  {threads} thread(s){pins}, for {', '.join(names)}: {text}")
+    lines.append("predictor calibrations:")
+    for p in profiles:
+        if p.predictor and route(p).kind == PREDICTED:
+            status[p.name], text = predictors.for_profile(p).check_state(status)
+            lines.append(f"  {p.name} ({p.predictor['name']}): {text}")
+    return all(s in ("holds", "none") for s in status.values()), lines
 
 
 def describe_route(profile: HardwareProfile) -> str:

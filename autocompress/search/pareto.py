@@ -1,5 +1,9 @@
-"""Pareto fronts per device (accuracy up; latency and zipped size down), the budget filter, and the
-hypervolume.
+"""Pareto fronts per device (accuracy up; latency and zipped size down), the pick within a budget and a
+tolerance, and the hypervolume.
+
+A candidate at or below the task's trivial baseline (always answering one class: its score, ``floor``)
+is never a front member: it learned nothing, however fast it is. It stays in the store (``trivial``
+lists such trials so that fronts can say they were left out).
 
 The zipped size is the third objective because some methods buy size and no speed (unstructured
 sparsity, shared or factorized weights run as fast as dense ones on a dense runtime): on an
@@ -23,10 +27,18 @@ def _point(t: TrialRecord, profile: str, split: str, with_size: bool) -> tuple[f
     return p + (t.size_zip_mb,) if with_size else p
 
 
-def front(trials: list[TrialRecord], profile: str, split: str = "val") -> list[TrialRecord]:
+def trivial(trials: list[TrialRecord], floor: float | None, split: str = "val") -> list[TrialRecord]:
+    """Candidates whose score is at or below the trivial baseline's (``floor``)."""
+    if floor is None:
+        return []
+    return [t for t in trials if t.role != "teacher" and t.accuracy(split) is not None and t.accuracy(split) <= floor]
+
+
+def front(trials: list[TrialRecord], profile: str, split: str = "val", floor: float | None = None) -> list[TrialRecord]:
     """Non-dominated trials on (accuracy on ``split``, median latency on ``profile``, zipped size where
-    every trial has one), fastest first."""
-    scored = [t for t in trials if t.accuracy(split) is not None and profile in t.latencies]
+    every trial has one), fastest first; candidates at or below ``floor`` (the trivial baseline) left out."""
+    low = {t.number for t in trivial(trials, floor, split)}
+    scored = [t for t in trials if t.accuracy(split) is not None and profile in t.latencies and t.number not in low]
     with_size = bool(scored) and all(t.size_zip_mb is not None for t in scored)
     pts = [(t, _point(t, profile, split, with_size)) for t in scored]
     keep = [(t, p) for t, p in pts if not any(dominates(q, p) for _, q in pts)]
@@ -39,14 +51,48 @@ def front(trials: list[TrialRecord], profile: str, split: str = "val") -> list[T
     return out
 
 
-def best_within(trials: list[TrialRecord], profile: str, budget_ms: float | None,
-                split: str = "val") -> TrialRecord | None:
+TOLERANCE = 0.01          # the default: one point of the task's metric
+
+
+def most_accurate(trials: list[TrialRecord], profile: str, budget_ms: float | None,
+                  split: str = "val") -> TrialRecord | None:
     """The most accurate trial whose latency on ``profile`` is within the budget (ties: the faster,
     then the smaller download)."""
     ok = [t for t in trials if profile in t.latencies and t.accuracy(split) is not None
           and (budget_ms is None or t.latencies[profile]["median_ms"] <= budget_ms)]
     return max(ok, key=lambda t: (t.accuracy(split), -t.latencies[profile]["median_ms"],
                                   -(t.size_zip_mb if t.size_zip_mb is not None else 0.0)), default=None)
+
+
+def best_within(trials: list[TrialRecord], profile: str, budget_ms: float | None, split: str = "val",
+                tolerance: float = TOLERANCE) -> TrialRecord | None:
+    """The pick: the fastest trial within the budget whose score is within ``tolerance`` of the most
+    accurate one within the budget (ties: the more accurate, then the smaller download). A difference of
+    a few tenths on a thousand rows is noise: it should never choose a model twice as slow."""
+    best = most_accurate(trials, profile, budget_ms, split)
+    if best is None:
+        return None
+    ok = [t for t in trials if profile in t.latencies and t.accuracy(split) is not None
+          and (budget_ms is None or t.latencies[profile]["median_ms"] <= budget_ms)
+          and t.accuracy(split) >= best.accuracy(split) - tolerance - 1e-12]
+    return min(ok, key=lambda t: (t.latencies[profile]["median_ms"], -t.accuracy(split),
+                                  t.size_zip_mb if t.size_zip_mb is not None else 0.0))
+
+
+def pick_reason(trials: list[TrialRecord], profile: str, budget_ms: float | None, split: str = "val",
+                tolerance: float = TOLERANCE) -> str | None:
+    """What the tolerance chose and why, in one line (None where there is nothing to pick)."""
+    pick, best = best_within(trials, profile, budget_ms, split, tolerance), most_accurate(trials, profile, budget_ms, split)
+    if pick is None:
+        return None
+    within = f" within {budget_ms:g} ms" if budget_ms is not None else ""
+    if pick.number == best.number:
+        return (f"* = trial {pick.number}, the most accurate{within} ({split} {100 * best.accuracy(split):.2f}); no "
+                f"faster member is within {100 * tolerance:g} point(s) of it (--tolerance)")
+    speed = best.latencies[profile]["median_ms"] / pick.latencies[profile]["median_ms"]
+    return (f"* = trial {pick.number}: the fastest{within} within {100 * tolerance:g} point(s) (--tolerance) of the most "
+            f"accurate, trial {best.number} ({split} {100 * pick.accuracy(split):.2f} vs {100 * best.accuracy(split):.2f}); "
+            f"{speed:.2f}x faster")
 
 
 def hypervolume(points: list[tuple[float, float]], ref: tuple[float, float]) -> float:

@@ -39,8 +39,8 @@ class Heartbeat:
     search can tell which trials were left running by a search that died) and the run's own heartbeat
     in the store (so --resume can tell whether the run's search is still alive)."""
 
-    def __init__(self, searcher, store: Store, run: str, url: str):
-        self.searcher, self.store, self.run = searcher, store, run
+    def __init__(self, searcher, store: Store, run: str, url: str, on_beat=None):
+        self.searcher, self.store, self.run, self.on_beat = searcher, store, run, on_beat
         self.storage = heartbeat_storage(url)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True, name="autocompress-heartbeat")
@@ -49,6 +49,8 @@ class Heartbeat:
         for trial_id in list(getattr(self.searcher, "live", {}).values()):
             self.storage.record_heartbeat(trial_id)
         self.store.touch_run(self.run)
+        if self.on_beat:
+            self.on_beat()
 
     def _loop(self) -> None:
         while not self.stop.wait(HEARTBEAT_S):
@@ -137,3 +139,18 @@ def study_agrees(store: Store, run: str, url: str) -> tuple[dict[int, str], dict
     ours = {t.number: STATE_OF.get(t.status, t.status.upper()) for t in store.trials(run, status=None)
             if t.role == "candidate"}
     return ours, theirs
+
+
+def note_dev_scores(store: Store, run: str) -> None:
+    """The dev scores of the re-scored trials, in the Optuna study as its user attribute ``dev`` (trial
+    number -> score; Optuna allows no attribute on a finished trial), so that optuna-dashboard shows them
+    beside the searcher's objectives. Nothing where the study is not there (a run without trials)."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=run, storage=optuna.storages.RDBStorage(store.url))
+    except KeyError:
+        return
+    dev = {str(t.number): t.accuracy("dev") for t in store.trials(run) if t.accuracy("dev") is not None}
+    study.set_user_attr("dev", dev)
+    study.set_user_attr("dev_note", "trial number (the run's; Optuna's is one less) -> score on the held-out dev set")

@@ -26,7 +26,7 @@ from ..store import Store, StoreError, TrialRecord, first_line
 from ..tasks import TaskData
 from ..teacher import Teacher
 from . import cluster, pareto, samplers
-from .resume import GRACE_S, Heartbeat, fail_stale_trials, finished_count, reconcile  # noqa: F401  (GRACE_S: the CLI)
+from .resume import GRACE_S, Heartbeat, fail_stale_trials, finished_count, note_dev_scores, reconcile  # noqa: F401
 from .space import Space
 from .trial import OBJECTIVES, TrialSetup, run_trial, trainable
 
@@ -61,11 +61,19 @@ class ConstrainedOptunaSearch(OptunaSearch):
             self.live = {}
         if trial_id in self._ot_trials:
             self.live[trial_id] = self._ot_trials[trial_id]._trial_id
+        if not getattr(self, "_named", False) and getattr(self, "_ot_study", None) is not None:
+            self._ot_study.set_metric_names(list(OBJECTIVES))      # optuna-dashboard: not "Objective 0/1"
+            self._named = True
         return params
 
     def on_trial_complete(self, trial_id, result=None, error=False):
-        if result and "constraint" in result and trial_id in self._ot_trials:
-            self._ot_trials[trial_id].set_constraint("latency_budget", float(result["constraint"]))
+        if result and trial_id in self._ot_trials:
+            trial = self._ot_trials[trial_id]
+            if "constraint" in result:
+                trial.set_constraint("latency_budget", float(result["constraint"]))
+            trial.set_user_attr("recipe", result.get("recipe"))          # what the point is, in the dashboard
+            trial.set_user_attr("trial", result.get("number"))           # the run's trial number
+            trial.set_user_attr("trained", result.get("trained"))
         getattr(self, "live", {}).pop(trial_id, None)
         super().on_trial_complete(trial_id, result, error)
 
@@ -108,6 +116,12 @@ class Progress(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._postfix(f"trial {trial.config.get('trial_number')} running")
+
+    def refresh(self) -> None:
+        """What the running trials are doing (their stage in the store), on the bar: called every heartbeat."""
+        running = [t for t in self.store.trials(self.plan.run, status="running") if t.stage]
+        if running:
+            self._postfix(" · ".join(f"trial {t.number}: {t.stage.split(' (')[0]}" for t in running))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = trial.last_result or {}
@@ -187,7 +201,7 @@ def run_search(plan: SearchPlan, setup: TrialSetup, data: TaskData, teacher: Tea
         )
         log(f"{todo} trial(s) to run, {parallel} at a time with {per_trial} CPU(s) each, on "
             f"{len(cluster.alive_nodes())} node(s)" + (f" ({plan.ray_address})" if plan.ray_address else " (local Ray, 127.0.0.1)"))
-        with Heartbeat(searcher, store, plan.run, plan.store_url):
+        with Heartbeat(searcher, store, plan.run, plan.store_url, on_beat=progress.refresh):
             try:
                 tuner.fit()
             except KeyboardInterrupt:
@@ -219,7 +233,7 @@ def verified(store: Store, run: str, number: int, kind: str = "onnx") -> str:
     return path
 
 
-def remeasure_fronts(store: Store, run: str, profiles: tuple[HardwareProfile, ...]) -> None:
+def remeasure_fronts(store: Store, run: str, profiles: tuple[HardwareProfile, ...], floor: float | None = None) -> None:
     """Time the teacher and each device's front again, side by side (interleaved rounds), so that the
     speed-ups shown are ratios from one measurement; repeated if the front changes (at most 3 times).
     Where the profile is measured, that happens where it is measured (here, or on the Ray node); a
@@ -232,7 +246,7 @@ def remeasure_fronts(store: Store, run: str, profiles: tuple[HardwareProfile, ..
         for _ in range(3):
             trials = store.trials(run)
             members = {t.number: t for t in trials if t.role == "teacher"}
-            members.update({t.number: t for t in pareto.front(trials, p)})
+            members.update({t.number: t for t in pareto.front(trials, p, floor=floor)})
             members = {n: t for n, t in members.items() if "onnx" in t.artifacts and p in t.latencies}
             if set(members) <= measured:
                 break
@@ -247,12 +261,13 @@ def remeasure_fronts(store: Store, run: str, profiles: tuple[HardwareProfile, ..
             measured = set(members)
 
 
-def rescore_fronts(store: Store, run: str, profiles: tuple[HardwareProfile, ...], data: TaskData, teacher: Teacher) -> list[int]:
+def rescore_fronts(store: Store, run: str, profiles: tuple[HardwareProfile, ...], data: TaskData, teacher: Teacher,
+                   floor: float | None = None) -> list[int]:
     """Score the members of every device's front (and the teacher) on the GLUE dev set, once each."""
     trials = store.trials(run)
     members: dict[int, TrialRecord] = {t.number: t for t in trials if t.role == "teacher"}
     for p in profiles:
-        members.update({t.number: t for t in pareto.front(trials, p.name)})
+        members.update({t.number: t for t in pareto.front(trials, p.name, floor=floor)})
     rescore_dev(store, run, list(members.values()), data, teacher)
     return sorted(members)
 
@@ -268,3 +283,4 @@ def rescore_dev(store: Store, run: str, trials: list[TrialRecord], data: TaskDat
         logits = predict_onnx(verified(store, run, t.number), features, pad_id=pad)
         s = score(data.spec, logits, data.dev["label"], "dev")
         store.add_metrics(store.trial_id(run, t.number), "dev", s.metrics, s.n)
+    note_dev_scores(store, run)

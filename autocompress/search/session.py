@@ -8,8 +8,8 @@ fine-tune reports through ``teacher_progress(step, total, loss)``, and the ``Out
 the exit code and the closing lines. The caller checks its input before calling ``start`` (the CLI does
 so before any work); ``start`` and ``resume`` take the store's lock and this machine's search slot.
 
-Heavy modules (torch, Ray) are imported inside the functions that need them: ``RunSettings`` is read
-by ``report`` and ``ship``, which must stay quick to import.
+Heavy modules (torch, Ray) are imported inside the functions that need them. ``RunSettings`` (what a run
+records) lives in ``settings.py``: ``report`` and ``ship`` read it and must stay quick to import.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping
+from typing import TYPE_CHECKING, Callable, Iterator
 
 if TYPE_CHECKING:
     from ..hardware import HardwareProfile
@@ -33,73 +33,7 @@ Log = Callable[[str], None]
 Progress = Callable[[int, int, float], None]     # (step, total steps, loss) of the teacher's fine-tune
 
 
-class SessionError(Exception):
-    """A run cannot be started or resumed as asked; one line (the CLI exits 2)."""
-
-
-# ------------------------------------------------------------------ what a run records
-@dataclass(frozen=True)
-class RunSettings:
-    """What a run records beside its row (the run row's JSON ``settings`` column): enough to resume it,
-    to ship its models and to say how it was made. ``to_dict`` writes ``version``; ``from_dict`` reads
-    every version written so far (version 1, before the key existed, had the same keys). Fields a store
-    made by an older autocompress lacks come back as their defaults (None, empty)."""
-
-    VERSION: ClassVar[int] = 2
-
-    trials: int | None = None
-    space: str = ""                       # the space's name (its text is the run row's ``space``)
-    val_size: int | None = None           # rows of the validation split carved from train
-    seed: int = 0
-    teacher: str = ""                     # the teacher's folder, as trial workers read it
-    data: str | None = None               # where the task's rows came from (TaskData.source)
-    data_path: str | None = None          # the splits as carved, saved in the run folder
-    num_layers: int | None = None         # the base model's layer count
-    profiles: tuple[dict, ...] = ()       # every hardware profile, as HardwareProfile.to_dict
-    attempt: int = 0                      # 0: the first start; k: the k-th resume
-    labels: tuple[str, ...] = ()
-    metric: str | None = None
-    pair: bool | None = None              # takes text pairs
-    command: str | None = None            # the command line that started the run
-    cwd: str | None = None                # and the folder it was started in
-    baseline: dict | None = None          # the trivial answer's val score (teacher.trivial_baseline)
-    resolution: float | None = None       # how far apart two val scores must be to differ at 95% (evaluate.resolution)
-    carve: str | None = None              # how val was carved from train (tasks.split.carve), in words
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["profiles"] = [dict(p) for p in self.profiles]
-        d["labels"] = list(self.labels)
-        return {**d, "version": self.VERSION}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> RunSettings:
-        d = dict(d or {})
-        version = d.pop("version", 1)
-        if not isinstance(version, int) or version < 1:
-            raise SessionError(f"the run's settings have no readable version ({version!r})")
-        if version > cls.VERSION:
-            raise SessionError(f"the run's settings are version {version}, newer than this autocompress reads "
-                               f"({cls.VERSION}): upgrade autocompress")
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in d.items() if k in names}     # versions 1 and 2 share their keys
-        if values.get("profiles") is not None:
-            values["profiles"] = tuple(dict(p) for p in values["profiles"])
-        if values.get("labels") is not None:
-            values["labels"] = tuple(values["labels"])
-        return cls(**{k: v for k, v in values.items() if v is not None})     # a stored null: the default
-
-    def hardware_profiles(self) -> tuple[HardwareProfile, ...]:
-        from ..hardware import HardwareProfile
-
-        return tuple(HardwareProfile.from_dict(p) for p in self.profiles)
-
-    def task_info(self, task: str) -> tuple[tuple[str, ...], str, bool]:
-        """(label names, metric, takes text pairs) of the run's task ``task``: as recorded, or GLUE's own
-        for runs made before runs recorded them."""
-        from ..tasks import stored_task
-
-        return stored_task(task, labels=self.labels, metric=self.metric, pair=self.pair)
+from .settings import RunSettings, SessionError  # noqa: F401  (SessionError: the CLI)
 
 
 # ------------------------------------------------------------------ what a run is started with
@@ -120,6 +54,8 @@ class NewRun:
     num_layers: int                       # the base model's layer count (the space was validated for it)
     teacher_folder: str | None = None     # an already fine-tuned model to adopt instead
     force: bool = False                   # search even if the teacher learned nothing
+    tolerance: float | None = None        # the pick's tolerance (None: pareto.TOLERANCE)
+    sampler: str = "tpe"                  # the search strategy (samplers.py)
     command: str | None = None            # recorded, for the model card
     cwd: str | None = None                # recorded too; default: this process's working directory
 
@@ -164,6 +100,85 @@ class Outcome:
         return lines
 
 
+# ------------------------------------------------------------------ Ctrl-C and SIGTERM
+STOP_WITHIN_S = 8.0       # after a first Ctrl-C, the watchdog ends what is still running by then
+
+
+class Stopper:
+    """How a search stops on Ctrl-C (SIGINT) or SIGTERM, whatever it is doing.
+
+    The first signal raises ``KeyboardInterrupt`` in the main thread: the teacher's fine-tune, the
+    calibration, the trials' loop or the final re-timing stop there; what finished is kept, the running
+    trials are stored ``interrupted``, their Ray workers ended (``ray.shutdown``), the run stored
+    ``interrupted``. It also arms a watchdog: whatever still runs ``STOP_WITHIN_S`` seconds later (the main
+    thread stuck in a library call that does not look at signals) is ended the same way from the watchdog's
+    thread, and the process exits 130. A second signal, while that cleanup runs, exits at once (130); the
+    run stays resumable (``--resume`` fails the trials left running as stale)."""
+
+    def __init__(self, log: Log, run: Callable[[], tuple[str, str] | None] = lambda: None):
+        self.log, self.run = log, run        # run(): (store URL, run name) once the run exists
+        self.signals, self._saved = 0, {}
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+        self._saved = {}
+
+    def _handle(self, signum, frame):
+        import threading
+
+        self.signals += 1
+        if self.signals > 1:
+            self.log("interrupted again: exiting now" + self._resume_hint())
+            os._exit(130)
+        threading.Thread(target=self._watchdog, daemon=True, name="autocompress-stop").start()
+        raise KeyboardInterrupt
+
+    def _resume_hint(self) -> str:
+        where = self.run()
+        return f"; the run can be resumed: autocompress search --resume {where[1]}" if where else ""
+
+    def _watchdog(self) -> None:
+        time.sleep(STOP_WITHIN_S)
+        self.log(f"the search did not stop within {STOP_WITHIN_S:g} s of the interrupt: ending it now"
+                 + self._resume_hint())
+        where = self.run()
+        if where:
+            try:
+                from ..store import Store
+
+                store = Store(where[0], create=False)
+                store.mark_trials(where[1], ("running",), "interrupted", "the search was interrupted while this trial ran")
+                store.finish_run(where[1], "interrupted")
+            except Exception:
+                pass
+        _end_ray(timeout=1.5)
+        os._exit(130)
+
+
+def _end_ray(timeout: float) -> None:
+    """``ray.shutdown()`` (the local Ray's processes and the trials' workers end), waiting at most ``timeout``."""
+    import threading
+
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return
+    t = threading.Thread(target=ray.shutdown, daemon=True)
+    t.start()
+    t.join(timeout)
+
+
 # ------------------------------------------------------------------ start, resume, finish
 def start(new: NewRun, launch: Launch = Launch(), *, log: Log, teacher_progress: Progress | None = None) -> Outcome:
     """Fine-tune (or adopt) the teacher, record the run, run its trials, then its fronts: ``finish``.
@@ -173,7 +188,9 @@ def start(new: NewRun, launch: Launch = Launch(), *, log: Log, teacher_progress:
     from ..tasks import save_task_data
     from ..teacher import check_learned
 
-    with exclusive(new.store_url, new.name, local=not launch.ray_address, log=log):
+    created = []
+    with Stopper(log, lambda: (new.store_url, new.name) if created else None), \
+            exclusive(new.store_url, new.name, local=not launch.ray_address, log=log):
         Path(new.runs_dir).mkdir(parents=True, exist_ok=True)
         store = Store(new.store_url)
         teacher = obtain_teacher(new.teacher, new.data, adopt=new.teacher_folder, log=log, progress=teacher_progress)
@@ -189,10 +206,11 @@ def start(new: NewRun, launch: Launch = Launch(), *, log: Log, teacher_progress:
             profiles=tuple(p.to_dict() for p in new.profiles), attempt=0, labels=tuple(spec.label_names),
             metric=spec.metric, pair=spec.text_b is not None, command=new.command, cwd=new.cwd or os.getcwd(),
             baseline=teacher.info.get("baseline"), resolution=teacher.info.get("resolution"),
-            carve=(new.data.carve or {}).get("how"))
+            carve=(new.data.carve or {}).get("how"), tolerance=new.tolerance, sampler=new.sampler)
         store.create_run(new.name, task=spec.name, model=new.teacher_folder or new.teacher.model, device=new.target.name,
                          budget_ms=new.budget_ms, space=new.space.text, run_dir=str(run_dir),
                          settings=settings.to_dict())
+        created.append(True)
         log(f"run {new.name}: {new.trials} trials of space '{new.space.name}' on {spec.name}, target {new.target.name}"
             + (f", budget {new.budget_ms:g} ms" if new.budget_ms else "") + f"; store {store.url}")
         return _search(store, new.name, settings, new.data, teacher, launch, log)
@@ -227,7 +245,7 @@ def resume(store: Store, name: str, launch: Launch = Launch(), *, log: Log) -> O
         raise SessionError(f"run {run.name} was made by an earlier version of autocompress and cannot be resumed")
     data = load_task_data(settings.data_path)
     teacher = load_teacher(settings.teacher)
-    with exclusive(store.url, run.name, local=not launch.ray_address, log=log):
+    with Stopper(log, lambda: (store.url, run.name)), exclusive(store.url, run.name, local=not launch.ray_address, log=log):
         settings = dataclasses.replace(settings, attempt=settings.attempt + 1)
         store.restart_run(run.name, settings.to_dict())
         log(f"resuming run {run.name} (attempt {settings.attempt}): {settings.trials} trials in all; store {store.url}")
@@ -256,22 +274,27 @@ def _search(store: Store, name: str, settings: RunSettings, data: TaskData, teac
     plan = SearchPlan(run=name, store_url=store.url, run_dir=run_dir, space=parse_space(run.space, settings.space),
                       trials=settings.trials, profiles=profiles, device=run.device, budget_ms=run.budget_ms,
                       ray_address=launch.ray_address, seed=settings.seed, parallel=launch.parallel,
-                      time_limit_s=launch.time_limit_s, attempt=settings.attempt)
-    prepare(profiles, log=log)      # predictors calibrated on this host (once, cached) before any trial
+                      time_limit_s=launch.time_limit_s, attempt=settings.attempt, sampler=settings.sampler)
     started = time.time()
     status = "done"
     try:
+        prepare(profiles, log=log)      # predictors calibrated on this host (once, cached) before any trial
         status = run_search(plan, setup, data, teacher, log=log)
+        if status == "done":             # the finishing stage: a long recovery for the most promising members
+            from .finishing import refine
+
+            refine(store, setup, plan.space.finish, data, teacher, floor=settings.floor, log=log)
     except KeyboardInterrupt:
         status = "interrupted"
     except BaseException as e:
         store.finish_run(name, "failed", error=f"{type(e).__name__}: {e}")
         raise
-    return finish(store, name, profiles, data, teacher, status=status, launch=launch, started=started)
+    return finish(store, name, profiles, data, teacher, status=status, launch=launch, started=started,
+                  floor=settings.floor)
 
 
 def finish(store: Store, name: str, profiles: tuple[HardwareProfile, ...], data: TaskData, teacher: Teacher, *,
-           status: str, launch: Launch = Launch(), started: float | None = None) -> Outcome:
+           status: str, launch: Launch = Launch(), started: float | None = None, floor: float | None = None) -> Outcome:
     """After the trials (``status``: what ``run_search`` returned): the fronts' members and the teacher
     re-timed side by side and re-scored on the dev set, the run's final status stored; a run without
     one finished candidate has failed, and says why."""
@@ -279,10 +302,12 @@ def finish(store: Store, name: str, profiles: tuple[HardwareProfile, ...], data:
     from .runner import remeasure_fronts, rescore_fronts
 
     started = time.time() if started is None else started
+    if status == "interrupted":         # whatever was still running (the teacher baseline, say)
+        store.mark_trials(name, ("running",), "interrupted", "the search was interrupted while this trial ran")
     try:
-        if _candidates_done(store, name):
-            remeasure_fronts(store, name, profiles)
-            rescore_fronts(store, name, profiles, data, teacher)
+        if _candidates_done(store, name) and status != "interrupted":    # interrupted: the fronts as they are, now
+            remeasure_fronts(store, name, profiles, floor)
+            rescore_fronts(store, name, profiles, data, teacher, floor)
     except KeyboardInterrupt:
         status = "interrupted"
     if status == "done" and not _candidates_done(store, name):

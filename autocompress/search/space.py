@@ -70,6 +70,7 @@ class Space:
     seeds: list[dict[str, Any]] = field(default_factory=list)
     trials: int = 12
     text: str = ""
+    finish: dict[str, Any] | None = None    # the finishing stage (``finishing.py``): members, distill params
 
     def suggest(self, trial, num_layers: int) -> Recipe:
         """Ask ``trial`` (an optuna Trial or FixedTrial) for every choice; return the recipe it makes.
@@ -322,7 +323,32 @@ def parse_space(text: str, default_name: str = "custom") -> Space:
     seeds = d.get("seeds") or []
     if not isinstance(seeds, list) or not all(isinstance(s, dict) for s in seeds):
         raise SpaceError(f"search space {name!r}: seeds must be a list of mappings")
-    return Space(name, d["steps"], seeds, trials, text)
+    return Space(name, d["steps"], seeds, trials, text, _check_finish(name, d.get("finish")))
+
+
+FINISH_KEYS = {"members", "distill", "within"}
+
+
+def _check_finish(name: str, spec: Any) -> dict[str, Any] | None:
+    """The space's ``finish:`` block: ``members`` (how many front members are trained again, >= 1),
+    ``within`` (only members whose val score is within this of the teacher's, a fraction; default 0.1),
+    ``distill`` (the long recovery's parameters, a valid ``distill`` config)."""
+    if spec is None:
+        return None
+    where = f"search space {name!r}, finish"
+    if not isinstance(spec, dict) or set(spec) - FINISH_KEYS:
+        raise SpaceError(f"{where}: a mapping of {', '.join(sorted(FINISH_KEYS))}")
+    members, within = spec.get("members", 3), spec.get("within", 0.1)
+    if not isinstance(members, int) or isinstance(members, bool) or members < 1:
+        raise SpaceError(f"{where}.members must be a positive integer, got {members!r}")
+    if isinstance(within, bool) or not isinstance(within, (int, float)) or not 0 < within <= 1:
+        raise SpaceError(f"{where}.within must be a fraction in (0, 1], got {within!r}")
+    distill = spec.get("distill") or {}
+    try:
+        get_method("distill").config({"steps": 1, **distill})
+    except RecipeError as e:
+        raise SpaceError(f"{where}.distill: {e}") from None
+    return {"members": members, "within": float(within), "distill": dict(distill)}
 
 
 def bundled_spaces() -> list[str]:

@@ -88,7 +88,8 @@ def run_trial(setup: TrialSetup, number: int, recipe: Recipe, role: str = "candi
         return result
     t0 = time.time()
     try:
-        result = evaluate_candidate(setup, number, recipe, role, data=data, teacher=teacher)
+        result = evaluate_candidate(setup, number, recipe, role, data=data, teacher=teacher,
+                                    stage=lambda text: _quietly(store.set_stage, trial_id, text))
     except BaseException as e:
         store.record_trial(trial_id, TrialResult("failed", error=_reason(e), seconds=time.time() - t0))
         raise
@@ -97,18 +98,21 @@ def run_trial(setup: TrialSetup, number: int, recipe: Recipe, role: str = "candi
 
 
 def evaluate_candidate(setup: TrialSetup, number: int, recipe: Recipe, role: str = "candidate",
-                       data=None, teacher=None) -> TrialResult:
+                       data=None, teacher=None, stage=None) -> TrialResult:
     """The candidate of ``recipe`` built, timed (before training where its latency is known then),
     trained, exported, scored and timed: its ``TrialResult`` (``over_budget`` without training where its
-    untrained structure is over the budget on the target device)."""
+    untrained structure is over the budget on the target device). ``stage(text)`` hears what it is doing
+    (``run_trial`` keeps it in the store: the search's progress line and its tests read it)."""
+    stage = stage or (lambda text: None)
     t0 = time.time()
     torch.set_num_threads(setup.threads)
     out_dir = Path(setup.run_dir) / f"trial-{number:03d}"
     with shared_machine():
+        stage("structure")
         data = data or load_task_data(setup.data_path)
         teacher = teacher or load_teacher(setup.teacher_path)
         model = teacher.model()
-        ctx = (Context(teacher.transfer_set(data), seed=setup.seed + number,
+        ctx = (Context(teacher.transfer_set(data), seed=setup.seed + number, progress=stage,   # steps, recovery progress
                        teacher=functools.cache(teacher.model))     # the teacher model: loaded on first use
                if recipe.steps else None)
         model = recipe.apply_torch(model, ctx, recipe.structure_steps)   # the architecture is final here
@@ -120,8 +124,10 @@ def evaluate_candidate(setup: TrialSetup, number: int, recipe: Recipe, role: str
         # ---- latency before training: the untrained structure in its shipped form (finalized: e.g.
         # pruning masks folded in), quantized as the recipe says
         with shared_machine():
+            stage("export of the untrained structure")
             fp32_0 = export.export_onnx(finalized_copy(model), pre_dir / "model.fp32.onnx")
             timed = (recipe.apply_onnx(fp32_0, pre_dir, ctx), fp32_0)
+        stage("timing the untrained structure")
         early = _latencies(setup, *timed)
         target = early[setup.device].median_ms
         if role == "candidate" and setup.budget_ms is not None and target > setup.budget_ms:
@@ -130,17 +136,21 @@ def evaluate_candidate(setup: TrialSetup, number: int, recipe: Recipe, role: str
         t_rec = time.time()
         reused, recovered = None, None
         if train:
+            stage("recovery")
             model, reused, recovered = recover(setup, recipe, model, ctx, teacher, number)
         recovery_s = time.time() - t_rec
+        stage("export")
         model = finalize(model)      # e.g. pruning masks become plain zeros
         checkpoint.save_model(model, teacher.tokenizer, out_dir / "checkpoint")
         if train or timed is None:
             final, fp32 = export.export_candidate(model, out_dir, lambda src, dst: recipe.apply_onnx(src, dst, ctx))
         else:
             final, fp32 = timed
+        stage("scoring")
         val, usage = _score(final, teacher, data, "val", setup.threads)
         artifact = pipeline.open(final)
         artifact.note_usage(usage)        # the artifact documents it; nothing reads it back from the file
+    stage("timing")
     latencies = _reuse_or_obtain(setup, early, timed, final, fp32, usage)
     shipped = [src for src, _, _ in artifact.files()]
     return TrialResult(
@@ -269,6 +279,14 @@ def trainable(config: dict, setup: TrialSetup) -> None:
         raise
     node = f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:8]}"
     tune.report(objectives(setup, number, recipe, run_trial(setup, number, recipe, params=params, node=node)))
+
+
+def _quietly(fn, *args) -> None:
+    """A progress note that must never fail the trial (a busy database: skip this one)."""
+    try:
+        fn(*args)
+    except Exception:
+        pass
 
 
 def _reason(e: BaseException) -> str:

@@ -160,6 +160,11 @@ class Store:
                 if getattr(result, attr) is not None:
                     setattr(t, attr, getattr(result, attr))
 
+    def set_stage(self, trial_id: int, stage: str) -> None:
+        """What a running trial is doing now (structure, timing, recovery 200/600, export, scoring)."""
+        with self._session() as s, s.begin():
+            s.get(TrialRow, trial_id).stage = stage[:120]
+
     def record_failed(self, run: str, number: int, params: dict, error: str) -> None:
         """A failed trial that never got as far as building its recipe."""
         self.finish_trial(self.start_trial(run, number, "candidate", "{}", "", params), "failed", error=error)

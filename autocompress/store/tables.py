@@ -60,6 +60,7 @@ class TrialRow(Base):
     node: Mapped[str | None] = mapped_column(String(200))       # where it ran: host/Ray node
     recovery_seconds: Mapped[float | None] = mapped_column(Float)   # time the recovery (training) steps took
     reused_from: Mapped[str | None] = mapped_column(String(200))    # RUN/TRIAL whose trained model it reused
+    stage: Mapped[str | None] = mapped_column(String(120))          # what a running trial is doing (its last word)
     run: Mapped[RunRow] = relationship(back_populates="trials")
     metrics: Mapped[list["MetricRow"]] = relationship(cascade="all, delete-orphan")
     latencies: Mapped[list["LatencyRow"]] = relationship(cascade="all, delete-orphan")
@@ -122,6 +123,7 @@ class TrialRecord:
     size_zip_mb: float | None = None                                    # the final ONNX file zipped (deflate)
     recovery_seconds: float | None = None                               # time its recovery training took
     reused_from: str | None = None      # "RUN/TRIAL" whose trained model (same structure + recovery) it reused
+    stage: str | None = None            # what it was doing last (a running trial: what it is doing)
 
     def accuracy(self, split: str) -> float | None:
         return self.metrics.get(split, {}).get("main")
@@ -160,7 +162,7 @@ def _run_record(r: RunRow) -> RunRecord:
 def _trial_record(t: TrialRow) -> TrialRecord:
     rec = TrialRecord(t.number, t.role, t.recipe, t.recipe_hash, t.status, t.error, t.seconds, t.size_mb,
                       t.n_params, dict(t.params or {}), t.node, size_zip_mb=t.size_zip_mb,
-                      recovery_seconds=t.recovery_seconds, reused_from=t.reused_from)
+                      recovery_seconds=t.recovery_seconds, reused_from=t.reused_from, stage=t.stage)
     for m in t.metrics:
         rec.metrics.setdefault(m.split, {"n": m.n_examples})[m.name] = m.value
     for lat in t.latencies:

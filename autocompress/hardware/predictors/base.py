@@ -53,6 +53,16 @@ class Predictor:
         """What it was calibrated on and its held-out error, in words (``obtain.describe_route``)."""
         raise NotImplementedError
 
+    def host_threads(self) -> int | None:
+        """The threads of the host reference its host timings are scaled to; None where it times nothing here."""
+        return None
+
+    def check_state(self, references: dict) -> tuple[str, str]:
+        """Whether its calibration on this host still holds, given how each host reference held when timed
+        again (``references``: (threads, cpus) -> "holds" | "does not hold" | "unsure" | "none"): ("holds" |
+        "does not hold" | "unsure" | "none", in words). Nothing calibrated here: "none"."""
+        return "none", "nothing calibrated on this host (its constants come with the profile)"
+
 
 def anchor_points(spec: dict) -> list[tuple[dict, int, int, float]]:
     """Every published figure of the spec: (anchor, seq_len, batch_size, device_ms)."""

@@ -10,7 +10,10 @@ reference architectures on the device (the anchors, with sources, in the profile
 are built here from their configs with random weights (latency does not depend on weights), exported
 like any candidate and profiled on this host: the map is a property of this host and is calibrated
 once per host and cached (``paths.calibration_dir()``). Its held-out error is leave-one-out over the
-anchors.
+anchors. A fit whose held-out error is far above what this map reaches on a steady host is calibrated
+again, and refused (used by this process only, with a warning in its figures) if it stays there; a
+calibration records the host reference its timings were scaled to, and is calibrated again when that
+reference is re-established (``hardware.reference``).
 """
 from __future__ import annotations
 
@@ -25,12 +28,16 @@ from typing import Any
 import numpy as np
 
 from ... import fileio, locks, paths
-from .. import latency
+from .. import latency, reference
 from ..figure import Latency
 from ..host import cpu_info
 from .base import QUANTIZED_OPS, Log, Predictor, PredictorError, anchor_points
 
-CALIBRATION_VERSION = 2   # 2: host timings scaled to the host's nominal speed
+CALIBRATION_VERSION = 3   # 2: host timings scaled to the host's nominal speed; 3: to an established one, recorded
+# A fit is refused above either of these held-out (leave-one-out) errors. Refits on this host gave a mean of
+# 18-30% (max 40-69%); the one calibrated while the machine was busy, 36% (max 83%): each threshold sits
+# between, nearer the poisoned value, so that a usual fit is not refused for its noise.
+FIT_MEAN_MAX, FIT_MAX_MAX, REDO = 0.34, 0.80, 2     # REDO: calibrations again (the best kept) before refusing
 MATMUL_OPS = frozenset({"MatMul", "FusedMatMul", "Gemm", "FusedGemm", "MatMulInteger", "MatMulIntegerToFloat",
                         "DynamicQuantizeMatMul", "QGemm", "QLinearMatMul", "Attention", "QAttention",
                         "MultiHeadAttention", "Conv", "ConvInteger", "QLinearConv", "MatMulNBits"})
@@ -71,13 +78,36 @@ class HostOperators(Predictor):
                                             threads=self.spec["host_threads"], rounds=6, drift_reference=True)
         return {k: repredict(self.profile, stored[k], host[k].median_ms) for k in keys}
 
+    def host_threads(self) -> int:
+        return self.spec["host_threads"]
+
     def describe_state(self) -> str:
         cal = cached_calibration(self.profile)
         if cal is None:
             return "not yet calibrated on this host (done on first use, a few minutes, then cached)"
-        return (f"calibrated on this host on {cal['date']} on {len(cal['anchors'])} published figures, "
-                f"leave-one-out mean |error| {100 * cal['loo_mean_abs_error']:.0f}% "
-                f"(max {100 * cal['loo_max_abs_error']:.0f}%)")
+        state = (f"calibrated on this host on {cal['date']} on {len(cal['anchors'])} published figures, "
+                 f"leave-one-out mean |error| {100 * cal['loo_mean_abs_error']:.0f}% "
+                 f"(max {100 * cal['loo_max_abs_error']:.0f}%)")
+        used, ref = cal.get("host_reference"), reference.cached(*_reference_threads(self.profile))
+        if used and (ref is None or ref.id != used["id"]):
+            state += "; fitted at an older host reference: calibrated again on first use"
+        return state
+
+    def check_state(self, references: dict) -> tuple[str, str]:
+        cal = cached_calibration(self.profile)
+        if cal is None:
+            return "none", "not calibrated on this host yet (done on first use)"
+        used, ref = cal.get("host_reference") or {}, reference.cached(*_reference_threads(self.profile))
+        fit = (f"fitted on {cal['date']}, leave-one-out mean |error| {100 * cal['loo_mean_abs_error']:.0f}% "
+               f"(max {100 * cal['loo_max_abs_error']:.0f}%), at the host reference {used.get('id', '?')}")
+        if ref is None or ref.id != used.get("id"):
+            return "does not hold", f"{fit}: does NOT hold: the host reference is now another (calibrated again on use)"
+        status = references.get(_reference_threads(self.profile), "none")
+        if status == "does not hold":
+            return status, f"{fit}: does NOT hold: its host reference does not"
+        if status != "holds":
+            return status, f"{fit}: {status}: as its host reference is"
+        return "holds", f"{fit}: holds (its host reference holds)"
 
 
 # ------------------------------------------------------------------ fitting
@@ -158,39 +188,109 @@ def cached_calibration(profile) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def calibrate(profile, *, log: Log | None = None, fresh: bool = False) -> dict:
-    """The host-operators map for ``profile`` on this host: from the cache, else calibrated now (each
-    anchor built from its config, exported, profiled here) and cached. One process at a time."""
-    from ... import export                        # (torch: imported when anchors are built)
+_PROCESS_ONLY: dict[str, dict] = {}       # calibration path -> a calibration refused (not cached)
 
+
+def _reference_threads(profile) -> tuple[int, tuple[int, ...] | None]:
+    """The threads (and CPUs) of the host reference that scales this predictor's host timings."""
+    threads = profile.predictor["host_threads"]
+    return threads, profile.cpus(threads)
+
+
+def calibrate(profile, *, log: Log | None = None, fresh: bool = False) -> dict:
+    """The host-operators map for ``profile`` on this host: from the cache (where it was fitted at the
+    host's reference of now), else calibrated now (each anchor built from its config, exported, profiled
+    here), again while its held-out error is above FIT_MEAN_MAX / FIT_MAX_MAX (REDO times, the best
+    kept), and cached; refused (not cached, kept for this process, its figures warn) where the best is
+    still above, or its timings were scaled to a provisional reference. One process at a time."""
     path = calibration_path(profile)
     with locks.file_lock(path):
-        if path.is_file() and not fresh:
-            return json.loads(path.read_text())
-        spec = profile.predictor
-        points = anchor_points(spec)
-        if any((seq, b) != (profile.seq_len, profile.batch_size) for _, seq, b, _ in points):
-            raise PredictorError(f"profile {profile.name}: host-operators anchors must be at the profile's shape "
-                                 f"(batch {profile.batch_size}, seq {profile.seq_len})")
-        t0 = time.time()
-        rows = []
-        with tempfile.TemporaryDirectory(prefix="autocompress-anchors-") as tmp:
-            for i, (anchor, _, _, device_ms) in enumerate(points):
-                if log:
-                    log(f"calibrating {profile.name} on this host: anchor {i + 1}/{len(points)} {anchor['name']}")
-                onnx_path = export.export_anchor(anchor["config"], Path(tmp) / f"anchor{i}.onnx")
-                lat, op_ms = latency.profile_operators(onnx_path, profile, threads=spec["host_threads"])
-                onnx_path.unlink()
-                rows.append({"name": anchor["name"], "source": anchor["source"], "device_ms": device_ms,
-                             "host_ms": round(lat.median_ms, 3), "host_ci95_rel": lat.detail["ci95_rel"],
-                             "host_classes_ms": dict(zip(CLASSES, np.round(op_classes(op_ms), 3).tolist())),
-                             "host_ops_ms": {k: round(v, 3) for k, v in op_ms.items()}})
-        calib = fit_calibration(rows)
-        calib.update(profile=profile.name, predictor=spec["name"], host_key=host_key(profile),
-                     cpu=cpu_info()["cpu"], host_threads=spec["host_threads"],
-                     date=time.strftime("%Y-%m-%d"), seconds=round(time.time() - t0, 1))
-        fileio.write_json(path, calib)
+        if not fresh:
+            calib = _usable(profile, path, log)
+            if calib is not None:
+                return calib
+        best, trouble = None, ""
+        for attempt in range(1 + REDO):
+            calib = _calibrate_once(profile, log)
+            if best is None or (not _trouble(calib), -calib["loo_mean_abs_error"]) > \
+                    (not _trouble(best), -best["loo_mean_abs_error"]):
+                best = calib
+            trouble = _trouble(best)
+            if not trouble:
+                break
+            if log and attempt < REDO:
+                log(f"{profile.name}: {trouble}: calibrating again ({attempt + 2}/{1 + REDO})")
+        best["attempts"] = attempt + 1
+        if trouble:
+            best["refused"] = trouble
+            _PROCESS_ONLY[str(path)] = best
+            if log:
+                log(f"{profile.name}: calibration refused ({trouble}): not cached, used by this process only")
+            return best
+        _PROCESS_ONLY.pop(str(path), None)
+        fileio.write_json(path, best)
+        return best
+
+
+def _usable(profile, path: Path, log: Log | None) -> dict | None:
+    """The cached calibration (or this process's refused one) where it was fitted at the host's reference
+    of now; None where there is none, or it was fitted at an older one."""
+    calib = json.loads(path.read_text()) if path.is_file() else _PROCESS_ONLY.get(str(path))
+    if calib is None or not calib.get("host_reference"):       # (none recorded: written by hand)
         return calib
+    used, ref = calib["host_reference"], latency.host_reference(*_reference_threads(profile))
+    if ref.id == used["id"]:
+        return calib
+    if log:
+        log(f"{profile.name}: its map was fitted to host timings scaled to the reference {used['id']} (nominal "
+            f"{used['nominal_ms']:.2f} ms); this host's is now {ref.id} ({ref.nominal_ms:.2f} ms): calibrating again")
+    return None
+
+
+def _trouble(calib: dict) -> str:
+    """Why a calibration may not be cached ("" where it may)."""
+    if calib["loo_mean_abs_error"] > FIT_MEAN_MAX or calib["loo_max_abs_error"] > FIT_MAX_MAX:
+        return (f"its leave-one-out mean |error| {100 * calib['loo_mean_abs_error']:.0f}% (max "
+                f"{100 * calib['loo_max_abs_error']:.0f}%) is above {100 * FIT_MEAN_MAX:.0f}% (max "
+                f"{100 * FIT_MAX_MAX:.0f}%), what this map reaches on a steady host")
+    ref = calib.get("host_reference")
+    if ref is None:
+        return "its anchors were scaled to different host references (one was re-established meanwhile)"
+    if ref.get("established") is False:
+        return "its host timings were scaled to a provisional host reference (the host was unsteady)"
+    return ""
+
+
+def _calibrate_once(profile, log: Log | None) -> dict:
+    from ... import export                        # (torch: imported when anchors are built)
+
+    spec = profile.predictor
+    points = anchor_points(spec)
+    if any((seq, b) != (profile.seq_len, profile.batch_size) for _, seq, b, _ in points):
+        raise PredictorError(f"profile {profile.name}: host-operators anchors must be at the profile's shape "
+                             f"(batch {profile.batch_size}, seq {profile.seq_len})")
+    t0 = time.time()
+    rows, refs = [], {}
+    with tempfile.TemporaryDirectory(prefix="autocompress-anchors-") as tmp:
+        for i, (anchor, _, _, device_ms) in enumerate(points):
+            if log:
+                log(f"calibrating {profile.name} on this host: anchor {i + 1}/{len(points)} {anchor['name']}")
+            onnx_path = export.export_anchor(anchor["config"], Path(tmp) / f"anchor{i}.onnx")
+            lat, op_ms = latency.profile_operators(onnx_path, profile, threads=spec["host_threads"])
+            onnx_path.unlink()
+            ref = lat.detail.get("host_reference") or {}
+            refs[ref.get("id")] = {"id": ref.get("id"), "nominal_ms": ref.get("nominal_ms"),
+                                   "established": ref.get("established", True)}
+            rows.append({"name": anchor["name"], "source": anchor["source"], "device_ms": device_ms,
+                         "host_ms": round(lat.median_ms, 3), "host_ci95_rel": lat.detail["ci95_rel"],
+                         "host_classes_ms": dict(zip(CLASSES, np.round(op_classes(op_ms), 3).tolist())),
+                         "host_ops_ms": {k: round(v, 3) for k, v in op_ms.items()}})
+    calib = fit_calibration(rows)
+    calib.update(profile=profile.name, predictor=spec["name"], host_key=host_key(profile),
+                 cpu=cpu_info()["cpu"], host_threads=spec["host_threads"],
+                 host_reference=next(iter(refs.values())) if len(refs) == 1 else None,
+                 date=time.strftime("%Y-%m-%d"), seconds=round(time.time() - t0, 1))
+    return calib
 
 
 # ------------------------------------------------------------------ predicting
@@ -205,7 +305,9 @@ def _detail(profile, calib: dict) -> dict:
                              f"on {calib['date']}",
             "heldout_error": f"leave-one-out mean |error| {100 * calib['loo_mean_abs_error']:.0f}% "
                              f"(max {100 * calib['loo_max_abs_error']:.0f}%)",
-            "batch_size": profile.batch_size, "seq_len": profile.seq_len, "constants": calib["constants"]}
+            "batch_size": profile.batch_size, "seq_len": profile.seq_len, "constants": calib["constants"],
+            **({"warning": f"calibration refused ({calib['refused']}): not cached, used by this process only"}
+               if calib.get("refused") else {})}
 
 
 def predict(onnx_path: str | os.PathLike, profile, *, log: Log | None = None) -> Latency:

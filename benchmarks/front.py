@@ -1,0 +1,235 @@
+"""Fronts against what a user gets by hand, side by side, per task and device.
+
+Rows (each a part that runs on its own and appends to ``benchmarks/results/front-TASK.jsonl``; a part
+already there is skipped unless ``--again``; ``--part table`` re-times what is compared and prints):
+
+1. ``teacher``: the fp32 teacher as autocompress exports it.
+2. ``optimum``: what an app team does by hand with Hugging Face Optimum: export, ``ORTOptimizer`` (O2), then
+   ``ORTQuantizer`` dynamic int8 (avx512_vnni, per channel), in the consumer virtual environment the tests
+   build (transformers < 5); fp32 (O2) and int8 files, scored here on dev.
+3. ``distilbert``: the DistilBERT recipe by hand: every other layer kept, logit distillation for one pass
+   over the train rows, int8.
+4. ``random`` / ``search``: ``autocompress search`` on the default space with ``--sampler random`` / the
+   default sampler, the same trial count (``--seed`` varies the searcher; the teacher is the cached one).
+
+``table``: every compared model (the teacher, Optimum's two files, the DistilBERT recipe, and each search's
+front members) re-timed in one interleaved pass per device (laptop-cpu measured, mobile-cpu predicted), dev
+scores of the very files timed; per row: the best speed-up at <=1 and <=3 dev points below the fp32
+teacher, the hypervolume of (dev score, latency) against (the majority class's dev score, the teacher's
+latency), the trials and the wall time.
+
+    AUTOCOMPRESS_GLUE_DIR=../shared/glue python benchmarks/front.py --task sst2 --part teacher
+    ... --part optimum | distilbert | search --seed 0 | random --seed 0 | table
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+DEVICES = ("laptop-cpu", "mobile-cpu")
+
+
+def _out(task: str) -> Path:
+    return RESULTS / f"front-{task}.jsonl"
+
+
+def _rows(task: str) -> list[dict]:
+    path = _out(task)
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+
+
+def _append(task: str, row: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(_out(task), "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _world(task: str, data_dir: str | None):
+    from autocompress.tasks import load_task
+    from autocompress.teacher import TeacherSettings, get_teacher
+
+    data = load_task(task, data_dir)
+    teacher = get_teacher(TeacherSettings(task=data.spec.name, val_size=len(data.val)), data,
+                          log=lambda m: print(m, file=sys.stderr))
+    return data, teacher
+
+
+def _dev(path: str, data, teacher) -> float:
+    from autocompress.evaluate import score_artifact
+    from autocompress.features import EVAL_MAX_LENGTH, encode
+
+    feats = encode(teacher.tokenizer, data.dev, EVAL_MAX_LENGTH)
+    return score_artifact(path, data.spec, feats, data.dev["label"], "dev", pad_id=teacher.tokenizer.pad_token_id or 0)[0].main
+
+
+# ---------------------------------------------------------------- the parts
+def part_teacher(args, data, teacher) -> list[dict]:
+    return [{"part": "teacher", "name": "teacher fp32 (autocompress export)", "onnx": str(teacher.onnx_path),
+             "dev": _dev(str(teacher.onnx_path), data, teacher)}]
+
+
+OPTIMUM_SCRIPT = r'''
+import sys, shutil
+from pathlib import Path
+from optimum.onnxruntime import ORTModelForSequenceClassification, ORTOptimizer, ORTQuantizer
+from optimum.onnxruntime.configuration import AutoOptimizationConfig, AutoQuantizationConfig
+src, out = sys.argv[1], Path(sys.argv[2])
+model = ORTModelForSequenceClassification.from_pretrained(src, export=True)
+model.save_pretrained(out / "export")
+ORTOptimizer.from_pretrained(model).optimize(save_dir=out / "o2", optimization_config=AutoOptimizationConfig.O2())
+q = ORTQuantizer.from_pretrained(out / "o2", file_name="model_optimized.onnx")
+q.quantize(save_dir=out / "o2-int8", quantization_config=AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=True))
+print(out)
+'''
+
+
+def part_optimum(args, data, teacher) -> list[dict]:
+    """Optimum's export, O2 and dynamic int8 of the same fine-tuned teacher, in the consumer environment."""
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from conftest import consumer_python        # builds it once per machine (PyPI needed the first time)
+
+    out = Path(args.work) / f"optimum-{args.task}"
+    script = Path(args.work) / "optimum_export.py"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(OPTIMUM_SCRIPT)
+    r = subprocess.run([str(consumer_python()), str(script), str(teacher.path), str(out)], capture_output=True,
+                       text=True)
+    if r.returncode:
+        raise SystemExit(f"Optimum failed: {r.stderr[-2000:]}")
+    rows = []
+    for name, rel in (("Optimum O2 fp32", "o2/model_optimized.onnx"), ("Optimum O2 + int8", "o2-int8/model_optimized_quantized.onnx")):
+        path = out / rel
+        rows.append({"part": "optimum", "name": name, "onnx": str(path), "dev": _dev(str(path), data, teacher)})
+    return rows
+
+
+def part_distilbert(args, data, teacher) -> list[dict]:
+    """Every other layer kept (3 of 6), logit distillation for one pass over train, int8: built as a trial."""
+    from autocompress.features import EVAL_MAX_LENGTH  # noqa: F401
+    from autocompress.recipe import Recipe, Step
+    from autocompress.search.trial import TrialSetup, evaluate_candidate
+
+    steps = -(-len(data.train) // 32)
+    recipe = Recipe((Step("drop_layers", {"keep": teacher.model().config.num_hidden_layers // 2, "strategy": "alternate"}),
+                     Step("distill", {"steps": steps, "batch_size": 32, "lr": 1e-4}), Step("quantize_int8")))
+    work = Path(args.work) / f"distilbert-{args.task}"
+    setup = TrialSetup(store_url="", run="bench", run_dir=str(work), data_path="", teacher_path=str(teacher.path),
+                       profiles=("laptop-cpu",), device="laptop-cpu", budget_ms=None, space_text="", num_layers=6,
+                       threads=min(4, os.cpu_count() or 1))
+    t0 = time.time()
+    result = evaluate_candidate(setup, 1, recipe, data=data, teacher=teacher)
+    onnx = result.artifacts["onnx"]
+    return [{"part": "distilbert", "name": f"DistilBERT recipe ({recipe.short()})", "onnx": onnx,
+             "dev": _dev(onnx, data, teacher), "seconds": round(time.time() - t0)}]
+
+
+def part_search(args, data, teacher, sampler: str) -> list[dict]:
+    name = f"front-{args.task}-{sampler}-s{args.seed}"
+    runs = Path(args.work) / "runs"
+    cmd = ["autocompress", "search", "--task", args.task, "--name", name, "--runs-dir", str(runs), "--seed", str(args.seed),
+           "--sampler", sampler, "--space", args.space]
+    if args.trials:
+        cmd += ["--trials", str(args.trials)]
+    exe = str(Path(sys.executable).with_name("autocompress"))
+    t0 = time.time()
+    r = subprocess.run([exe, *cmd[1:]], capture_output=True, text=True)
+    wall = time.time() - t0
+    if r.returncode:
+        raise SystemExit(f"search failed: {r.stderr[-3000:]}")
+    from autocompress.report import front_data
+    from autocompress.store import Store, default_url
+
+    d = front_data(Store(default_url(runs), create=False), name)
+    members = d["devices"]["laptop-cpu"]["front"]
+    return [{"part": sampler if sampler == "random" else "search", "name": f"{sampler} search, seed {args.seed}",
+             "run": name, "runs_dir": str(runs), "wall_seconds": round(wall), "trials": d["trials_done"],
+             "refined": len(d.get("refined") or []), "summary": r.stdout,
+             "members": [{"trial": m["trial"], "recipe": m["recipe"], "onnx": m["onnx"],
+                          "dev": (m.get("dev") or {}).get("main"), "val": (m.get("val") or {}).get("main")}
+                         for m in members if m["role"] != "teacher"]}]
+
+
+# ---------------------------------------------------------------- the table
+def table(args, data, teacher) -> str:
+    """Re-time every compared file side by side per device; speed-ups and hypervolumes."""
+    import numpy as np
+    from optuna._hypervolume import compute_hypervolume
+
+    from autocompress.hardware import obtain_together
+    from autocompress.teacher import trivial_baseline
+
+    rows = _rows(args.task)
+    files = {}
+    for r in rows:
+        if r["part"] in ("search", "random"):
+            for m in r["members"]:
+                if m["dev"] is None:
+                    m["dev"] = _dev(m["onnx"], data, teacher)
+                files[(r["name"], m["trial"])] = m["onnx"]
+        else:
+            files[(r["name"], None)] = r["onnx"]
+    base = next(r for r in rows if r["part"] == "teacher")
+    t_key, t_dev = (base["name"], None), base["dev"]
+    majority = max(np.bincount(np.asarray(data.dev["label"]))) / len(data.dev) if data.spec.metric == "accuracy" else \
+        trivial_baseline(data)["main"]
+    out = [f"task {args.task}: teacher dev {100 * t_dev:.2f}; majority-class dev {100 * majority:.2f}"]
+    for device in DEVICES:
+        lats = {k: v.median_ms for k, v in obtain_together(files, device).items()}
+        t_ms = lats[t_key]
+        out.append(f"\n{device} (teacher {t_ms:.2f} ms; re-timed side by side in one pass)")
+        out.append(f"  {'row':44} {'<=1 pt':>8} {'<=3 pt':>8} {'hypervol':>9} {'trials':>6} {'wall':>7}")
+        for r in rows:
+            pts = ([(m["dev"], lats[(r["name"], m["trial"])]) for m in r["members"]] if r["part"] in ("search", "random")
+                   else [(r["dev"], lats[(r["name"], None)])])
+            pts.append((t_dev, t_ms))                               # the teacher is always at hand
+
+            def best(points):
+                ok = [t_ms / ms for d, ms in pts if d >= t_dev - points / 100 - 1e-9]
+                return f"{max(ok):.2f}x" if ok else "-"
+
+            hv = compute_hypervolume(np.array([(-d, ms) for d, ms in pts]), np.array([-majority, t_ms]))
+            out.append(f"  {r['name'][:44]:44} {best(1):>8} {best(3):>8} {hv:>9.3f} {r.get('trials', ''):>6} "
+                       f"{str(r.get('wall_seconds', r.get('seconds', ''))):>7}")
+    return "\n".join(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--task", default="sst2")
+    ap.add_argument("--part", required=True, choices=("teacher", "optimum", "distilbert", "search", "random", "table"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--trials", type=int, help="trials of the searches (default: the space's)")
+    ap.add_argument("--space", default="default")
+    ap.add_argument("--work", default=os.environ.get("AUTOCOMPRESS_BENCH_WORK", "/tmp/autocompress-front-bench"),
+                    help="where the runs and exported files go (not committed)")
+    ap.add_argument("--data-dir", default=os.environ.get("AUTOCOMPRESS_GLUE_DIR"))
+    ap.add_argument("--again", action="store_true", help="run the part even if its rows are in the results")
+    args = ap.parse_args()
+    data, teacher = _world(args.task, args.data_dir)
+    if args.part == "table":
+        text = table(args, data, teacher)
+        print(text)
+        (RESULTS / f"front-{args.task}-table.txt").write_text(text + "\n")
+        return 0
+    label = {"search": f"tpe search, seed {args.seed}", "random": f"random search, seed {args.seed}"}.get(args.part)
+    if not args.again and any(r["part"] == args.part and (label is None or r["name"] == label) for r in _rows(args.task)):
+        print(f"{args.part} is in {_out(args.task)} already (--again to run it again)")
+        return 0
+    fn = {"teacher": part_teacher, "optimum": part_optimum, "distilbert": part_distilbert,
+          "search": lambda a, d, t: part_search(a, d, t, "tpe"), "random": lambda a, d, t: part_search(a, d, t, "random")}
+    for row in fn[args.part](args, data, teacher):
+        row.update(task=args.task, date=time.strftime("%Y-%m-%d %H:%M"))
+        _append(args.task, row)
+        print(json.dumps({k: v for k, v in row.items() if k not in ("summary", "members")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
