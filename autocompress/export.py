@@ -144,3 +144,89 @@ def export_anchor(config: dict, path: str | os.PathLike, num_layers: int | None 
     takes = inspect.signature(model.forward).parameters
     names = ("input_ids", "attention_mask") + (("token_type_ids",) if "token_type_ids" in takes else ())
     return export_onnx(model, path, input_names=names)
+
+
+# ---------------------------------------------------------------- ONNX Runtime's fused transformer kernels
+def fuse_for_ort(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, int]:
+    """Rewrite an exported graph with ONNX Runtime's fused transformer operators (com.microsoft Attention,
+    SkipLayerNormalization, BiasGelu), as Hugging Face Optimum's O2 does, so that dynamic int8 turns the
+    attention into one QAttention kernel. ONNX Runtime's own BERT optimizer finds no Attention in the dynamo
+    exporter's graph (its mask patterns are the TorchScript exporter's, and transformers 5's reshapes hide
+    the head count); onnxscript's fusions match it and read each layer's head count from the shapes, so
+    pruned heads fuse too. Then the packed QKV weights are folded into initializers, and each Attention's
+    padding mask is handed as ``mask_index`` (the raw 2-D mask: any padding side) rather than as an additive
+    bias, which QAttention lacks. Returns the count of each fusion (empty where nothing fused: ``dst`` is
+    then ``src``'s copy). Measured here (MiniLM, 2 threads, seq 16-128): int8 of the fused graph
+    0.90-0.95x the time of int8 of the plain one, as Optimum's O2 + int8; logits unchanged (fp32, 1e-7)."""
+    from onnx_ir.passes.common import LiftConstantsToInitializersPass, RemoveUnusedNodesPass
+    from onnxscript.rewriter.ort_fusions import optimize_for_ort
+
+    model = ir.load(str(src))
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        model, counts = optimize_for_ort(model)
+        fold_constants(model, output_size_limit=2**62, input_size_limit=2**62)   # packed QKV weights
+        counts = {k: v for k, v in counts.items() if v}
+        counts["mask_index"] = _bias_to_mask_index(model)
+        ir.passes.Sequential(LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+                             RemoveUnusedNodesPass())(model)
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    ir.save(model, str(dst))
+    return counts
+
+
+def _from_mask(value: ir.Value, mask: ir.Value) -> bool:
+    """Whether ``value`` is computed from the graph input ``mask`` alone (other graph inputs reach it only
+    through their shapes): the padding mask as an additive bias."""
+    seen, stack, inputs = set(), [value], set()
+    while stack:
+        v = stack.pop()
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        if v.is_graph_input():
+            inputs.add(v.name)
+            continue
+        node = v.producer()
+        if node is None or node.op_type == "Shape":
+            continue
+        stack.extend(x for x in node.inputs if x is not None)
+    return inputs == {mask.name}
+
+
+def _bias_to_mask_index(model: ir.Model) -> int:
+    """Each fused Attention whose ``attention_bias`` is the padding mask gets the mask as ``mask_index``
+    instead (int32 [batch, seq], 1 = attend), and loses ``qkv_hidden_sizes`` where Q, K and V are equally
+    wide: what ONNX Runtime's dynamic quantizer needs to make it a QAttention. Returns how many changed."""
+    graph = model.graph
+    mask = next((v for v in graph.inputs if v.name == "attention_mask"), None)
+    if mask is None:
+        return 0
+    mask32, changed = None, 0
+    for node in list(graph):
+        if node.op_type != "Attention" or node.domain != "com.microsoft":
+            continue
+        sizes = node.attributes.get("qkv_hidden_sizes")
+        if sizes is not None and len(set(sizes.as_ints())) == 1:
+            node.attributes.pop("qkv_hidden_sizes")
+        ins = list(node.inputs)
+        bias = ins[5] if len(ins) > 5 else None
+        if bias is None or any(len(ins) > i and ins[i] is not None for i in (3, 4)) or not _from_mask(bias, mask):
+            continue
+        if mask32 is None:
+            cast = ir.node("Cast", [mask], attributes={"to": ir.DataType.INT32}, name="attention_mask_int32")
+            cast.outputs[0].name = "attention_mask_int32"
+            graph.insert_before(graph.node(0), cast)
+            mask32 = cast.outputs[0]
+        new = ir.node("Attention", [*ins[:3], mask32], attributes=dict(node.attributes), domain="com.microsoft",
+                      name=node.name, num_outputs=len(node.outputs))
+        graph.insert_after(node, new)
+        for old, nw in zip(node.outputs, new.outputs):
+            nw.name, nw.shape, nw.type = old.name, old.shape, old.type
+        ir.convenience.replace_all_uses_with(node.outputs, new.outputs)
+        for old, nw in zip(node.outputs, new.outputs):
+            if old in graph.outputs:
+                graph.outputs[graph.outputs.index(old)] = nw
+        graph.remove(node, safe=True)
+        changed += 1
+    return changed

@@ -64,10 +64,10 @@ def test_config_validates_and_places_exits():
         Recipe((Step("early_exit", {"steps": 1}), Step("distill", {"steps": 1})))
 
 
-def test_default_space_may_add_exits():
+def test_full_space_may_add_exits():
     from autocompress.search.space import load_space
 
-    space = load_space("default")
+    space = load_space("full")
     params = dict(space.seeds[1], **{"early_exit": True, "early_exit.exits": 2, "early_exit.threshold": 0.3,
                                      "early_exit.steps": 200})
     assert space.recipe_from_params(params, 6).short() == "layers 4 · ffn -25% · kd 600 · exit/2 H<0.3 · int8"
@@ -433,7 +433,7 @@ def test_calibrated_quantization_is_not_combined_with_exits():
 
     with pytest.raises(RecipeError, match="quantize_static cannot be combined with early_exit: its calibration"):
         Recipe((Step("early_exit", {"steps": 1}), Step("quantize_static")))
-    space = load_space("default")
+    space = load_space("full")
     params = dict(space.seeds[1], **{"early_exit": True, "early_exit.exits": 2, "early_exit.threshold": 0.3,
                                      "early_exit.steps": 200, "quantization": "quantize_static",
                                      "quantize_static.calibration": "minmax"})

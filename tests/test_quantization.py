@@ -87,7 +87,8 @@ def test_valid_onnx_close_to_fp32(variant, outputs, fp32, rows):
 def test_each_variant_changed_the_graph(outputs, fp32):
     n_weights = len(weight_matmuls(onnx.load(str(fp32))))
     assert n_weights == 26             # 4 layers x (q, k, v, out, ffn in, ffn out), pooler, classifier
-    assert ops(outputs["int8"])["MatMulInteger"] == n_weights
+    int8 = ops(outputs["int8"])          # fused first: each layer's Q, K and V in one QAttention
+    assert int8["QAttention"] == 4 and int8["MatMulInteger"] == n_weights - 4 * 3
     for k in ("static-minmax", "static-percentile", "static-per-tensor"):
         o = ops(outputs[k])
         assert o["QuantizeLinear"] > 0 and o["DequantizeLinear"] >= n_weights and "MatMulInteger" not in o

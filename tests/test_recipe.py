@@ -29,7 +29,7 @@ def test_json_round_trip():
     # defaults are written out
     assert d["steps"][0]["params"] == {"keep": 4, "strategy": "top"}
     assert d["steps"][3]["params"]["temperature"] == 2.0
-    assert d["steps"][4]["params"] == {"per_channel": True, "reduce_range": False}
+    assert d["steps"][4]["params"] == {"per_channel": True, "reduce_range": False, "fuse_attention": True}
 
 
 def test_hash_is_stable():
@@ -130,12 +130,14 @@ def test_recipe_stored_before_steps_had_versions_reads_back():
     now = full_recipe()
     back = Recipe.from_json(json.dumps(old))
     assert [s.method for s in back.steps] == [s.method for s in now.steps]
-    assert [s.config for s in back.steps] == [s.config for s in now.steps]
-    assert back.to_json() == now.to_json() and back.hash == now.hash
+    assert [s.config for s in back.steps[:4]] == [s.config for s in now.steps[:4]]
+    # quantize_int8 is version 2 now (fused attention first): the stored step keeps the meaning it had
+    assert back.steps[4].config.fuse_attention is False and now.steps[4].config.fuse_attention is True
+    assert Recipe.from_json(back.to_json()).to_json() == back.to_json() and back.hash != now.hash
     assert all(s["version"] == get_method(s["method"]).version for s in json.loads(back.to_json())["steps"])
-    # today's form with the version keys taken out is the old form: it reads back too
-    stripped = {"version": 1, "steps": [{k: v for k, v in s.items() if k != "version"} for s in now.to_dict()["steps"]]}
-    assert Recipe.from_dict(stripped).to_json() == back.to_json()
+    # a step whose config is still version 1 reads from its version-1 form as from today's
+    first = {"version": 1, "steps": [{k: v for k, v in s.items() if k != "version"} for s in now.to_dict()["steps"][:4]]}
+    assert Recipe.from_dict(first).to_json() == Recipe(now.steps[:4]).to_json()
 
 
 def test_current_recipe_names_every_steps_version():
@@ -149,20 +151,20 @@ def test_current_recipe_names_every_steps_version():
 
 def test_hash_is_that_of_stores_written_before_steps_had_versions():
     """Duplicates and the recovery cache find trials stored before steps carried a config version: the
-    hash of a version-1 recipe is what the version-1 code computed (f91f1a40ff528d52, taken from it); a
+    hash of a version-1 recipe is what the version-1 code computed (c0ae5d779e6b870e, taken from it); a
     step whose config version is above 1 hashes apart."""
     import dataclasses
 
     from autocompress.methods import REGISTRY
 
-    r = Recipe((Step("drop_layers", {"keep": 4}), Step("distill", {"steps": 300}), Step("quantize_int8")))
-    assert r.hash == "f91f1a40ff528d52"
+    r = Recipe((Step("drop_layers", {"keep": 4}), Step("distill", {"steps": 300}), Step("quantize_static")))
+    assert r.hash == "c0ae5d779e6b870e"
     m = REGISTRY["drop_layers"]
     cls = m.config_cls
     had = cls.__dict__.get("VERSION")
     try:
         cls.VERSION = 2
-        assert r.hash != "f91f1a40ff528d52" and '"version":2' in r.to_json()
+        assert r.hash != "c0ae5d779e6b870e" and '"version":2' in r.to_json()
     finally:
         if had is None:
             del cls.VERSION

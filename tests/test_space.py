@@ -16,16 +16,17 @@ def space(text: str):
     return parse_space(textwrap.dedent(text))
 
 
-@pytest.mark.parametrize("name", ["quick", "default"])
+@pytest.mark.parametrize("name", ["quick", "default", "full"])
 def test_bundled_spaces_load_and_validate(name):
     s = load_space(name)
     assert s.name == name
     structure = ["drop_layers", "prune_heads", "prune_ffn"] + (
-        ["share_layers", "low_rank", "factorize_embeddings", "magnitude_prune"] if name == "default" else [])
-    recovery = ["distill"] + (["early_exit"] if name == "default" else [])
+        ["share_layers", "low_rank", "factorize_embeddings", "magnitude_prune"] if name == "full" else [])
+    recovery = ["distill"] + (["early_exit"] if name == "full" else [])
     assert [st.get("method", st.get("choose")) for st in s.steps] == structure + recovery + [
-        "quantization" if name == "default" else "quantize_int8"]
-    assert s.trials == {"quick": 12, "default": 14}[name]
+        "quantize_int8" if name == "quick" else "quantization"]
+    assert s.trials == {"quick": 12, "default": 12, "full": 14}[name]
+    assert (s.finish is not None) == (name == "default")      # the finishing stage: the default space's
     assert s.seeds and yaml.safe_load(s.text)["name"] == name
     s.validate(6)
     for seed in s.seeds:
@@ -33,7 +34,20 @@ def test_bundled_spaces_load_and_validate(name):
 
 
 def test_bundled_names():
-    assert {"quick", "default"} <= set(bundled_spaces())
+    assert {"quick", "default", "full"} <= set(bundled_spaces())
+
+
+def test_the_default_space_searches_speed_and_finishes_long():
+    """Only methods that buy speed (size-only ones and early exit are in `full`); its seeds are int8 alone
+    and depth cuts with int8; its finishing stage distils with hidden states and attention for long."""
+    from autocompress.methods import get_method
+
+    s = load_space("default")
+    methods = {st.get("method") for st in s.steps} | {o["method"] for st in s.steps for o in st.get("steps", [])}
+    assert not any(get_method(m).size_only or get_method(m).input_dependent_latency for m in methods if m)
+    got = [s.recipe_from_params(seed, 6).short() for seed in s.seeds]
+    assert got[0] == "int8" and all(g.endswith("int8") for g in got) and "layers 2" in got[-1]
+    assert s.finish["distill"]["steps"] >= 2000 and s.finish["distill"]["attention"] > 0
 
 
 def test_quick_seeds_give_expected_recipes():
@@ -46,8 +60,8 @@ def test_quick_seeds_give_expected_recipes():
     assert r.hash == Recipe.from_json(r.to_json()).hash
 
 
-def test_default_seeds_give_expected_recipes():
-    s = load_space("default")
+def test_full_seeds_give_expected_recipes():
+    s = load_space("full")
     r = s.recipe_from_params(s.seeds[1], 6)
     assert r.short() == "layers 4 · ffn -25% · kd 600 · int8"
     distill = next(st for st in r.steps if st.method == "distill")
@@ -74,7 +88,7 @@ def test_missing_parameter_for_fixed_trial():
 
 
 def test_optuna_trials_reproduce_from_params():
-    s = load_space("default")
+    s = load_space("full")
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     hashes = set()
     for _ in range(25):
@@ -402,7 +416,7 @@ def test_two_quantization_steps_in_a_space_are_rejected_before_the_search():
         s.validate(6)
 
 
-def test_default_space_offers_every_quantization_method_as_alternatives():
-    s = load_space("default")
+def test_full_space_offers_every_quantization_method_as_alternatives():
+    s = load_space("full")
     assert set(s.params()["quantization"]["choices"]) == {"quantize_int8", "quantize_static", "quantize_mixed",
                                                           "quantize_fp16", "none"}

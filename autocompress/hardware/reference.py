@@ -131,7 +131,7 @@ class HostReference:
             ref["established"] = False
         if out_of_band(f):
             ref.update(out_of_band=True, band=list(BAND))
-        return {"raw_median_ms": round(raw_median_ms, 4), "host_reference": ref}
+        return {"raw_median_ms": float(f"{raw_median_ms:.6g}"), "host_reference": ref}   # 6 figures: tiny models too
 
 
 def locate(threads: int, cpus: tuple[int, ...] | None) -> tuple[Path, Path, int, dict]:
