@@ -29,7 +29,7 @@ from pathlib import Path
 LOOPS = {"new": {}, "today": {"patience": None, "keep_best": False}}
 
 
-def run(task: str, seed: int, loop: str, data_dir: str | None, cache: str | None = None) -> dict:
+def run(task: str, seed: int, loop: str, data_dir: str | None, cache: str | None = None, adopt: bool = False) -> dict:
     from autocompress.tasks import load_task
     from autocompress.teacher import TeacherSettings, get_teacher
 
@@ -38,15 +38,16 @@ def run(task: str, seed: int, loop: str, data_dir: str | None, cache: str | None
     with tempfile.TemporaryDirectory(prefix="ac-teacher-bench-") as tmp:
         os.environ["AUTOCOMPRESS_CACHE"] = cache or tmp
         t0 = time.time()
-        teacher = get_teacher(settings, data, log=lambda m: print(f"  {m}", file=sys.stderr, flush=True), fresh=True)
-        wall = time.time() - t0
+        teacher = get_teacher(settings, data, log=lambda m: print(f"  {m}", file=sys.stderr, flush=True),
+                              fresh=not adopt)
+        wall = time.time() - t0 if not adopt else None      # adopted: only the recorded training time is known
         info = teacher.info
     per_pass = -(-info["train_rows"] // settings.batch_size)
     steps = max(c["step"] for c in info["curve"]) if info.get("curve") else per_pass * info["epochs"]
     return {"task": task, "seed": seed, "loop": loop, "train_rows": info["train_rows"], "val_n": info["val"]["n"],
             "plan_passes": info["epochs"], "steps_run": steps, "passes_run": round(steps / per_pass, 2),
             "kept_step": info.get("kept_step"), "stopped": info.get("stopped"),
-            "train_seconds": info["train_seconds"], "wall_seconds": round(wall, 1), "metric": data.spec.metric,
+            "train_seconds": info["train_seconds"], "wall_seconds": wall and round(wall, 1), "adopted": adopt, "metric": data.spec.metric,
             "val": info["val"]["metrics"]["main"], "dev": info["dev"]["metrics"]["main"],
             "learned": (info.get("learned") or {}).get("passed"), "curve": info.get("curve"),
             "settings": dataclasses.asdict(settings), "date": time.strftime("%Y-%m-%d %H:%M")}
@@ -80,6 +81,9 @@ def main() -> int:
     ap.add_argument("--skip-done", action="store_true", help="leave out (task, seed, loop) already in --out")
     ap.add_argument("--cache", help="keep the teachers in this cache (default: a temporary one per run); always "
                     "fine-tuned again")
+    ap.add_argument("--adopt", action="store_true", help="with --cache: take a teacher already fine-tuned there "
+                    "with the same settings (e.g. the search's default one, which is the 'new' loop's seed 0) and "
+                    "report what its teacher.json recorded, instead of fine-tuning again")
     ap.add_argument("--table", metavar="JSONL", help="only print the table of a results file")
     args = ap.parse_args()
     if args.table:
@@ -95,7 +99,7 @@ def main() -> int:
             if (args.task, seed, loop) in done:
                 continue
             print(f"{args.task} seed {seed}, {loop} loop", file=sys.stderr, flush=True)
-            r = run(args.task, seed, loop, args.data_dir, args.cache)
+            r = run(args.task, seed, loop, args.data_dir, args.cache, args.adopt and bool(args.cache))
             rows.append(r)
             with open(out, "a") as f:
                 f.write(json.dumps(r) + "\n")
