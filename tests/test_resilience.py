@@ -281,3 +281,36 @@ def test_ctrl_c_during_the_teachers_fine_tune_leaves_no_partial_teacher(tmp_path
     assert not db.exists() or _store(cwd).run_names() == []
     time.sleep(1)
     assert _search_processes(env["AUTOCOMPRESS_LOCK_FILE"]) == []
+
+
+def test_ctrl_c_while_the_teacher_is_timed_stores_it_interrupted_and_resume_times_it_again(user):
+    """Trial 0 (the teacher's own figures) runs in the search's process: a Ctrl-C there is stored
+    ``interrupted`` (not a failure with a traceback), and --resume times the teacher again before its trials."""
+    cwd, env = user
+    proc = _start(cwd, env, "--name", "t0", "--trials", "1")
+    err: list[str] = []
+    _lines(proc.stderr, err)
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        assert proc.poll() is None, "".join(err)[-3000:]
+        try:
+            t = _store(cwd).trial("t0", 0)
+            if t is not None and t.status == "running":
+                break
+        except Exception:
+            pass
+        time.sleep(0.5)
+    else:
+        raise AssertionError("the teacher's trial never started:\n" + "".join(err)[-3000:])
+    time.sleep(1)
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=60)
+    assert proc.returncode == 130, "".join(err)[-3000:]
+    zero = _store(cwd).trial("t0", 0)
+    assert zero.status == "interrupted" and "interrupted while this trial ran" in zero.error, zero.error
+    r = subprocess.run([EXE, "search", "--resume", "t0"], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    store = _store(cwd)
+    zero = store.trial("t0", 0)
+    assert store.get_run("t0").status == "done" and zero.status == "done" and zero.role == "teacher"
+    assert set(zero.latencies) == {"laptop-cpu", "mobile-cpu", "server-gpu"} and "teacher fp32 ONNX" in r.stdout

@@ -69,13 +69,22 @@ class Heartbeat:
         self.thread.join(timeout=5)
 
 
+def study_exists(url: str, run: str) -> bool:
+    """Whether the run's Optuna study is there (a search stopped while the teacher was timed has none yet)."""
+    import optuna
+
+    return run in optuna.study.get_all_study_names(optuna.storages.RDBStorage(url))
+
+
 def fail_stale_trials(store: Store, run: str, log=print) -> list[tuple[int, int | None]]:
     """Before a resumed search: let Optuna fail the trials the interrupted search left running (their
     heartbeats stopped) and enqueue their parameters again; mirror that in our table. Returns
-    (stale trial, the trial that will retry it) pairs."""
+    (stale trial, the trial that will retry it) pairs; none where the study was never made."""
     import optuna
     from optuna.trial import TrialState
 
+    if not study_exists(store.url, run):
+        return []
     storage = heartbeat_storage(store.url)
     study = optuna.load_study(study_name=run, storage=storage)
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))

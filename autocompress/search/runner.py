@@ -22,11 +22,12 @@ from ..evaluate import predict_onnx, score
 from ..features import EVAL_MAX_LENGTH, encode
 from ..hardware import HardwareProfile, obtain_side_by_side
 from ..recipe import Recipe
-from ..store import Store, StoreError, TrialRecord, first_line
+from ..store import INTERRUPTED, Store, StoreError, TrialRecord, first_line
 from ..tasks import TaskData
 from ..teacher import Teacher
 from . import cluster, pareto, samplers
-from .resume import GRACE_S, Heartbeat, fail_stale_trials, finished_count, note_dev_scores, reconcile  # noqa: F401
+from .resume import (GRACE_S, Heartbeat, fail_stale_trials, finished_count, note_dev_scores, reconcile,  # noqa: F401
+                     study_exists)
 from .space import Space
 from .trial import OBJECTIVES, TrialSetup, run_trial, trainable
 
@@ -162,12 +163,13 @@ def run_search(plan: SearchPlan, setup: TrialSetup, data: TaskData, teacher: Tea
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     store = Store(plan.store_url, create=False)
-    if plan.attempt == 0:
-        run_trial(setup, 0, Recipe(), role="teacher", data=data, teacher=teacher)
-    else:
+    if plan.attempt > 0:
         for stale, retry in fail_stale_trials(store, plan.run, log):
             log(f"trial {stale} was running when the search stopped: failed as stale"
                 + (f", its recipe is proposed again as trial {retry}" if retry else ""))
+    baseline = store.trial(plan.run, 0) if plan.attempt > 0 else None
+    if baseline is None or baseline.status != "done":     # first, or stopped while the teacher was timed
+        run_trial(setup, 0, Recipe(), role="teacher", data=data, teacher=teacher)
     done_before = finished_count(store, plan.run)
     todo = max(0, plan.trials - done_before)
     if todo == 0:
@@ -175,7 +177,8 @@ def run_search(plan: SearchPlan, setup: TrialSetup, data: TaskData, teacher: Tea
     bar = tqdm(total=plan.trials, initial=done_before, desc="trials", unit="trial", dynamic_ncols=True)
     progress = Progress(bar, store, plan)
 
-    seeds = plan.space.seeds[: plan.trials] if plan.attempt == 0 else []   # a resumed study holds its own queue
+    # the space's seeds go to a new study; a resumed one holds its own queue
+    seeds = plan.space.seeds[: plan.trials] if plan.attempt == 0 or not study_exists(plan.store_url, plan.run) else []
     sampler = samplers.make(plan.sampler, seed=plan.seed + plan.attempt, trials=plan.trials,
                             seeds=len(plan.space.seeds))
     searcher = ConstrainedOptunaSearch(space=DefineByRun(plan.space, setup.num_layers), metric=list(OBJECTIVES),
@@ -208,7 +211,7 @@ def run_search(plan: SearchPlan, setup: TrialSetup, data: TaskData, teacher: Tea
                 status = "interrupted"
         timed_out = plan.time_limit_s is not None and time.time() - started >= plan.time_limit_s
         if status == "interrupted":
-            store.mark_trials(plan.run, ("running",), "interrupted", "the search was interrupted while this trial ran")
+            store.mark_trials(plan.run, ("running",), "interrupted", INTERRUPTED)
         elif timed_out:
             store.mark_trials(plan.run, ("running",), "stopped", "stopped at the search's time limit")
         ray.shutdown()

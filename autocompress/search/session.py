@@ -156,10 +156,10 @@ class Stopper:
         where = self.run()
         if where:
             try:
-                from ..store import Store
+                from ..store import INTERRUPTED, Store
 
                 store = Store(where[0], create=False)
-                store.mark_trials(where[1], ("running",), "interrupted", "the search was interrupted while this trial ran")
+                store.mark_trials(where[1], ("running",), "interrupted", INTERRUPTED)
                 store.finish_run(where[1], "interrupted")
             except Exception:
                 pass
@@ -298,12 +298,12 @@ def finish(store: Store, name: str, profiles: tuple[HardwareProfile, ...], data:
     """After the trials (``status``: what ``run_search`` returned): the fronts' members and the teacher
     re-timed side by side and re-scored on the dev set, the run's final status stored; a run without
     one finished candidate has failed, and says why."""
-    from ..store import failure_summary
+    from ..store import INTERRUPTED, failure_summary
     from .runner import remeasure_fronts, rescore_fronts
 
     started = time.time() if started is None else started
     if status == "interrupted":         # whatever was still running (the teacher baseline, say)
-        store.mark_trials(name, ("running",), "interrupted", "the search was interrupted while this trial ran")
+        store.mark_trials(name, ("running",), "interrupted", INTERRUPTED)
     try:
         if _candidates_done(store, name) and status != "interrupted":    # interrupted: the fronts as they are, now
             remeasure_fronts(store, name, profiles, floor)

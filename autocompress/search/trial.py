@@ -37,7 +37,7 @@ from ..finalize import finalize, finalized_copy
 from ..hardware import HardwareProfile, Latency, graph_signature, load_profile, obtain_latency, shared_machine
 from ..methods import Context, get_method
 from ..recipe import Recipe
-from ..store import Store, TrialResult
+from ..store import INTERRUPTED, Store, TrialResult
 from ..tasks import load_task_data
 from ..teacher import load_teacher
 
@@ -90,6 +90,9 @@ def run_trial(setup: TrialSetup, number: int, recipe: Recipe, role: str = "candi
     try:
         result = evaluate_candidate(setup, number, recipe, role, data=data, teacher=teacher,
                                     stage=lambda text: _quietly(store.set_stage, trial_id, text))
+    except KeyboardInterrupt:        # Ctrl-C / SIGTERM reached the process running it (the driver's own trials)
+        store.record_trial(trial_id, TrialResult("interrupted", error=INTERRUPTED, seconds=time.time() - t0))
+        raise
     except BaseException as e:
         store.record_trial(trial_id, TrialResult("failed", error=_reason(e), seconds=time.time() - t0))
         raise

@@ -4,5 +4,6 @@
 can be written), ``store`` (``Store``: one object per database).
 """
 from .store import Store  # noqa: F401
-from .tables import ArtifactRecord, RunRecord, TrialRecord, TrialResult, failure_summary, first_line  # noqa: F401
+from .tables import (INTERRUPTED, ArtifactRecord, RunRecord, TrialRecord, TrialResult, failure_summary,  # noqa: F401
+                     first_line)
 from .urls import StoreError, absolute_url, check_url, default_url, sqlite_file, writable_folder  # noqa: F401

@@ -174,6 +174,9 @@ def _trial_record(t: TrialRow) -> TrialRecord:
     return rec
 
 
+INTERRUPTED = "the search was interrupted while this trial ran"     # the reason an interrupted trial records
+
+
 @dataclass
 class TrialResult:
     """What a trial came to, recorded in one call (``Store.record_trial``): its status and why, its
