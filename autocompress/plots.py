@@ -66,11 +66,10 @@ def plot_png(data: dict[str, Any], path: str | Path) -> Path:
             for xi, m in zip(x, front):
                 ax.annotate(f"#{m['trial']}", (xi, _score(m, "val")), textcoords="offset points", xytext=(4, 4),
                             fontsize=7, color="C0")
-            best = next((m for m in d["front"] if m["trial"] == d["best_within_budget"]), None)
-            if best and d["target"]:
+            best = _pick(d)
+            if best:
                 ax.plot(best["latency"]["median_ms"], _score(best, "val"), "*", color="C1", ms=16, zorder=5,
-                        label=f"the pick: fastest within {100 * data.get('tolerance', 0.01):g} pt of the best"
-                              + (" within budget" if d["budget_ms"] else ""))
+                        label=_pick_label(data, d))
         for m in series["front_size"]:
             ax.plot(m["latency"]["median_ms"], _score(m, "val"), "o", color="C0", mfc="none", ms=7,
                     label="on the front for its zipped size (val)")
@@ -90,12 +89,9 @@ def plot_png(data: dict[str, Any], path: str | Path) -> Path:
                     label="expected latency (early exit), over the validation inputs")
         if d["budget_ms"]:
             ax.axvline(d["budget_ms"], ls="--", color="r", label=f"budget {d['budget_ms']:g} ms")
-        how = (d.get("obtained") or {}).get("how", "")
-        shape = (d["teacher"] or (d["front"] or [{}])[0]).get("latency", {}).get("detail", {})
-        ax.set_title(f"{name}" + (" (target)" if d["target"] else "") + (f", {how}" if how else ""))
+        ax.set_title(_panel_title(name, d))
         note = notes[name]
-        ax.set_xlabel(f"latency, ms (batch {shape.get('batch_size', '?')} x seq {shape.get('seq_len', '?')}, median)",
-                      fontsize=9)
+        ax.set_xlabel(_axis_label(d), fontsize=9)
         if note != "measured":             # how the figures were obtained: wrapped to the panel, under its axis
             text = ax.annotate(note, xy=(0, 0), xycoords="axes fraction", xytext=(-30, -30), textcoords="offset points",
                                va="top", ha="left", fontsize=6.5, color="0.3")
@@ -140,6 +136,27 @@ def _hover(m: dict[str, Any], metric: str) -> str:
     return "<br>".join(rows)
 
 
+def _panel_title(name: str, d: dict[str, Any]) -> str:
+    how = (d.get("obtained") or {}).get("how", "")
+    return f"{name}" + (" (target)" if d.get("target") else "") + (f", {how}" if how else "")
+
+
+def _axis_label(d: dict[str, Any]) -> str:
+    """The latency axis: the shape every figure on it was timed at."""
+    shape = (d.get("teacher") or (d.get("front") or [{}])[0]).get("latency", {}).get("detail", {})
+    return f"latency, ms (batch {shape.get('batch_size', '?')} x seq {shape.get('seq_len', '?')}, median)"
+
+
+def _pick(d: dict[str, Any]) -> dict[str, Any] | None:
+    """The member the search picks on the target device (the star), None elsewhere."""
+    return next((m for m in d.get("front") or [] if m["trial"] == d.get("best_within_budget")), None) if d.get("target") else None
+
+
+def _pick_label(data: dict[str, Any], d: dict[str, Any]) -> str:
+    return (f"the pick: fastest within {100 * data.get('tolerance', 0.01):g} pt of the best"
+            + (" within budget" if d.get("budget_ms") else ""))
+
+
 def plot_html(data: dict[str, Any], path: str | Path) -> Path:
     """The PNG's content as one self-contained interactive page (plotly, its JavaScript inlined)."""
     import plotly.graph_objects as go
@@ -148,8 +165,7 @@ def plot_html(data: dict[str, Any], path: str | Path) -> Path:
     devices = data["devices"]
     metric = data.get("metric", "accuracy")
     names = list(devices) or ["(no device)"]
-    fig = make_subplots(rows=1, cols=len(names), subplot_titles=[
-        n + (" (target)" if devices.get(n, {}).get("target") else "") for n in names])
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=[_panel_title(n, devices.get(n, {})) for n in names])
     styles = {"candidates": dict(mode="markers", marker=dict(color="#aaaaaa", size=8), name="other candidates (val)"),
               "front": dict(mode="lines+markers", marker=dict(color="#1f77b4", size=9), name="front (val)"),
               "front_size": dict(mode="markers", marker=dict(color="#1f77b4", size=9, symbol="circle-open"),
@@ -172,11 +188,16 @@ def plot_html(data: dict[str, Any], path: str | Path) -> Path:
                                      marker=dict(symbol="circle-open", size=9), name="front re-scored on dev",
                                      hovertext=[_hover(m, metric) for m in dev], hoverinfo="text",
                                      legendgroup="dev", showlegend=col == 1), row=1, col=col)
+        best = _pick(d)
+        if best:
+            fig.add_trace(go.Scatter(x=[best["latency"]["median_ms"]], y=[_score(best, "val")], mode="markers",
+                                     marker=dict(symbol="star", size=18, color="#ff7f0e"), name=_pick_label(data, d),
+                                     hovertext=[_hover(best, metric)], hoverinfo="text"), row=1, col=col)
         if d["budget_ms"]:
             fig.add_vline(x=d["budget_ms"], line=dict(color="red", dash="dot"), row=1, col=col,
                           annotation_text=f"budget {d['budget_ms']:g} ms")
         note = _latency_note(d)
-        fig.update_xaxes(title_text="latency, ms (batch 1, median)" + ("" if note == "measured" else
+        fig.update_xaxes(title_text=_axis_label(d) + ("" if note == "measured" else
                                                                       "<br><sup>" + _wrap(note, 70, "<br>") + "</sup>"),
                          row=1, col=col)
         fig.update_yaxes(title_text=f"{metric}, %", row=1, col=col)

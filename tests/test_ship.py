@@ -113,6 +113,9 @@ def test_predicted_latencies_are_labelled_in_plots(tmp_path):
     assert [m["trial"] for m in mobile["teacher_quantized"]] == [3]         # int8 of the teacher
     page = plot_html(data, tmp_path / "f.html").read_text()
     assert "predicted by a linear model of FLOPs" in page and "<script src=" not in page
+    # as the PNG: the shape the figures were timed at, how each panel's were obtained, the pick's star
+    assert "latency, ms (batch 1 x seq 128, median)" in page and "mobile-cpu, predicted" in page
+    assert page.count("the pick: fastest within 1 pt of the best within budget") == 1    # the target's panel only
     assert plot_png(data, tmp_path / "f.png").stat().st_size > 10_000
 
 
