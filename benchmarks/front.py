@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -150,7 +151,8 @@ def part_distilbert(args, data, teacher) -> list[dict]:
 
 
 def part_search(args, data, teacher, sampler: str) -> list[dict]:
-    name = f"front-{args.task}-{sampler}-s{args.seed}" + (f"-{args.label}" if args.label else "")
+    name = f"front-{args.task}-{sampler}-s{args.seed}" + (("-" + re.sub(r"[^A-Za-z0-9._-]+", "-", args.label))
+                                                          if args.label else "")
     runs = Path(args.work) / "runs"
     cmd = ["autocompress", "search", "--task", args.task, "--name", name, "--runs-dir", str(runs), "--seed", str(args.seed),
            "--sampler", sampler, "--space", args.space]
