@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "autocompress"
 
 # bottom first: a module may import from its own floor and the floors before it
 FLOORS = [
-    {"paths", "locks", "fileio", "features", "finalize", "arch", "tasks", "store"},
+    {"paths", "locks", "fileio", "features", "lengths", "finalize", "arch", "tasks", "store"},
     {"export", "pipeline"},
     {"evaluate"},
     {"hardware"},

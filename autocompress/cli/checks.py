@@ -205,25 +205,25 @@ def check_predict_input(args) -> Path:
     return folder
 
 
-def read_examples(path: str, pair: bool) -> list[tuple[str, ...]]:
-    """predict --file: one text per line, or (pair models) text<TAB>second text per line."""
+def read_examples(path: str, pair: bool, option: str = "--file") -> list[tuple[str, ...]]:
+    """predict --file (bench --lengths): one text per line, or (pair models) text<TAB>second text per line."""
     raw = Path(path).read_bytes()
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
-        raise UserError(f"--file {path}: not UTF-8 text (line {line}); save it as UTF-8") from None
+        raise UserError(f"{option} {path}: not UTF-8 text (line {line}); save it as UTF-8") from None
     examples = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         parts = tuple(line.split("\t")) if pair else (line,)
         if len(parts) != (2 if pair else 1):
-            raise UserError(f"--file {path} line {number}: this model classifies text pairs: write "
+            raise UserError(f"{option} {path} line {number}: this model classifies text pairs: write "
                             "text<TAB>second text on each line")
         examples.append(parts)
     if not examples:
-        raise UserError(f"--file {path} holds no text")
+        raise UserError(f"{option} {path} holds no text")
     return examples
 
 
@@ -234,6 +234,9 @@ def check_bench_model(model: str) -> Path:
         raise UserError(f"{model}: no such file or folder; give an ONNX file or a model folder")
     if path.is_dir() and not (path / "config.json").is_file():
         raise UserError(f"{model}: a folder without config.json; give an ONNX file or a saved model folder")
+    if path.is_dir() and not any((path / f).is_file() for f in ("model.onnx", "model.safetensors", "pytorch_model.bin")):
+        raise UserError(f"{model}: a folder with neither model.onnx (a folder written by pick) nor model weights "
+                        "(model.safetensors); give an ONNX file or a saved model folder")
     if path.is_file() and path.suffix != ".onnx":
         raise UserError(f"{model}: not an .onnx file; give an ONNX file or a model folder")
     if path.is_file():

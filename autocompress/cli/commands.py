@@ -165,24 +165,50 @@ def cmd_bench(args) -> int:
     """Latency of a model folder or ONNX file on one profile, with how it was obtained."""
     import tempfile
 
-    from ..hardware import describe, obtain_latency
+    from ..hardware import describe, obtain_latency, obtain_over_lengths
 
     path = check_bench_model(args.model)
     profile = load_profile_checked(args.device)
+    mix = _bench_lengths(path, args.lengths) if args.lengths else None
     _join_cluster_checked(args.ray_address)
     with tempfile.TemporaryDirectory(prefix="autocompress-bench-") as tmp, _ray(args.ray_address):
         onnx_path = path
-        if path.is_dir():
+        if path.is_dir() and (path / "model.onnx").is_file():       # a folder written by pick: the file it ships
+            onnx_path = path / "model.onnx"
+        elif path.is_dir():
             from .. import checkpoint, export
 
             onnx_path = export.export_onnx(checkpoint.load_model(path), Path(tmp) / "model.fp32.onnx")
-        lat = obtain_latency(onnx_path, profile, log=log)
+        lat = (obtain_over_lengths(onnx_path, profile, mix, log=log) if mix else obtain_latency(onnx_path, profile, log=log))
     d = lat.to_dict()
     if args.json:
         print(json.dumps({**d, "obtained": describe(d)}, indent=2, default=str))
     else:
         print(f"{profile.name}: {lat.median_ms:.3f} ms ({lat.how}) — {describe(d)}")
     return 0
+
+
+def _bench_lengths(model: Path, file: str):
+    """bench --lengths FILE: the mix of the file's inputs' token lengths, by the model folder's tokenizer."""
+    from transformers import AutoTokenizer
+
+    from .. import lengths
+    from ..features import EVAL_MAX_LENGTH
+
+    if not model.is_dir():
+        raise UserError("--lengths counts tokens with the model's tokenizer: give the model folder (written by pick, "
+                        "or a saved model), not a bare ONNX file")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model))
+    except Exception as e:
+        raise UserError(f"{model}: no tokenizer to count --lengths with ({str(e).splitlines()[0][:120]})") from None
+    if not Path(file).is_file():
+        raise UserError(f"--lengths {file}: no such file; give a text file, one input per line")
+    lines = [e[0] for e in read_examples(file, False, "--lengths")]
+    pair = all("\t" in x for x in lines)                  # text<TAB>second text on every line: pairs
+    texts = [x.split("\t", 1)[0] for x in lines] if pair else lines
+    pairs = [x.split("\t", 1)[1] for x in lines] if pair else None
+    return lengths.of_texts(tokenizer, texts, pairs, source=Path(file).name, max_length=EVAL_MAX_LENGTH)
 
 
 def _join_cluster_checked(address: str | None) -> None:

@@ -184,9 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--ray-address", help="also look for Ray nodes offering a profile's resource in this cluster")
 
     b = sub.add_parser("bench", help="latency of a model folder or ONNX file on one profile, with how it was obtained")
-    b.add_argument("model", metavar="MODEL", help="an ONNX file, or a saved model folder (exported to ONNX first)")
+    b.add_argument("model", metavar="MODEL", help="an ONNX file, a folder written by `pick`, or a saved model folder "
+                   "(exported to ONNX first)")
     b.add_argument("--device", required=True, help="the profile: a bundled name (see `autocompress profiles`) "
                    "or a profile .yaml")
     b.add_argument("--ray-address", help="a Ray cluster whose nodes may offer the profile's resource")
     b.add_argument("--json", action="store_true", help="the whole figure as JSON")
+    b.add_argument("--lengths", metavar="FILE", help="time at the lengths of your own inputs: a text file, one input "
+                   "per line (text<TAB>second text for pairs); the model folder's tokenizer counts their tokens "
+                   "(capped at 128), a few representative lengths are timed, and the figure is the expected latency "
+                   "over the file's inputs (the fixed shape's figure beside it)")
     return parser

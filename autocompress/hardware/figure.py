@@ -30,8 +30,10 @@ class Latency:
 def describe(lat: dict) -> str:
     """How a latency was obtained, in one line (see ``_describe``); an expected figure (several graphs,
     each run by a share of the inputs) says what it was weighted by, then how each graph was obtained."""
-    text = _describe(lat)
     d = lat.get("detail") or {}
+    if d.get("lengths"):
+        return _over_lengths(lat)
+    text = _describe(lat)
     if not d.get("expected"):
         return text
     shares = ", ".join(f"{100 * r:.0f}%" for r in d.get("reach") or [])
@@ -39,6 +41,20 @@ def describe(lat: dict) -> str:
     how = d.get("expected_how") or d.get("exit_rule") or "?"     # exit_rule: figures stored before expected_how
     return (f"expected over {d.get('expected_over', '?')} ({how}): sum of the graphs' latencies [{graphs}] ms "
             f"weighted by the share of inputs running each [{shares}]; each graph {text}")
+
+
+def _over_lengths(lat: dict) -> str:
+    """An expected figure over the lengths of some inputs (``obtain.obtain_over_lengths``), in one line."""
+    d = lat["detail"]
+    mix, fixed = d["lengths"], d.get("fixed") or {}
+    per = ", ".join(f"{q}: {ms:.3g}" for q, ms in zip(mix["lengths"], mix["median_ms"]))
+    shares = ", ".join(f"{100 * w:.0f}%" for w in mix["weights"])
+    at_fixed = (f"; at the fixed shape (batch {fixed.get('batch_size', '?')} x seq {fixed.get('seq_len', '?')}) "
+                f"{fixed['median_ms']:.2f} ms" if fixed.get("median_ms") is not None else "")
+    inner = {k: v for k, v in d.items() if k not in ("lengths", "fixed")}
+    each = describe({**lat, "detail": {**inner, "seq_len": "each length"}})
+    return (f"expected over the lengths of {mix['n']} inputs of {mix['source']}: medians at [{per}] ms "
+            f"(tokens: ms) weighted by the share of inputs [{shares}]{at_fixed}; each length {each}")
 
 
 def _describe(lat: dict) -> str:
@@ -67,7 +83,7 @@ def _describe(lat: dict) -> str:
         return text + _before_training(d) + others
     model = d.get("predictor", "an unnamed model")
     labels = {"device": "device", "input": "from", "calibrated_on": "calibrated on", "heldout_error": "held-out error",
-              "note": "note", "warning": "WARNING:"}
+              "note": "note", "shape_note": "note", "warning": "WARNING:"}
     extra = "".join(f", {label} {d[k]}" for k, label in labels.items() if d.get(k))
     return f"predicted by {model}{extra}{_flags(d.get('host_reference'))}{_before_training(d)}{others}"
 

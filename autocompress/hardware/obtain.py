@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import pipeline
+from ..lengths import LengthMix
 from . import predictors
 from .figure import Latency
 from .host import cpu_info
@@ -132,6 +133,45 @@ def obtain_latency(path: str | os.PathLike, profile: HardwareProfile | str, *,
     return _obtain_graph(graph, profile, fp32_path if fp32_path is not None else own_fp32, log, protocol)
 
 
+def obtain_over_lengths(path: str | os.PathLike, profile: HardwareProfile | str, mix: LengthMix, *,
+                        fp32_path: str | os.PathLike | None = None, usage: pipeline.Usage | None = None, log=None,
+                        **protocol) -> Latency:
+    """The expected latency of an artifact over inputs whose lengths ``mix`` summarises (``over_lengths``):
+    the profile's figure at each of the mix's lengths, its batch size kept, each obtained as
+    ``obtain_latency`` obtains the profile's own shape (measured here, on a Ray node or predicted), and
+    the figure at the profile's fixed shape beside them."""
+    profile = load_profile(profile)
+    at = dict(fp32_path=fp32_path, usage=usage, log=log, **protocol)
+    fixed = obtain_latency(path, profile, **at)
+    return over_lengths(fixed, [obtain_latency(path, profile.at_length(q), **at) for q in mix.lengths], mix)
+
+
+def over_lengths(fixed: Latency, per_length: list[Latency], mix: LengthMix) -> Latency:
+    """One figure from a model's figures at each of ``mix``'s lengths: their weighted sum by the share of
+    the inputs each length stands for (median, spread and percentiles alike: an approximation for the
+    spread). ``detail['lengths']`` keeps the mix and the figure at each length; ``detail['fixed']`` the
+    figure at the profile's own shape."""
+    lats, w = per_length, mix.weights
+
+    def weighted(attr: str) -> float:
+        return float(sum(wi * getattr(lat, attr) for wi, lat in zip(w, lats)))
+
+    def figures(ms: float) -> float:
+        return float(f"{ms:.6g}")              # 6 significant figures: tiny models' figures too
+
+    per_figure = {"host_ms", "host_n", "host_ci95_rel", "host_classes_ms", "other_shapes", "ci95_rel", "seq_len",
+                  "raw_median_ms", "timed_before_training", "shape_note"}
+    detail = {k: v for k, v in lats[-1].detail.items() if k not in per_figure}
+    if any(lat.detail.get("shape_note") for lat in lats):
+        detail["shape_note"] = next(lat.detail["shape_note"] for lat in lats if lat.detail.get("shape_note"))
+    detail["lengths"] = {**mix.to_dict(), "median_ms": [figures(lat.median_ms) for lat in lats],
+                         "n_runs": [lat.n for lat in lats]}
+    detail["fixed"] = {"batch_size": fixed.detail.get("batch_size"), "seq_len": fixed.detail.get("seq_len"),
+                       "median_ms": figures(fixed.median_ms), "n": fixed.n}
+    return Latency(fixed.profile, weighted("median_ms"), weighted("spread_ms"), weighted("p10_ms"),
+                   weighted("p90_ms"), min(lat.n for lat in lats), fixed.how, detail)
+
+
 def _obtain_graph(onnx_path: Path, profile: HardwareProfile, fp32_path: str | os.PathLike | None, log,
                   protocol: dict) -> Latency:
     src = source_graph(onnx_path, profile, fp32_path)
@@ -225,13 +265,18 @@ def obtain_side_by_side(onnx_paths: dict[Any, str | os.PathLike], profile: Hardw
 
 
 def obtain_together(onnx_paths: dict[Any, str | os.PathLike], profile: HardwareProfile | str, *,
-                    usages: dict[Any, pipeline.Usage] | None = None) -> dict[Any, Latency]:
+                    usages: dict[Any, pipeline.Usage] | None = None, mix: LengthMix | None = None) -> dict[Any, Latency]:
     """Artifacts compared on ``profile`` with no figures stored for them yet (benchmarks): measured side
     by side where the profile is measured; predicted one by one where it is predicted, then a
     host-operators prediction is redone from one side-by-side host measurement. Ratios between them
     come from one run either way; an artifact of several graphs gets its expected latency, with its
-    usage from ``usages``."""
+    usage from ``usages``. With ``mix``: side by side at the profile's shape and at each of the mix's
+    lengths, each model's figures combined into its expected latency over those lengths (``over_lengths``)."""
     profile = load_profile(profile)
+    if mix is not None:
+        fixed = obtain_together(onnx_paths, profile, usages=usages)
+        per = [obtain_together(onnx_paths, profile.at_length(q), usages=usages) for q in mix.lengths]
+        return {k: over_lengths(lat, [p[k] for p in per], mix) for k, lat in fixed.items()}
     usages = usages or {}
     first = {} if route(profile).kind == HERE else {k: obtain_latency(p, profile, usage=usages.get(k))
                                                    for k, p in onnx_paths.items()}

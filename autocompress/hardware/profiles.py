@@ -14,7 +14,7 @@ what is at hand (``hardware.obtain`` decides, in this order):
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,10 @@ class HardwareProfile:
         """Every (batch, seq) shape the profile reports, the primary first."""
         return ((self.batch_size, self.seq_len),) + tuple(s for s in self.extra_shapes
                                                           if s != (self.batch_size, self.seq_len))
+
+    def at_length(self, seq_len: int) -> HardwareProfile:
+        """This profile at ``seq_len`` tokens per input (its batch size kept), that shape only."""
+        return replace(self, seq_len=int(seq_len), extra_shapes=())
 
     def cpus(self, threads: int | None = None) -> tuple[int, ...] | None:
         """The logical CPUs a measurement on ``threads`` threads (default: the profile's) is pinned to,

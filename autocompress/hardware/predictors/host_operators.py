@@ -62,11 +62,11 @@ class HostOperators(Predictor):
         return predict(onnx_path, self.profile, log=log)
 
     def prepare(self, log: Log | None = None, fresh: bool = False) -> None:
-        calibrate(self.profile, log=log, fresh=fresh)
+        calibrate(at_anchors(self.profile), log=log, fresh=fresh)
 
     def calibration(self, log: Log | None = None, fresh: bool = False) -> dict:
         """The map's constants and anchors on this host (calibrated now if not cached)."""
-        return calibrate(self.profile, log=log, fresh=fresh)
+        return calibrate(at_anchors(self.profile), log=log, fresh=fresh)
 
     def repredict_side_by_side(self, srcs: dict[Any, os.PathLike], stored: dict[Any, dict]) -> dict[Any, Latency]:
         """The stored predictions redone from one side-by-side host measurement (their operator mix from
@@ -314,10 +314,27 @@ def predict(onnx_path: str | os.PathLike, profile, *, log: Log | None = None) ->
     """The device latency of a candidate, mapped from its operator timings on this host."""
     import onnx
 
-    calib = calibrate(profile, log=log)
+    calib = calibrate(at_anchors(profile), log=log)
     host, op_ms = latency.profile_operators(onnx_path, profile, threads=profile.predictor["host_threads"])
-    return from_host_timings(profile, calib, host, op_ms,
-                             {n.op_type for n in onnx.load(str(onnx_path), load_external_data=False).graph.node})
+    lat = from_host_timings(profile, calib, host, op_ms,
+                            {n.op_type for n in onnx.load(str(onnx_path), load_external_data=False).graph.node})
+    (_, seq, batch, _), *_ = anchor_points(profile.predictor)
+    if (batch, seq) != (profile.batch_size, profile.seq_len):
+        lat.detail["shape_note"] = (f"the anchors are at batch {batch} x seq {seq}: the per-class constants fitted "
+                                    f"there are applied to this host's operator times at batch "
+                                    f"{profile.batch_size} x seq {profile.seq_len} (an extrapolation)")
+    return lat
+
+
+def at_anchors(profile):
+    """The profile at its anchors' shape (where its calibration was fitted; one shape for all anchors):
+    a profile asked for another length (``at_length``) predicts with the calibration of its own shape."""
+    (_, seq, batch, _), *_ = anchor_points(profile.predictor)
+    if (batch, seq) == (profile.batch_size, profile.seq_len):
+        return profile
+    from dataclasses import replace
+
+    return replace(profile, batch_size=batch, seq_len=seq, extra_shapes=())
 
 
 def from_host_timings(profile, calib: dict, host: Latency, op_ms: dict[str, float], graph_ops: set[str]) -> Latency:
