@@ -144,6 +144,8 @@ def _panel_title(name: str, d: dict[str, Any]) -> str:
 def _axis_label(d: dict[str, Any]) -> str:
     """The latency axis: the shape every figure on it was timed at."""
     shape = (d.get("teacher") or (d.get("front") or [{}])[0]).get("latency", {}).get("detail", {})
+    if shape.get("lengths"):
+        return f"latency, ms (batch {shape.get('batch_size', '?')}, expected over the task's input lengths, median)"
     return f"latency, ms (batch {shape.get('batch_size', '?')} x seq {shape.get('seq_len', '?')}, median)"
 
 

@@ -229,7 +229,14 @@ def tables(data: dict[str, Any]) -> str:
             lines.append(f"  teacher fp32 ONNX: val {_pct(t['val'])}  dev {_pct(t['dev'])}  "
                          f"{t['latency']['median_ms']:.2f} ms ({_tag(t['latency'])})  {t['size_mb']} MB "
                          f"({_mb(t['size_zip_mb'])} MB zipped)")
-        hdr = (f"  {'':1} {'trial':>5} {'val %':>6} {'dev %':>6} {'latency ms':>16} {'obtained':>17} {'speedup':>7} "
+        fixed = all((m["latency"].get("detail") or {}).get("fixed") for m in d["front"]) and d["front"]
+        if fixed:
+            shape = d["front"][0]["latency"]["detail"]["fixed"]
+            lines.append(f"  latency ms: expected over the task's input lengths (budget, pick and fronts use it); "
+                         f"'at {shape['seq_len']}': the figure at the fixed shape (batch {shape['batch_size']} x seq "
+                         f"{shape['seq_len']})")
+        hdr = (f"  {'':1} {'trial':>5} {'val %':>6} {'dev %':>6} {'latency ms':>16} "
+               + (f"{'at ' + str(shape['seq_len']):>8} " if fixed else "") + f"{'obtained':>17} {'speedup':>7} "
                f"{'MB':>6} {'zip MB':>6}  recipe")
         lines.append(hdr)
         for m in d["front"]:
@@ -240,8 +247,9 @@ def tables(data: dict[str, Any]) -> str:
             dagger = ((" †" if m["size_only_steps"] else "") + (" ‡" if m.get("cpu_notes") else "")
                       + (f" {EXPECTED_MARK}" if m["latency_expected"] else "")
                       + (f" {NOISE_MARK}" if m.get("within_noise_of_teacher") else ""))
+            at = f"{lat['detail']['fixed']['median_ms']:.2f} " if fixed else ""
             lines.append(f"  {mark:1} {m['trial']:>5} {_pct(m['val']):>6} {_pct(m['dev']):>6} {lat_s:>16} "
-                         f"{_tag(lat):>17} {sp:>7} {m['size_mb']:>6} {_mb(m['size_zip_mb']):>6}  {m['recipe']}{dagger}")
+                         f"{at:>{9 if fixed else 0}}{_tag(lat):>17} {sp:>7} {m['size_mb']:>6} {_mb(m['size_zip_mb']):>6}  {m['recipe']}{dagger}")
         if d["budget_ms"] and d["best_within_budget"] is None:
             lines.append(f"  no model is within {d['budget_ms']:g} ms")
         elif d.get("pick") and d["target"]:

@@ -229,6 +229,15 @@ def model_card(choice: Choice, labels: tuple[str, ...], metric: str, pair: bool,
                       f"sure enough of its answer, so its latency depends on the input. Each figure is the sum over "
                       f"its segments of (share of {', '.join(expected)} that reached the segment) x (that segment's "
                       "latency); an input that runs every layer takes longer, one that leaves at the first exit less."]
+    over = {p: (lat.get("detail") or {}) for p, lat in sorted(t.latencies.items()) if (lat.get("detail") or {}).get("lengths")}
+    if over:
+        d = next(iter(over.values()))
+        lines += ["", f"On {', '.join(over)}, the median is the **expected latency over the task's inputs**: timed at "
+                      f"{len(d['lengths']['lengths'])} representative token lengths of {d['lengths']['source']} "
+                      f"({d['lengths']['n']} inputs), each weighted by the share of inputs it stands for; the budget and "
+                      "the pick used it. At the fixed shape: "
+                      + "; ".join(f"{p} {x['fixed']['median_ms']:.2f} ms (batch {x['fixed']['batch_size']} x seq "
+                                  f"{x['fixed']['seq_len']})" for p, x in over.items()) + "."]
     example = '"first text", "second text"' if pair else '"a text"'
     zipped = getattr(t, "size_zip_mb", None)
     what = (f"`{PIPELINE_DIR}/`: {pipeline_segments} ONNX graphs run one after another and `manifest.json` "

@@ -34,7 +34,7 @@ def main() -> int:
     from autocompress import lengths
     from autocompress.features import EVAL_MAX_LENGTH
     from autocompress.hardware import load_profile, obtain_together
-    from autocompress.hardware.obtain import over_lengths
+    from autocompress.hardware.figure import over_lengths
     from autocompress.recipe import Recipe
     from autocompress.search import pareto
     from autocompress.search.settings import RunSettings

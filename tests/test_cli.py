@@ -172,3 +172,11 @@ def test_a_reader_that_goes_away_is_not_an_error():
     err = p.stderr.read()
     assert p.wait(timeout=120) == 0, err
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_resume_refuses_a_new_lengths_choice(tmp_path, capsys, monkeypatch):
+    """--lengths is how the run's latencies were obtained: a resumed run keeps its own."""
+    monkeypatch.chdir(tmp_path)
+    code = main(["search", "--resume", "any", "--lengths", "task", "--runs-dir", str(tmp_path / "runs")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.endswith("--resume continues the run as it was started: leave out --lengths"), err

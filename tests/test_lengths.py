@@ -76,7 +76,10 @@ def test_the_expected_latency_is_the_weighted_combination_of_the_per_length_figu
     assert lat.how == "predicted" and "seq_len" not in lat.detail       # not one length: the record says which
     # models compared together (benchmarks): each gets the same combination of its own per-length figures
     small = tiny_bert_like(tmp_path / "s.onnx", hidden=384, layers=2)
-    both = obtain_together({"wide": path, "small": small}, gpu, mix=mix)
+    timing = gpu.__class__.from_dict({**gpu.to_dict(), "lengths": "task"}).with_mix(mix.to_dict())
+    assert obtain_latency(path, timing).to_dict() == lat.to_dict()       # a profile that times at a run's lengths
+    assert timing.at_length(64).length_mix is None and timing.fixed().length_mix is None and gpu.with_mix({}) is gpu
+    both = obtain_together({"wide": path, "small": small}, timing)
     assert both["wide"].median_ms == pytest.approx(lat.median_ms)
     assert both["small"].median_ms == pytest.approx(obtain_over_lengths(small, gpu, mix).median_ms)
     assert both["small"].median_ms < both["wide"].median_ms
@@ -85,6 +88,18 @@ def test_the_expected_latency_is_the_weighted_combination_of_the_per_length_figu
     assert "weighted by the share of inputs [50%, 30%, 20%]" in text
     assert f"at the fixed shape (batch 8 x seq 128) {fixed.median_ms:.2f} ms" in text
     assert "; each length predicted by roofline v1" in text
+
+
+def test_a_profile_says_what_lengths_it_times_at():
+    from autocompress.hardware import HardwareProfile, ProfileError
+
+    base = load_profile("laptop-cpu").to_dict()
+    assert HardwareProfile.from_dict(base).lengths == "fixed"
+    assert HardwareProfile.from_dict({**base, "lengths": "task"}).lengths == "task"
+    with pytest.raises(ProfileError, match="'lengths' must be one of fixed, task"):
+        HardwareProfile.from_dict({**base, "lengths": "short"})
+    with pytest.raises(ProfileError, match="'length_mix' must be a record"):
+        HardwareProfile.from_dict({**base, "lengths": "task", "length_mix": {"lengths": [8]}})
 
 
 def test_a_host_operators_profile_predicts_another_length_with_its_anchors_calibration(tmp_path, monkeypatch):
@@ -146,3 +161,69 @@ def test_bench_lengths_bad_input_is_one_line_exit_2(args, expected, picked_like,
     code = main(["bench", *[a.format(tmp=tmp_path) for a in args], "--device", "server-gpu"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and expected.format(tmp=tmp_path) in err, err
+
+
+def _over(ms: float, fixed_ms: float) -> dict:
+    """A stored laptop-cpu figure over a task's lengths: two lengths, the fixed shape's figure beside."""
+    return {"profile": "laptop-cpu", "median_ms": ms, "spread_ms": 0.1, "p10_ms": ms, "p90_ms": ms, "n": 100,
+            "how": "measured", "detail": {"host": "box", "cpu": "cpu", "threads": 1, "provider": "CPUExecutionProvider",
+                                          "batch_size": 1,
+                                          "lengths": {"lengths": [12, 30], "weights": [0.5, 0.5], "n": 200,
+                                                      "source": "sst2's validation split", "max_length": 128,
+                                                      "median_ms": [ms * 0.8, ms * 1.2], "n_runs": [100, 100]},
+                                          "fixed": {"batch_size": 1, "seq_len": 128, "median_ms": fixed_ms, "n": 100}}}
+
+
+def test_fronts_plots_and_the_model_card_say_the_figure_is_expected_over_the_lengths(tmp_path):
+    from autocompress.plots import _axis_label
+    from autocompress.recipe import Recipe, Step
+    from autocompress.report import front_data, tables
+    from autocompress.ship import choose, model_card
+    from autocompress.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    store.create_run("r", task="sst2", model="minilm", device="laptop-cpu", budget_ms=5.0, space="", run_dir=str(tmp_path),
+                     settings={"trials": 1, "labels": ["negative", "positive"], "metric": "accuracy", "pair": False})
+    for n, (val, ms, fixed_ms) in {0: (0.90, 6.0, 23.0), 1: (0.895, 2.0, 9.0)}.items():
+        recipe = Recipe() if n == 0 else Recipe((Step("drop_layers", {"keep": 3}),))
+        tid = store.start_trial("r", n, "teacher" if n == 0 else "candidate", recipe.to_json(), recipe.hash)
+        store.add_metrics(tid, "val", {"accuracy": val, "main": val}, 200)
+        store.add_latency(tid, _over(ms, fixed_ms))
+        store.finish_trial(tid, "done", size_mb=1.0, size_zip_mb=1.0, n_params=1000)
+    data = front_data(store, "r")
+    d = data["devices"]["laptop-cpu"]
+    assert [m["trial"] for m in d["front"]] == [1, 0] and d["best_within_budget"] == 1   # the budget on the expected
+    assert d["front"][0]["latency"]["detail"]["lengths"]["lengths"] == [12, 30]        # front --json carries the record
+    text = tables(data)
+    assert "latency ms: expected over the task's input lengths (budget, pick and fronts use it); 'at 128'" in text
+    row = next(line for line in text.splitlines() if line.strip().startswith("* ") or line.strip().startswith("*"))
+    assert row.split()[1:6] == ["1", "89.50", "-", "2.00", "±0.05"] and "9.00" in row.split()
+    assert _axis_label(d) == "latency, ms (batch 1, expected over the task's input lengths, median)"
+    card = model_card(choose(store, "r"), ("negative", "positive"), "accuracy", False, "abc", 1000, "autocompress pick r")
+    assert "the median is the **expected latency over the task's inputs**" in card
+    assert "At the fixed shape: laptop-cpu 9.00 ms (batch 1 x seq 128)." in card
+    assert "| laptop-cpu (target) | 2.00 | 3.00x faster | expected over the lengths of 200 inputs" in card
+
+
+def test_models_re_timed_side_by_side_at_the_lengths_keep_the_record(tmp_path):
+    """The fronts' re-timing (``obtain_side_by_side``) on a profile timing at a run's lengths: interleaved at
+    the fixed shape and at each length, combined per model; a predicted profile's figures stand ({})."""
+    from autocompress.hardware import HardwareProfile, obtain_side_by_side
+
+    cpu = HardwareProfile.from_dict({"name": "test-cpu", "description": "quick", "runtime": "onnxruntime",
+                                     "provider": "CPUExecutionProvider", "max_threads": 1, "seq_len": 64,
+                                     "lengths": "task"})
+    mix = lengths.LengthMix((8, 16), (0.75, 0.25), 20, "twenty inputs", 128)
+    files = {"a": tiny_bert_like(tmp_path / "a.onnx", hidden=64, layers=2),
+             "b": tiny_bert_like(tmp_path / "b.onnx", hidden=32, layers=1)}
+    out = obtain_side_by_side(files, cpu.with_mix(mix.to_dict()), stored={})
+    assert set(out) == {"a", "b"}
+    for lat in out.values():
+        rec = lat.detail["lengths"]
+        assert rec["lengths"] == [8, 16] and lat.detail["fixed"]["seq_len"] == 64
+        assert lat.median_ms == pytest.approx(0.75 * rec["median_ms"][0] + 0.25 * rec["median_ms"][1], rel=1e-5)
+        assert "side by side with 2 models" in lat.detail["protocol"]
+    gpu = load_profile("server-gpu")
+    if not gpu.available():
+        task_gpu = HardwareProfile.from_dict({**gpu.to_dict(), "lengths": "task"}).with_mix(mix.to_dict())
+        assert obtain_side_by_side(files, task_gpu, stored={}) == {}

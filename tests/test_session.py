@@ -162,6 +162,34 @@ def test_a_run_without_trials_records_its_settings_and_fails_in_words(world):
         store.get_run("second")                                                # refused before any work
 
 
+def test_a_run_at_the_task_lengths_records_the_mix_of_its_validation_inputs(world):
+    """A profile that says ``lengths: task``: the run counts its validation inputs' tokens with the teacher's
+    tokenizer, records the mix in its profile, and the teacher is timed at those lengths (fixed shape beside)."""
+    import dataclasses
+
+    from autocompress import lengths
+    from autocompress.features import EVAL_MAX_LENGTH
+    from autocompress.search import session
+    from autocompress.store import Store
+    from autocompress.teacher import load_teacher
+
+    lines = []
+    new = _new_run(world, "lengths", ONE_TRIAL, trials=0)
+    cpu = dataclasses.replace(new.target, lengths="task")
+    session.start(dataclasses.replace(new, target=cpu, profiles=(cpu,)), log=lines.append)
+    store = Store(new.store_url, create=False)
+    settings = RunSettings.from_dict(store.get_run("lengths").settings)
+    (profile,) = settings.hardware_profiles()
+    val = world["data"].val
+    mix = lengths.of_texts(load_teacher(settings.teacher).tokenizer, list(val["text_a"]), source="",
+                           max_length=EVAL_MAX_LENGTH)
+    assert profile.lengths == "task" and profile.length_mix["lengths"] == list(mix.lengths)
+    assert profile.length_mix["n"] == 64 and profile.length_mix["source"] == "sst2's validation split"
+    assert any(line.startswith("latency at the task's input lengths on test-cpu: 64 inputs of sst2's") for line in lines)
+    lat = store.trial("lengths", 0).latencies["test-cpu"]
+    assert lat["detail"]["lengths"]["lengths"] == list(mix.lengths) and lat["detail"]["fixed"]["seq_len"] == 32
+
+
 SCRIPT = """
 import json, sys
 from pathlib import Path

@@ -197,3 +197,28 @@ def test_the_closing_line_says_what_the_budget_spared_or_that_it_spared_nothing(
     assert "within it" in over_budget_line(_summary(0, [27.0], 40.0))
     assert over_budget_line(_summary(0, [], 53.2)) is None                 # no candidate: the run says that instead
     assert over_budget_line({"over_budget": None}) is None                 # no budget
+
+
+def test_the_budget_applies_to_the_expected_latency_over_the_task_lengths(world):
+    """A profile timing at the task's input lengths (here every input 4 tokens long): the teacher-sized
+    recipe, over the budget at 128 tokens, is within it at the task's lengths, so it is trained; its
+    figure keeps both, and says over what it was expected."""
+    store, data, teacher, tmp = world["store"], world["data"], world["teacher"], world["tmp"]
+    mix = {"lengths": [4], "weights": [1.0], "n": 64, "source": "four-token inputs", "max_length": 128}
+    cpu = dataclasses.replace(CPU, name="len-cpu", seq_len=128, lengths="task", length_mix=mix)
+    store.create_run("len", task="sst2", model="tiny", device="len-cpu", budget_ms=None, space="", run_dir=str(tmp / "len"))
+    setup = dataclasses.replace(world["setup"], run="len", run_dir=str(tmp / "len"), profiles=(cpu,), device="len-cpu",
+                                budget_ms=None)
+    base = run_and_report(setup, 0, Recipe(), role="teacher", data=data, teacher=teacher)
+    t0 = store.trial("len", 0).latencies["len-cpu"]
+    fixed, expected = t0["detail"]["fixed"]["median_ms"], t0["median_ms"]
+    assert base["latency_ms"] == expected and t0["detail"]["lengths"]["lengths"] == [4]
+    assert t0["detail"]["fixed"]["seq_len"] == 128 and expected < fixed / 2     # 4 tokens: about 10x cheaper here
+    budget = (fixed * expected) ** 0.5
+    r = run_and_report(dataclasses.replace(setup, budget_ms=budget), 1, HEAVY, data=data, teacher=teacher)
+    t = store.trial("len", 1)
+    lat = t.latencies["len-cpu"]
+    assert t.status == "done" and r["trained"] is True
+    assert r["constraint"] == pytest.approx(lat["median_ms"] - budget) and r["constraint"] < 0
+    assert lat["detail"]["fixed"]["median_ms"] > budget        # at 128 tokens it would have been over, not trained
+    assert describe(lat).startswith("expected over the lengths of 64 inputs of four-token inputs: medians at [4: ")

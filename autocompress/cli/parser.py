@@ -125,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sampler", default="tpe", choices=("tpe", "random"), help="the search strategy: tpe (default: "
                    "the space's seed recipes, random start-up trials, then multi-objective TPE) or random (the "
                    "baseline a strategy must beat)")
+    s.add_argument("--lengths", choices=("task", "fixed"), help="the input lengths latencies are timed at, on every "
+                   "profile: task (the token lengths of the task's validation inputs: a few representative lengths, "
+                   "each weighted by its share; the figure, the budget and the searcher's objective are the expected "
+                   "latency over the task's inputs, the fixed shape's figure kept beside it) or fixed (each profile's "
+                   "own shape, e.g. batch 1 x 128 tokens). Default: what each profile says (the bundled ones: fixed)")
     s.add_argument("--tolerance", help="the pick that ends the search (*): the fastest member within this many points "
                    "of the most accurate one within budget, on val (default 1; 0: the most accurate)")
     s.add_argument("--force", action="store_true", help="search even if the teacher is no better than always "

@@ -4,6 +4,7 @@ does the run; here its lines are printed and its outcome becomes the exit code."
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import time
 
@@ -14,7 +15,7 @@ from .parser import build_parser, parse_budget, parse_duration, parse_points
 
 # Options a resumed search takes from the stored run (giving them again with --resume is refused).
 FIXED_ON_RESUME = ("budget", "device", "space", "trials", "name", "task", "data_dir", "val_size", "seed", "model",
-                   "tolerance", "sampler",
+                   "tolerance", "sampler", "lengths",
                    "teacher", "train_examples", "epochs", "train", "dev", "text_column", "text_pair_column",
                    "label_column", "metric")
 
@@ -69,6 +70,9 @@ def cmd_search(args) -> int:
 
     target = load_profile_checked(args.device)
     profiles = tuple({p.name: p for p in [target, *map(load_profile, list_profiles())]}.values())
+    if args.lengths:                        # every profile times at the task's lengths, or at its fixed shape
+        profiles = tuple(dataclasses.replace(p, lengths=args.lengths) for p in profiles)
+        target = next(p for p in profiles if p.name == target.name)
     space = load_space(args.space)
     trials = args.trials if args.trials is not None else space.trials
     source = task_source(args)

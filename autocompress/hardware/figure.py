@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+from ..lengths import LengthMix
+
 
 @dataclass
 class Latency:
@@ -135,3 +137,29 @@ def _before_training(d: dict) -> str:
 def ratio(baseline: Latency, other: Latency) -> float:
     """Speed-up of `other` over `baseline` (> 1 means `other` is faster)."""
     return baseline.median_ms / other.median_ms
+
+
+def over_lengths(fixed: Latency, per_length: list[Latency], mix: LengthMix) -> Latency:
+    """One figure from a model's figures at each of ``mix``'s lengths: their weighted sum by the share of
+    the inputs each length stands for (median, spread and percentiles alike: an approximation for the
+    spread). ``detail['lengths']`` keeps the mix and the figure at each length; ``detail['fixed']`` the
+    figure at the profile's own shape."""
+    lats, w = per_length, mix.weights
+
+    def weighted(attr: str) -> float:
+        return float(sum(wi * getattr(lat, attr) for wi, lat in zip(w, lats)))
+
+    def figures(ms: float) -> float:
+        return float(f"{ms:.6g}")              # 6 significant figures: tiny models' figures too
+
+    per_figure = {"host_ms", "host_n", "host_ci95_rel", "host_classes_ms", "other_shapes", "ci95_rel", "seq_len",
+                  "raw_median_ms", "timed_before_training", "shape_note"}
+    detail = {k: v for k, v in lats[-1].detail.items() if k not in per_figure}
+    if any(lat.detail.get("shape_note") for lat in lats):
+        detail["shape_note"] = next(lat.detail["shape_note"] for lat in lats if lat.detail.get("shape_note"))
+    detail["lengths"] = {**mix.to_dict(), "median_ms": [figures(lat.median_ms) for lat in lats],
+                         "n_runs": [lat.n for lat in lats]}
+    detail["fixed"] = {"batch_size": fixed.detail.get("batch_size"), "seq_len": fixed.detail.get("seq_len"),
+                       "median_ms": figures(fixed.median_ms), "n": fixed.n}
+    return Latency(fixed.profile, weighted("median_ms"), weighted("spread_ms"), weighted("p10_ms"),
+                   weighted("p90_ms"), min(lat.n for lat in lats), fixed.how, detail)

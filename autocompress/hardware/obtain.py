@@ -16,7 +16,7 @@ from typing import Any
 from .. import pipeline
 from ..lengths import LengthMix
 from . import predictors
-from .figure import Latency
+from .figure import Latency, over_lengths
 from .host import cpu_info
 from .latency import check_reference, host_reference, measure_latency, measure_side_by_side
 from .profiles import HardwareProfile, ProfileError, load_profile
@@ -117,12 +117,16 @@ def obtain_latency(path: str | os.PathLike, profile: HardwareProfile | str, *,
                    fp32_path: str | os.PathLike | None = None, usage: pipeline.Usage | None = None, log=None,
                    **protocol) -> Latency:
     """The latency of an artifact (``pipeline.open``: one ONNX graph, or a manifest of several) on
-    ``profile``, each graph obtained the way ``route`` says. ``fp32_path`` is a single graph before its
+    ``profile``, each graph obtained the way ``route`` says; where the profile times at a run's input
+    lengths (``length_mix``), the expected figure over them (``obtain_over_lengths``). ``fp32_path`` is a single graph before its
     ONNX steps (what fp16 profiles convert; an artifact of several graphs names its own). An artifact
     whose graphs run on a share of the inputs each has an expected latency: its graphs' figures weighted
     by ``usage`` (``expected``; a ValueError without it). ``protocol`` passes measurement settings
     (runs, caps) through to ``latency`` when measuring."""
     profile = load_profile(profile)
+    if profile.length_mix:
+        return obtain_over_lengths(path, profile, LengthMix.from_dict(profile.length_mix), fp32_path=fp32_path,
+                                   usage=usage, log=log, **protocol)
     artifact = pipeline.open(path)
     if artifact.input_dependent:
         if usage is None:
@@ -142,34 +146,8 @@ def obtain_over_lengths(path: str | os.PathLike, profile: HardwareProfile | str,
     the figure at the profile's fixed shape beside them."""
     profile = load_profile(profile)
     at = dict(fp32_path=fp32_path, usage=usage, log=log, **protocol)
-    fixed = obtain_latency(path, profile, **at)
+    fixed = obtain_latency(path, profile.fixed(), **at)
     return over_lengths(fixed, [obtain_latency(path, profile.at_length(q), **at) for q in mix.lengths], mix)
-
-
-def over_lengths(fixed: Latency, per_length: list[Latency], mix: LengthMix) -> Latency:
-    """One figure from a model's figures at each of ``mix``'s lengths: their weighted sum by the share of
-    the inputs each length stands for (median, spread and percentiles alike: an approximation for the
-    spread). ``detail['lengths']`` keeps the mix and the figure at each length; ``detail['fixed']`` the
-    figure at the profile's own shape."""
-    lats, w = per_length, mix.weights
-
-    def weighted(attr: str) -> float:
-        return float(sum(wi * getattr(lat, attr) for wi, lat in zip(w, lats)))
-
-    def figures(ms: float) -> float:
-        return float(f"{ms:.6g}")              # 6 significant figures: tiny models' figures too
-
-    per_figure = {"host_ms", "host_n", "host_ci95_rel", "host_classes_ms", "other_shapes", "ci95_rel", "seq_len",
-                  "raw_median_ms", "timed_before_training", "shape_note"}
-    detail = {k: v for k, v in lats[-1].detail.items() if k not in per_figure}
-    if any(lat.detail.get("shape_note") for lat in lats):
-        detail["shape_note"] = next(lat.detail["shape_note"] for lat in lats if lat.detail.get("shape_note"))
-    detail["lengths"] = {**mix.to_dict(), "median_ms": [figures(lat.median_ms) for lat in lats],
-                         "n_runs": [lat.n for lat in lats]}
-    detail["fixed"] = {"batch_size": fixed.detail.get("batch_size"), "seq_len": fixed.detail.get("seq_len"),
-                       "median_ms": figures(fixed.median_ms), "n": fixed.n}
-    return Latency(fixed.profile, weighted("median_ms"), weighted("spread_ms"), weighted("p10_ms"),
-                   weighted("p90_ms"), min(lat.n for lat in lats), fixed.how, detail)
 
 
 def _obtain_graph(onnx_path: Path, profile: HardwareProfile, fp32_path: str | os.PathLike | None, log,
@@ -239,6 +217,8 @@ def obtain_side_by_side(onnx_paths: dict[Any, str | os.PathLike], profile: Hardw
     made again from their new figures with the usage of its stored figure (or ``usages``; a ValueError
     where neither gives one)."""
     profile = load_profile(profile)
+    if profile.length_mix:
+        return _side_by_side_over_lengths(onnx_paths, profile, stored or {}, fp32_paths, usages)
     stored, fp32_paths, usages = stored or {}, dict(fp32_paths or {}), usages or {}
     # (a host-operators prediction of a graph, which needs that graph's stored operator mix, is not redone:
     # its per-trial figure stands)
@@ -264,17 +244,36 @@ def obtain_side_by_side(onnx_paths: dict[Any, str | os.PathLike], profile: Hardw
     return out
 
 
+def _side_by_side_over_lengths(onnx_paths, profile: HardwareProfile, stored: dict[Any, dict], fp32_paths,
+                               usages) -> dict[Any, Latency]:
+    """Side by side at the fixed shape and at each length of the profile's mix, combined per artifact
+    (``over_lengths``). Where the profile is predicted, the per-trial figures stand: a prediction over
+    lengths keeps no per-length operator mix to redo it from."""
+    if route(profile).kind not in (HERE, RAY):
+        return {}
+    mix = LengthMix.from_dict(profile.length_mix)
+    plain = {k: {**v, "detail": {d: x for d, x in (v.get("detail") or {}).items() if d not in ("lengths", "fixed")}}
+             for k, v in stored.items()}                # each figure's usage (early exit) is kept
+
+    def at(p: HardwareProfile) -> dict[Any, Latency]:
+        return obtain_side_by_side(onnx_paths, p, stored=plain, fp32_paths=fp32_paths, usages=usages)
+
+    fixed, per = at(profile.fixed()), [at(profile.at_length(q)) for q in mix.lengths]
+    return {k: over_lengths(lat, [p[k] for p in per], mix) for k, lat in fixed.items() if all(k in p for p in per)}
+
+
 def obtain_together(onnx_paths: dict[Any, str | os.PathLike], profile: HardwareProfile | str, *,
-                    usages: dict[Any, pipeline.Usage] | None = None, mix: LengthMix | None = None) -> dict[Any, Latency]:
+                    usages: dict[Any, pipeline.Usage] | None = None) -> dict[Any, Latency]:
     """Artifacts compared on ``profile`` with no figures stored for them yet (benchmarks): measured side
     by side where the profile is measured; predicted one by one where it is predicted, then a
     host-operators prediction is redone from one side-by-side host measurement. Ratios between them
     come from one run either way; an artifact of several graphs gets its expected latency, with its
-    usage from ``usages``. With ``mix``: side by side at the profile's shape and at each of the mix's
-    lengths, each model's figures combined into its expected latency over those lengths (``over_lengths``)."""
+    usage from ``usages``. A profile timing at input lengths (``length_mix``): side by side at its fixed
+    shape and at each length, each model's figures combined (``over_lengths``)."""
     profile = load_profile(profile)
-    if mix is not None:
-        fixed = obtain_together(onnx_paths, profile, usages=usages)
+    if profile.length_mix:
+        mix = LengthMix.from_dict(profile.length_mix)
+        fixed = obtain_together(onnx_paths, profile.fixed(), usages=usages)
         per = [obtain_together(onnx_paths, profile.at_length(q), usages=usages) for q in mix.lengths]
         return {k: over_lengths(lat, [p[k] for p in per], mix) for k, lat in fixed.items()}
     usages = usages or {}

@@ -28,6 +28,7 @@ from .predictors import PredictorError
 
 RUNTIMES = ("onnxruntime",)
 PRECISIONS = ("shipped", "fp16")
+LENGTHS = ("fixed", "task")     # what a profile times at: its fixed shape, or the task's input lengths
 _BUNDLED = "autocompress.hw_profiles"
 
 
@@ -55,6 +56,8 @@ class HardwareProfile:
     nominal_speed: bool = False   # CPU: scale measurements to this host's nominal speed (latency.HostReference)
     pin_threads: bool = False     # CPU: each thread pinned to its own logical CPU while timing (pin_cpus)
     predictor: dict | None = None  # how to predict where the device is absent (see hardware.predictors)
+    lengths: str = "fixed"        # "fixed": time at (batch_size, seq_len); "task": at the task's input lengths
+    length_mix: dict | None = None  # the lengths a run times at (lengths.LengthMix.to_dict), set by the run for "task"
 
     @property
     def threads(self) -> int:
@@ -69,7 +72,15 @@ class HardwareProfile:
 
     def at_length(self, seq_len: int) -> HardwareProfile:
         """This profile at ``seq_len`` tokens per input (its batch size kept), that shape only."""
-        return replace(self, seq_len=int(seq_len), extra_shapes=())
+        return replace(self, seq_len=int(seq_len), extra_shapes=(), lengths="fixed", length_mix=None)
+
+    def fixed(self) -> HardwareProfile:
+        """This profile timing at its fixed shape(s) only (no length mix)."""
+        return replace(self, lengths="fixed", length_mix=None)
+
+    def with_mix(self, mix: dict | None) -> HardwareProfile:
+        """This profile timing at the lengths of ``mix`` (``LengthMix.to_dict``) where it says ``lengths: task``."""
+        return replace(self, length_mix=mix) if self.lengths == "task" else self
 
     def cpus(self, threads: int | None = None) -> tuple[int, ...] | None:
         """The logical CPUs a measurement on ``threads`` threads (default: the profile's) is pinned to,
@@ -125,6 +136,12 @@ class HardwareProfile:
                 raise ProfileError(f"profile field '{key}' must be true or false, got {d[key]!r}")
         if d.get("resource") is not None and (not isinstance(d["resource"], str) or not d["resource"].strip()):
             raise ProfileError(f"profile field 'resource' must be a Ray resource name like hw-mobile-cpu, got {d['resource']!r}")
+        if "lengths" in d and d["lengths"] not in LENGTHS:
+            raise ProfileError(f"profile field 'lengths' must be one of {', '.join(LENGTHS)}, got {d['lengths']!r}")
+        mix = d.get("length_mix")
+        if mix is not None and not (isinstance(mix, dict) and isinstance(mix.get("lengths"), list)
+                                    and isinstance(mix.get("weights"), list) and len(mix["lengths"]) == len(mix["weights"]) > 0):
+            raise ProfileError(f"profile field 'length_mix' must be a record of lengths and weights, got {mix!r}")
         if "precision" in d and d["precision"] not in PRECISIONS:
             raise ProfileError(f"profile field 'precision' must be one of {', '.join(PRECISIONS)}, got {d['precision']!r}")
         for key, low, high in (("ci_target", 0.001, 0.5), ("max_seconds", 0.1, 600.0)):

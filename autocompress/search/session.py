@@ -199,11 +199,12 @@ def start(new: NewRun, launch: Launch = Launch(), *, log: Log, teacher_progress:
         run_dir = Path(new.runs_dir) / new.name
         run_dir.mkdir(parents=True, exist_ok=True)
         spec = new.data.spec
+        profiles = _at_task_lengths(new.profiles, new.data, teacher, log)
         settings = RunSettings(
             trials=new.trials, space=new.space.name, val_size=len(new.data.val), seed=new.teacher.seed,
             teacher=_teacher_for_workers(teacher.path, run_dir, launch.ray_address), data=new.data.source,
             data_path=save_task_data(new.data, run_dir / "data"), num_layers=new.num_layers,
-            profiles=tuple(p.to_dict() for p in new.profiles), attempt=0, labels=tuple(spec.label_names),
+            profiles=tuple(p.to_dict() for p in profiles), attempt=0, labels=tuple(spec.label_names),
             metric=spec.metric, pair=spec.text_b is not None, command=new.command, cwd=new.cwd or os.getcwd(),
             baseline=teacher.info.get("baseline"), resolution=teacher.info.get("resolution"),
             carve=(new.data.carve or {}).get("how"), tolerance=new.tolerance, sampler=new.sampler)
@@ -214,6 +215,23 @@ def start(new: NewRun, launch: Launch = Launch(), *, log: Log, teacher_progress:
         log(f"run {new.name}: {new.trials} trials of space '{new.space.name}' on {spec.name}, target {new.target.name}"
             + (f", budget {new.budget_ms:g} ms" if new.budget_ms else "") + f"; store {store.url}")
         return _search(store, new.name, settings, new.data, teacher, launch, log)
+
+
+def _at_task_lengths(profiles: tuple[HardwareProfile, ...], data: TaskData, teacher: Teacher,
+                     log: Log) -> tuple[HardwareProfile, ...]:
+    """Profiles that time at the task's lengths (``lengths: task``) get the mix of the validation inputs'
+    token lengths (by the teacher's tokenizer, as candidates are scored); the others are left as they are."""
+    if not any(p.lengths == "task" for p in profiles):
+        return profiles
+    from .. import lengths
+    from ..features import EVAL_MAX_LENGTH
+
+    val = data.val
+    mix = lengths.of_texts(teacher.tokenizer, list(val["text_a"]), list(val["text_b"]) if "text_b" in val.column_names
+                           else None, source=f"{data.spec.name}'s validation split", max_length=EVAL_MAX_LENGTH)
+    log(f"latency at the task's input lengths on {', '.join(p.name for p in profiles if p.lengths == 'task')}: "
+        f"{mix.describe()}")
+    return tuple(p.with_mix(mix.to_dict()) for p in profiles)
 
 
 def check_resumable(store_url: str, name: str) -> tuple[Store, RunRecord]:
