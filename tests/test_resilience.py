@@ -194,6 +194,21 @@ def _search_processes(marker: str) -> list[int]:
     return out
 
 
+def _wait_for_trial(cwd, run: str, number: int, proc, err: list, what: str, ready, timeout: float = 900) -> None:
+    """Wait until trial ``number`` of ``run`` is ``ready`` (a predicate on its record), the search still alive."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, "".join(err)[-3000:]
+        try:
+            t = _store(cwd).trial(run, number)
+            if t is not None and ready(t):
+                return
+        except Exception:            # the store or the trial's row not made yet
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"trial {number} of run {run} never {what}:\n" + "".join(err)[-3000:])
+
+
 def _lines(stream, into: list):
     import threading
 
@@ -216,18 +231,8 @@ def test_ctrl_c_during_a_trials_distillation_stops_within_seconds_and_resumes(us
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     err: list[str] = []
     _lines(proc.stderr, err)
-    deadline = time.time() + 900
-    while time.time() < deadline:
-        assert proc.poll() is None, "".join(err)[-3000:]
-        try:
-            t = _store(cwd).trial("ctrlc", 2)
-            if t is not None and t.status == "running" and (t.stage or "").startswith("distill "):
-                break             # inside its distillation loop (it reports every 50 steps)
-        except Exception:
-            pass
-        time.sleep(1)
-    else:
-        raise AssertionError("trial 2 never reached its distillation loop:\n" + "".join(err)[-3000:])
+    _wait_for_trial(cwd, "ctrlc", 2, proc, err, "reached its distillation loop",   # it reports every 50 steps
+                    lambda t: t.status == "running" and (t.stage or "").startswith("distill "))
     finished_before = {t.number: t.seconds for t in _store(cwd).trials("ctrlc") if t.role == "candidate"}
     t0 = time.time()
     os.killpg(proc.pid, signal.SIGINT)               # what a terminal's Ctrl-C sends
@@ -290,18 +295,7 @@ def test_ctrl_c_while_the_teacher_is_timed_stores_it_interrupted_and_resume_time
     proc = _start(cwd, env, "--name", "t0", "--trials", "1")
     err: list[str] = []
     _lines(proc.stderr, err)
-    deadline = time.time() + 900
-    while time.time() < deadline:
-        assert proc.poll() is None, "".join(err)[-3000:]
-        try:
-            t = _store(cwd).trial("t0", 0)
-            if t is not None and t.status == "running":
-                break
-        except Exception:
-            pass
-        time.sleep(0.5)
-    else:
-        raise AssertionError("the teacher's trial never started:\n" + "".join(err)[-3000:])
+    _wait_for_trial(cwd, "t0", 0, proc, err, "started", lambda t: t.status == "running")
     time.sleep(1)
     os.killpg(proc.pid, signal.SIGINT)
     proc.wait(timeout=60)
