@@ -23,7 +23,8 @@ latency), the trials and the wall time.
     ... --part optimum | distilbert | search --seed 0 [--label VARIANT] | random --seed 0 | table
 
 A hand baseline's point is "matched" where a member of the newest ``search`` row (the default as it is now)
-is as accurate on dev and as fast; ``--label`` keeps an ablation's run and row apart from the others.
+is as accurate on dev and as fast (within 1%, the side-by-side pass's noise: files of one graph differ by up
+to 0.5% in it); ``--label`` keeps an ablation's run and row apart from the others.
 """
 from __future__ import annotations
 
@@ -39,6 +40,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 DEVICES = ("laptop-cpu", "mobile-cpu")
+
+
+SAME_SPEED = 0.01        # latencies this close (relative) in one side-by-side pass are one speed: the pass's noise
 
 
 def _out(task: str) -> Path:
@@ -213,9 +217,11 @@ def table(args, data, teacher) -> str:
         for r in rows:
             pts = ([(m["dev"], lats[(r["name"], m["trial"])]) for m in r["members"]] if r["part"] in ("search", "random")
                    else [(r["dev"], lats[(r["name"], None)])])
-            # a hand baseline's point is matched where a member of the default search is as accurate on dev and as fast
+            # a hand baseline's point is matched where a member of the default search is as accurate on dev and as
+            # fast: within SAME_SPEED of its latency (two files of one graph differ by up to half that in one pass)
             match = "" if r["part"] in ("search", "random") else ", ".join(
-                next((f"yes (#{n})" for d2, ms2, n in searched if d2 >= d - 1e-9 and ms2 <= ms), "no") for d, ms in pts)
+                next((f"yes (#{n})" for d2, ms2, n in searched if d2 >= d - 1e-9 and ms2 <= ms * (1 + SAME_SPEED)), "no")
+                for d, ms in pts)
             pts.append((t_dev, t_ms))                               # the teacher is always at hand
 
             def best(points):
