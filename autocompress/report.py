@@ -255,13 +255,17 @@ def tables(data: dict[str, Any]) -> str:
         elif d.get("pick") and d["target"]:
             lines.append(f"  {d['pick']}")
     notes = sorted({n for d in data["devices"].values() for m in d["front"] for n in m.get("cpu_notes", [])})
+    over_lengths = any((m["latency"].get("detail") or {}).get("fixed") for d in data["devices"].values() for m in d["front"])
     lines.append("\nval = validation split carved from train (search decisions); dev = held-out dev set, GLUE's or\n"
                  "your --dev file (fronts only);\n"
                  "MB = the shipped ONNX file; zip MB = that file zipped (deflate): what a download costs;\n"
                  "† = has a size-only step (sparsity, shared weights, factorized embeddings): a dense runtime runs it\n"
                  "    no faster (latency unchanged by that step); it is on the front for its zipped size;\n"
-                 + "".join(f"‡ = on a CPU device: {n};\n" for n in notes) +
-                 "latency = median ± half the interquartile range at the device's shape (its line above says how it\n"
+                 + "".join(f"‡ = on a CPU device: {n};\n" for n in notes)
+                 + ("latency = median ± half the interquartile range; on a device with an 'at N' column the expected\n"
+                    "latency over the task's input lengths, 'at N' the figure at its fixed shape (its line above says how it\n"
+                    if over_lengths else
+                    "latency = median ± half the interquartile range at the device's shape (its line above says how it\n") +
                  "was obtained: measured, or predicted and by what; fronts and teacher re-timed side by side where\n"
                  "measured or host-predicted, so speed-ups are ratios from one measurement); * = best within budget")
     if any(m.get("within_noise_of_teacher") for d in data["devices"].values() for m in d["front"]):

@@ -196,6 +196,7 @@ def test_fronts_plots_and_the_model_card_say_the_figure_is_expected_over_the_len
     assert d["front"][0]["latency"]["detail"]["lengths"]["lengths"] == [12, 30]        # front --json carries the record
     text = tables(data)
     assert "latency ms: expected over the task's input lengths (budget, pick and fronts use it); 'at 128'" in text
+    assert "on a device with an 'at N' column the expected\nlatency over the task's input lengths" in text
     row = next(line for line in text.splitlines() if line.strip().startswith("* ") or line.strip().startswith("*"))
     assert row.split()[1:6] == ["1", "89.50", "-", "2.00", "±0.05"] and "9.00" in row.split()
     assert _axis_label(d) == "latency, ms (batch 1, expected over the task's input lengths, median)"

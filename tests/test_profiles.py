@@ -324,6 +324,7 @@ def test_tables_and_json_say_how_every_latency_was_obtained(tmp_path):
 
     rows = [ln for ln in text.splitlines() if re.match(r"^  [* ]\s+\d+\s+[\d.]+\s", ln)]
     assert len(rows) == 4 and all(("measured" in ln) != ("predicted" in ln) for ln in rows)   # each row says which
+    assert "latency = median ± half the interquartile range at the device's shape" in text and "at N" not in text
     # the over-budget candidate: counted, never on a front, its recovery time saved estimated from trial 1
     o = data["over_budget"]
     assert o == {"count": 1, "trials": [2], "with_recovery_steps": 1, "recovery_seconds_mean": 40.0,
