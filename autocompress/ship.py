@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,9 +108,11 @@ def _no_fit(run, device, members, split, metric, budget_ms, min_score) -> str:
 
 
 # ---------------------------------------------------------------- export
-def export(store, choice: Choice, out: str | os.PathLike, command: str) -> Path:
+def export(store, choice: Choice, out: str | os.PathLike, command: str, log=None, typical: bool = True) -> Path:
     """Write the chosen model's folder at ``out`` (absent or empty). Built in a temporary folder beside it
-    and moved into place at the end, so a failure leaves nothing half-written."""
+    and moved into place at the end, so a failure leaves nothing half-written. ``typical``: where the pick's
+    figure is at the profile's fixed shape, time the model at the task's input lengths too, for the card
+    (``typical_latency``)."""
     from transformers import AutoTokenizer
 
     out = Path(out)
@@ -135,9 +138,38 @@ def export(store, choice: Choice, out: str | os.PathLike, command: str) -> Path:
 
         (tmp / "recipe.json").write_text(json.dumps(Recipe.from_json(trial.recipe).to_dict(), indent=2) + "\n")
         graphs = len(artifact.graphs())
+        over = typical_latency(choice, tmp / MODEL_FILE, log) if typical and graphs == 1 else None
         (tmp / "README.md").write_text(model_card(choice, labels, metric, pair, sha, size, command,
-                                                  pipeline_segments=graphs if artifact.input_dependent else None))
+                                                  pipeline_segments=graphs if artifact.input_dependent else None,
+                                                  typical=over))
     return out
+
+
+def typical_latency(choice: Choice, onnx_path: Path, log=None) -> dict | None:
+    """What a typical input of the task costs on the pick's device, where the run timed that device at its
+    fixed shape only: the model's expected latency over the mix of the validation inputs' token lengths the
+    run recorded (``RunSettings.task_lengths``), timed now by the profile's own route
+    (``hardware.obtain_over_lengths``; the fixed shape re-timed beside it). None where the run's figure
+    already is over the task's lengths, the run recorded no mix (made before runs did), or the profile
+    cannot time this file (an fp16 profile and a quantized graph)."""
+    settings = RunSettings.from_dict(choice.run.settings)
+    figure = choice.trial.latencies.get(choice.device) or {}
+    if not settings.task_lengths or (figure.get("detail") or {}).get("lengths"):
+        return None
+    from .hardware import HardwareProfile, ProfileError, load_profile, obtain_over_lengths
+    from .lengths import LengthMix
+
+    spec = next((p for p in settings.profiles if p.get("name") == choice.device), None)
+    profile = HardwareProfile.from_dict(spec) if spec else load_profile(choice.device)
+    mix = LengthMix.from_dict(settings.task_lengths)
+    if log:
+        log(f"timing the model on {choice.device} at the task's input lengths for its card: {mix.describe()}")
+    try:
+        return obtain_over_lengths(onnx_path, profile, mix, log=log).to_dict()
+    except ProfileError as e:
+        if log:
+            log(f"not timed at the task's input lengths: {e}")
+        return None
 
 
 def _copy_verified(src: Path, expected: str | None, dst: Path, number: int) -> str:
@@ -186,7 +218,7 @@ def _scores_rows(t, metric: str) -> list[str]:
 
 
 def model_card(choice: Choice, labels: tuple[str, ...], metric: str, pair: bool, sha256: str, size_bytes: int,
-               command: str, pipeline_segments: int | None = None) -> str:
+               command: str, pipeline_segments: int | None = None, typical: dict | None = None) -> str:
     """The folder's README.md: what the model does, how well and how fast (with how each figure was
     obtained), how big, what was done to it, and the commands that made it."""
     from .features import EVAL_MAX_LENGTH
@@ -238,6 +270,11 @@ def model_card(choice: Choice, labels: tuple[str, ...], metric: str, pair: bool,
                       "the pick used it. At the fixed shape: "
                       + "; ".join(f"{p} {x['fixed']['median_ms']:.2f} ms (batch {x['fixed']['batch_size']} x seq "
                                   f"{x['fixed']['seq_len']})" for p, x in over.items()) + "."]
+    if typical:
+        lines += ["", f"**A typical input of the task** costs {typical['median_ms']:.2f} ms on {choice.device}, timed "
+                      f"when this folder was written: {describe(typical)}. The search, the budget and the pick used "
+                      f"the fixed shape's figure in the table above: the run timed {choice.device} at its fixed shape "
+                      "(`search --lengths task` times at the task's lengths)."]
     example = '"first text", "second text"' if pair else '"a text"'
     zipped = getattr(t, "size_zip_mb", None)
     what = (f"`{PIPELINE_DIR}/`: {pipeline_segments} ONNX graphs run one after another and `manifest.json` "
@@ -311,16 +348,20 @@ class ShippedModel:
         self.inputs = self.runner.inputs
 
     def predict(self, text: str, pair: str | None = None) -> dict[str, Any]:
-        """Label, its probability, every label's probability, and what the input ran (a pipeline says, in
-        its own words under ``ran``; empty for one graph), for one example."""
+        """Label, its probability, every label's probability, what the input ran (a pipeline says, in
+        its own words under ``ran``; empty for one graph), and the milliseconds ONNX Runtime took
+        (``graph_ms``: the call less the tokenizer and Python around it), for one example."""
         enc = self.tokenizer(text, pair, truncation=True, max_length=self.max_length, return_tensors="np")
         ids = enc["input_ids"].astype(np.int64)
         feeds = {k: (enc[k].astype(np.int64) if k in enc else np.zeros_like(ids)) for k in self.inputs}
+        t0 = time.perf_counter()
         batch, ran = self.runner.run(feeds)
+        graph_ms = (time.perf_counter() - t0) * 1e3
         logits = batch[0].astype(np.float64)
         probs = np.exp(logits - logits.max())
         probs /= probs.sum()
         i = int(probs.argmax())
         return {"label": self.labels[i] if i < len(self.labels) else str(i), "probability": float(probs[i]),
                 "probabilities": {name: float(p) for name, p in zip(self.labels, probs)},
-                "ran": self.runner.describe_row(ran[0]) if ran is not None else {}}
+                "ran": self.runner.describe_row(ran[0]) if ran is not None else {},
+                "graph_ms": graph_ms}

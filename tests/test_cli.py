@@ -180,3 +180,11 @@ def test_resume_refuses_a_new_lengths_choice(tmp_path, capsys, monkeypatch):
     code = main(["search", "--resume", "any", "--lengths", "task", "--runs-dir", str(tmp_path / "runs")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.endswith("--resume continues the run as it was started: leave out --lengths"), err
+
+
+def test_predict_says_what_its_calls_cost_with_the_graph_apart():
+    from autocompress.cli.commands import call_costs
+
+    line = call_costs([2.0, 4.0, 3.0], [1.0, 1.5, 0.5])
+    assert line.startswith("3 calls: mean 3.000 ms per call (median 3.000), of which ONNX Runtime's graph 1.000 ms "
+                           "(median 1.000) and the tokenizer and Python around it 2.000 ms")

@@ -330,6 +330,12 @@ def test_model_card_says_how_every_figure_was_obtained(run, picked):
         assert Recipe.from_json(trial.recipe).describe() in card
         assert "autocompress search --budget 500ms --space tiny.yaml --name e2e" in card
         assert f"autocompress pick e2e --device {device} --out picked-{device}" in card
+        if device in ("laptop-cpu", "mobile-cpu"):        # timed at the fixed shape: the card adds the task's lengths
+            mix = store.get_run("e2e").settings["task_lengths"]
+            typical = re.search(rf"\*\*A typical input of the task\*\* costs ([\d.]+) ms on {device}", card)
+            assert typical and f"expected over the lengths of {mix['n']} inputs of {mix['source']}" in card, device
+            # SST-2's sentences are far shorter than the fixed 128 tokens: a typical one costs less
+            assert float(typical.group(1)) < trial.latencies[device]["median_ms"], device
 
 
 def test_folder_loads_in_plain_onnxruntime(picked, stored, dev_rows):
@@ -378,7 +384,9 @@ def test_predict_command(run, picked, stored, dev_rows):
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert [row["label"] for row in rows] == stored["mobile-cpu"]["labels"]
     assert all(0.5 <= row["probability"] <= 1 and row["latency_ms"] > 0 for row in rows)
+    assert all(0 < row["graph_ms"] <= row["latency_ms"] for row in rows)        # the graph is a part of the call
     assert "latency of the call" in r.stderr
+    assert f"{len(rows)} calls: mean " in r.stderr and "ONNX Runtime's graph" in r.stderr
     one = _cli("predict", str(folder), dev_rows["text_a"][0], env=run["env"], cwd=run["tmp"])
     label, prob, ms, text = one.stdout.rstrip("\n").split("\t")
     assert one.returncode == 0 and label == stored["mobile-cpu"]["labels"][0] and text == dev_rows["text_a"][0]

@@ -190,6 +190,42 @@ def test_a_run_at_the_task_lengths_records_the_mix_of_its_validation_inputs(worl
     assert lat["detail"]["lengths"]["lengths"] == list(mix.lengths) and lat["detail"]["fixed"]["seq_len"] == 32
 
 
+def test_a_fixed_run_records_its_validation_mix_and_its_picked_card_says_what_a_typical_input_costs(world, tmp_path):
+    """Every run records its validation inputs' length mix; where the pick's device was timed at its fixed
+    shape, ``pick`` times the model at that mix for the card (the search's figure stays the fixed one)."""
+    import re
+
+    from autocompress import lengths, ship
+    from autocompress.features import EVAL_MAX_LENGTH
+    from autocompress.search import session
+    from autocompress.store import Store
+    from autocompress.teacher import load_teacher
+
+    new = _new_run(world, "fixed", ONE_TRIAL, trials=0)
+    session.start(new, log=lambda _: None)
+    store = Store(new.store_url, create=False)
+    settings = RunSettings.from_dict(store.get_run("fixed").settings)
+    (profile,) = settings.hardware_profiles()
+    val = world["data"].val
+    mix = lengths.of_texts(load_teacher(settings.teacher).tokenizer, list(val["text_a"]), source="",
+                           max_length=EVAL_MAX_LENGTH)
+    assert profile.length_mix is None and profile.lengths != "task"
+    assert settings.task_lengths["lengths"] == list(mix.lengths) and settings.task_lengths["n"] == 64
+    lat = store.trial("fixed", 0).latencies["test-cpu"]
+    assert "lengths" not in lat["detail"]                                  # the search timed the fixed shape
+    said = []
+    folder = ship.export(store, ship.choose(store, "fixed"), tmp_path / "out", command="autocompress pick fixed",
+                         log=said.append)
+    card = (folder / "README.md").read_text()
+    m = re.search(r"\*\*A typical input of the task\*\* costs ([\d.]+) ms on test-cpu", card)
+    assert m and float(m.group(1)) > 0
+    assert "expected over the lengths of 64 inputs of sst2's validation split: medians at [" in card
+    assert all(f"{q}: " in card for q in mix.lengths)
+    assert any(line.startswith("timing the model on test-cpu at the task's input lengths") for line in said)
+    plain = ship.export(store, ship.choose(store, "fixed"), tmp_path / "plain", command="x", typical=False)
+    assert "A typical input" not in (plain / "README.md").read_text()
+
+
 SCRIPT = """
 import json, sys
 from pathlib import Path

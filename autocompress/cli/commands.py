@@ -63,7 +63,7 @@ def cmd_pick(args) -> int:
 
     store = Store(store_url(args), create=False)
     choice = ship.choose(store, args.run, device=args.device, budget_ms=budget, min_score=floor, tolerance=tolerance)
-    folder = ship.export(store, choice, out, command=args.command_line)
+    folder = ship.export(store, choice, out, command=args.command_line, log=log)
     t, m = choice.trial, choice.trial.metrics[choice.split]
     within = f", within {choice.budget_ms:g} ms" if choice.budget_ms is not None else ""
     print(f"picked trial {t.number} of run {args.run} for {choice.device}: {choice.split} {choice.metric} "
@@ -90,12 +90,15 @@ def cmd_predict(args) -> int:
                         f" (got {len(args.texts)}); for many examples use --file")
     examples = [tuple(args.texts)] if args.texts else read_examples(args.file, model.pair)
     model.predict(*examples[0])              # warm-up: the first call also sets ONNX Runtime up
+    calls, graphs = [], []
     for example in examples:
         out, ms = time_call(model.predict, *example)
+        calls.append(ms)
+        graphs.append(out["graph_ms"])
         ran = out.get("ran") or {}           # what a pipeline ran (early exit: where the input left), in its words
         if args.json:
             print(json.dumps({"label": out["label"], "probability": round(out["probability"], 6),
-                              "latency_ms": round(ms, 3), "texts": list(example),
+                              "latency_ms": round(ms, 3), "graph_ms": round(out["graph_ms"], 3), "texts": list(example),
                               "probabilities": out["probabilities"],
                               **{k: v for k, v in ran.items() if k != "note"}}))
         else:
@@ -103,7 +106,21 @@ def cmd_predict(args) -> int:
             print(f"{out['label']}\t{out['probability']:.4f}\t{ms:.2f} ms{note}\t{' | '.join(example)}")
     log(f"label, probability, latency of the call (tokenizer + ONNX Runtime, batch 1, {model.threads} CPU "
         "thread(s), after one warm-up call)")
+    if len(calls) > 1:
+        log(call_costs(calls, graphs))
     return 0
+
+
+def call_costs(calls: list[float], graphs: list[float]) -> str:
+    """What the calls cost, the graph's part apart: the model card's and ``bench``'s figures time the graph
+    alone (their expected figure over a file's lengths is the graph's mean over its inputs)."""
+    import numpy as np
+
+    mean, graph = float(np.mean(calls)), float(np.mean(graphs))
+    return (f"{len(calls)} calls: mean {mean:.3f} ms per call (median {float(np.median(calls)):.3f}), of which "
+            f"ONNX Runtime's graph {graph:.3f} ms (median {float(np.median(graphs)):.3f}) and the tokenizer and "
+            f"Python around it {mean - graph:.3f} ms; the model card's and `bench --lengths FILE`'s figures time "
+            "the graph alone")
 
 
 def cmd_finetune(args) -> int:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 if TYPE_CHECKING:
     from ..hardware import HardwareProfile
+    from ..lengths import LengthMix
     from ..store import RunRecord, Store
     from ..tasks import TaskData
     from ..teacher import Teacher, TeacherSettings
@@ -199,7 +200,7 @@ def start(new: NewRun, launch: Launch = Launch(), *, log: Log, teacher_progress:
         run_dir = Path(new.runs_dir) / new.name
         run_dir.mkdir(parents=True, exist_ok=True)
         spec = new.data.spec
-        profiles = _at_task_lengths(new.profiles, new.data, teacher, log)
+        profiles, mix = _at_task_lengths(new.profiles, new.data, teacher, log)
         settings = RunSettings(
             trials=new.trials, space=new.space.name, val_size=len(new.data.val), seed=new.teacher.seed,
             teacher=_teacher_for_workers(teacher.path, run_dir, launch.ray_address), data=new.data.source,
@@ -207,7 +208,8 @@ def start(new: NewRun, launch: Launch = Launch(), *, log: Log, teacher_progress:
             profiles=tuple(p.to_dict() for p in profiles), attempt=0, labels=tuple(spec.label_names),
             metric=spec.metric, pair=spec.text_b is not None, command=new.command, cwd=new.cwd or os.getcwd(),
             baseline=teacher.info.get("baseline"), resolution=teacher.info.get("resolution"),
-            carve=(new.data.carve or {}).get("how"), tolerance=new.tolerance, sampler=new.sampler)
+            carve=(new.data.carve or {}).get("how"), tolerance=new.tolerance, sampler=new.sampler,
+            task_lengths=mix.to_dict())
         store.create_run(new.name, task=spec.name, model=new.teacher_folder or new.teacher.model, device=new.target.name,
                          budget_ms=new.budget_ms, space=new.space.text, run_dir=str(run_dir),
                          settings=settings.to_dict())
@@ -218,20 +220,21 @@ def start(new: NewRun, launch: Launch = Launch(), *, log: Log, teacher_progress:
 
 
 def _at_task_lengths(profiles: tuple[HardwareProfile, ...], data: TaskData, teacher: Teacher,
-                     log: Log) -> tuple[HardwareProfile, ...]:
-    """Profiles that time at the task's lengths (``lengths: task``) get the mix of the validation inputs'
-    token lengths (by the teacher's tokenizer, as candidates are scored); the others are left as they are."""
-    if not any(p.lengths == "task" for p in profiles):
-        return profiles
+                     log: Log) -> tuple[tuple[HardwareProfile, ...], LengthMix]:
+    """The mix of the validation inputs' token lengths (by the teacher's tokenizer, as candidates are
+    scored; a second or so), which every run records (``pick`` times a fixed run's model at it for the
+    card), and the profiles, those that time at the task's lengths (``lengths: task``) given the mix."""
     from .. import lengths
     from ..features import EVAL_MAX_LENGTH
 
     val = data.val
     mix = lengths.of_texts(teacher.tokenizer, list(val["text_a"]), list(val["text_b"]) if "text_b" in val.column_names
                            else None, source=f"{data.spec.name}'s validation split", max_length=EVAL_MAX_LENGTH)
+    if not any(p.lengths == "task" for p in profiles):
+        return profiles, mix
     log(f"latency at the task's input lengths on {', '.join(p.name for p in profiles if p.lengths == 'task')}: "
         f"{mix.describe()}")
-    return tuple(p.with_mix(mix.to_dict()) for p in profiles)
+    return tuple(p.with_mix(mix.to_dict()) for p in profiles), mix
 
 
 def check_resumable(store_url: str, name: str) -> tuple[Store, RunRecord]:

@@ -44,6 +44,7 @@ class RunSettings:
     carve: str | None = None              # how val was carved from train (tasks.split.carve), in words
     tolerance: float | None = None        # the pick: the fastest within this of the most accurate (None: the default)
     sampler: str = "tpe"                  # the search strategy (samplers.py)
+    task_lengths: dict | None = None      # the val inputs' token-length mix (lengths.LengthMix.to_dict), every run
 
     @property
     def floor(self) -> float | None:
