@@ -289,9 +289,18 @@ def check_learned(teacher: "Teacher", margin: float = 0.01) -> None:
         return
     raise UselessTeacher(
         f"the teacher is within the noise of the trivial baseline: its val {metric} is {100 * score_:.1f} (n={n}), "
-        f"always answering class {base['answer']} scores {100 * base['main']:.1f}; at n={n} a {metric} must be "
+        f"always answering class {base['answer']} scores {100 * base['main']:.1f}; at n={n} the {metric} must be "
         f"{100 * learned['needed']:.1f} points above that to beat it at 95% ({learned['method']}: lower end "
-        f"{100 * learned['lower']:.1f}) ({info['train_rows']} rows, {info.get('epochs', '?')} pass(es)); {advice}")
+        f"{100 * learned['lower']:.1f}) ({info['train_rows']} rows, {_trained(info)}); {advice}")
+
+
+def _trained(info: dict) -> str:
+    """How much the fine-tune trained, in words: the plan, and where the loop stopped and why."""
+    plan = f"{info.get('epochs', '?')} pass(es) planned"
+    curve = info.get("curve") or []
+    if not curve or not info.get("stopped"):
+        return plan
+    return f"{plan}, {max(c['step'] for c in curve)} steps run, kept step {info.get('kept_step')}: {info['stopped']}"
 
 
 def adopt_teacher(path: str, settings: TeacherSettings, data: TaskData, log: Callable[[str], None] = print) -> Teacher:

@@ -246,6 +246,8 @@ def test_a_teacher_on_random_labels_is_refused_with_the_margin_and_n(tiny_base, 
         check_learned(teacher)
     text = str(e.value)
     assert "within the noise" in text and "(n=80)" in text and "points above that" in text and "Wilson" in text
+    steps = max(c["step"] for c in info["curve"])
+    assert f"steps run, kept step {info['kept_step']}: {info['stopped']}" in text and f", {steps} steps run" in text
     assert "--val-size" in text and "--model" in text and "--force" in text
 
 
