@@ -162,27 +162,34 @@ def test_a_run_without_trials_records_its_settings_and_fails_in_words(world):
         store.get_run("second")                                                # refused before any work
 
 
+def _started_with_mix(world, new, name: str):
+    """A started run's store, settings, its one profile, and the mix of the world's validation inputs'
+    token lengths counted here by the teacher's tokenizer (what the run should have recorded)."""
+    from autocompress import lengths
+    from autocompress.features import EVAL_MAX_LENGTH
+    from autocompress.store import Store
+    from autocompress.teacher import load_teacher
+
+    store = Store(new.store_url, create=False)
+    settings = RunSettings.from_dict(store.get_run(name).settings)
+    (profile,) = settings.hardware_profiles()
+    mix = lengths.of_texts(load_teacher(settings.teacher).tokenizer, list(world["data"].val["text_a"]), source="",
+                           max_length=EVAL_MAX_LENGTH)
+    return store, settings, profile, mix
+
+
 def test_a_run_at_the_task_lengths_records_the_mix_of_its_validation_inputs(world):
     """A profile that says ``lengths: task``: the run counts its validation inputs' tokens with the teacher's
     tokenizer, records the mix in its profile, and the teacher is timed at those lengths (fixed shape beside)."""
     import dataclasses
 
-    from autocompress import lengths
-    from autocompress.features import EVAL_MAX_LENGTH
     from autocompress.search import session
-    from autocompress.store import Store
-    from autocompress.teacher import load_teacher
 
     lines = []
     new = _new_run(world, "lengths", ONE_TRIAL, trials=0)
     cpu = dataclasses.replace(new.target, lengths="task")
     session.start(dataclasses.replace(new, target=cpu, profiles=(cpu,)), log=lines.append)
-    store = Store(new.store_url, create=False)
-    settings = RunSettings.from_dict(store.get_run("lengths").settings)
-    (profile,) = settings.hardware_profiles()
-    val = world["data"].val
-    mix = lengths.of_texts(load_teacher(settings.teacher).tokenizer, list(val["text_a"]), source="",
-                           max_length=EVAL_MAX_LENGTH)
+    store, settings, profile, mix = _started_with_mix(world, new, "lengths")
     assert profile.lengths == "task" and profile.length_mix["lengths"] == list(mix.lengths)
     assert profile.length_mix["n"] == 64 and profile.length_mix["source"] == "sst2's validation split"
     assert any(line.startswith("latency at the task's input lengths on test-cpu: 64 inputs of sst2's") for line in lines)
@@ -195,20 +202,12 @@ def test_a_fixed_run_records_its_validation_mix_and_its_picked_card_says_what_a_
     shape, ``pick`` times the model at that mix for the card (the search's figure stays the fixed one)."""
     import re
 
-    from autocompress import lengths, ship
-    from autocompress.features import EVAL_MAX_LENGTH
+    from autocompress import ship
     from autocompress.search import session
-    from autocompress.store import Store
-    from autocompress.teacher import load_teacher
 
     new = _new_run(world, "fixed", ONE_TRIAL, trials=0)
     session.start(new, log=lambda _: None)
-    store = Store(new.store_url, create=False)
-    settings = RunSettings.from_dict(store.get_run("fixed").settings)
-    (profile,) = settings.hardware_profiles()
-    val = world["data"].val
-    mix = lengths.of_texts(load_teacher(settings.teacher).tokenizer, list(val["text_a"]), source="",
-                           max_length=EVAL_MAX_LENGTH)
+    store, settings, profile, mix = _started_with_mix(world, new, "fixed")
     assert profile.length_mix is None and profile.lengths != "task"
     assert settings.task_lengths["lengths"] == list(mix.lengths) and settings.task_lengths["n"] == 64
     lat = store.trial("fixed", 0).latencies["test-cpu"]
