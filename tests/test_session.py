@@ -25,7 +25,7 @@ def test_settings_round_trip():
                     metric="macro_f1", pair=True, command="autocompress search", cwd="/w")
     d = s.to_dict()
     assert d["version"] == RunSettings.VERSION == 2
-    assert set(d) == set(OLD) | {"version", "baseline", "resolution", "carve", "tolerance", "sampler"}   # the keys runs always
+    assert set(d) == set(OLD) | {"version", "baseline", "resolution", "carve", "tolerance", "sampler", "task_lengths"}   # the keys runs always
     assert d["baseline"] is None and d["resolution"] is None            # recorded, the version, the noise, the pick
     assert d["labels"] == ["a", "b", "c"] and d["profiles"] == [{"name": "test-cpu", "seq_len": 32}]
     assert json.loads(json.dumps(d)) == d                      # what the JSON column holds
@@ -38,7 +38,8 @@ def test_settings_without_a_version_read_as_version_1():
                                                                                     "/runs/demo/data", 6, 1)
     assert s.labels == ("negative", "positive") and s.profiles == ({"name": "laptop-cpu", "runtime": "onnxruntime"},)
     assert s.task_info("sst2") == (("negative", "positive"), "accuracy", False)
-    again = {k: v for k, v in s.to_dict().items() if k not in ("version", "baseline", "resolution", "carve", "tolerance", "sampler")}
+    again = {k: v for k, v in s.to_dict().items() if k not in ("version", "baseline", "resolution", "carve", "tolerance", "sampler",
+                                                                     "task_lengths")}
     assert again == OLD                                                      # written again: the same keys
     assert s.baseline is None and s.resolution is None                       # not recorded then: no noise line
 
