@@ -87,8 +87,11 @@ def plot_png(data: dict[str, Any], path: str | Path) -> Path:
         if expected:
             ax.plot([], [], ls="none", marker="$" + EXPECTED_MARK + "$", color="C3",
                     label="expected latency (early exit), over the validation inputs")
-        if d["budget_ms"]:
+        if d["budget_ms"] and _budget_in_view(d):
             ax.axvline(d["budget_ms"], ls="--", color="r", label=f"budget {d['budget_ms']:g} ms")
+        elif d["budget_ms"]:        # far right of every model: the axis ends near them, the budget said at its edge
+            ax.annotate(f"budget {d['budget_ms']:g} ms \u2192", xy=(0.99, 0.02), xycoords="axes fraction", ha="right",
+                        va="bottom", fontsize=8, color="r")
         ax.set_title(_panel_title(name, d))
         note = notes[name]
         ax.set_xlabel(_axis_label(d), fontsize=9)
@@ -149,6 +152,18 @@ def _axis_label(d: dict[str, Any]) -> str:
     return f"latency, ms (batch {shape.get('batch_size', '?')} x seq {shape.get('seq_len', '?')}, median)"
 
 
+BUDGET_IN_VIEW = 2.0      # the budget line is drawn where it lies within this many times the slowest model
+
+
+def _budget_in_view(d: dict[str, Any]) -> bool:
+    """Whether a device's budget line belongs on its axis: not where it lies far right of every model
+    (a 50 ms budget beside models of 1-10 ms would squeeze them all into the axis's left tenth, their
+    labels on top of one another)."""
+    xs = [m["latency"]["median_ms"] for m in d["candidates"] + d["front"] + d["teacher_quantized"]
+          + ([d["teacher"]] if d["teacher"] else [])]
+    return not xs or d["budget_ms"] <= BUDGET_IN_VIEW * max(xs)
+
+
 def _pick(d: dict[str, Any]) -> dict[str, Any] | None:
     """The member the search picks on the target device (the star), None elsewhere."""
     return next((m for m in d.get("front") or [] if m["trial"] == d.get("best_within_budget")), None) if d.get("target") else None
@@ -195,7 +210,11 @@ def plot_html(data: dict[str, Any], path: str | Path) -> Path:
             fig.add_trace(go.Scatter(x=[best["latency"]["median_ms"]], y=[_score(best, "val")], mode="markers",
                                      marker=dict(symbol="star", size=18, color="#ff7f0e"), name=_pick_label(data, d),
                                      hovertext=[_hover(best, metric)], hoverinfo="text"), row=1, col=col)
-        if d["budget_ms"]:
+        if d["budget_ms"] and not _budget_in_view(d):
+            fig.add_annotation(text=f"budget {d['budget_ms']:g} ms \u2192", xref="x domain", yref="y domain", x=0.99,
+                               y=0.02, xanchor="right", yanchor="bottom", showarrow=False, font=dict(color="red"),
+                               row=1, col=col)
+        elif d["budget_ms"]:
             fig.add_vline(x=d["budget_ms"], line=dict(color="red", dash="dot"), row=1, col=col,
                           annotation_text=f"budget {d['budget_ms']:g} ms")
         note = _latency_note(d)

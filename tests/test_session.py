@@ -226,6 +226,28 @@ def test_a_fixed_run_records_its_validation_mix_and_its_picked_card_says_what_a_
     assert "A typical input" not in (plain / "README.md").read_text()
 
 
+def test_the_card_s_typical_input_figure_never_costs_the_export(world, tmp_path, monkeypatch):
+    """Where timing the model at the task's lengths fails for any reason (here the route raises), ``pick``
+    still exports the model, with the run's figure only, and says why in one line."""
+    from autocompress import hardware, ship
+    from autocompress.search import session
+
+    new = _new_run(world, "broken", ONE_TRIAL, trials=0)
+    session.start(new, log=lambda _: None)
+    store = _started_with_mix(world, new, "broken")[0]
+
+    def fails(*a, **k):
+        raise RuntimeError("the route is gone")
+
+    monkeypatch.setattr(hardware, "obtain_over_lengths", fails)
+    said = []
+    folder = ship.export(store, ship.choose(store, "broken"), tmp_path / "out", command="x", log=said.append)
+    assert (folder / "model.onnx").is_file() and "A typical input" not in (folder / "README.md").read_text()
+    assert [line for line in said if line.startswith("warning: not timed at the task's input lengths")] == [
+        "warning: not timed at the task's input lengths (RuntimeError: the route is gone); the card gives the "
+        "run's figure only"]
+
+
 SCRIPT = """
 import json, sys
 from pathlib import Path

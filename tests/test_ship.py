@@ -167,3 +167,44 @@ def test_front_says_how_far_apart_val_scores_must_be_and_marks_members_within_it
     assert NOISE_MARK in line and f"{NOISE_MARK} = its val score is within the noise" in text
     plain = tables(front_data(make_store(tmp_path / "other"), "r"))
     assert NOISE_MARK not in plain and "points apart" not in plain          # runs that did not record it
+
+
+def test_a_budget_far_beyond_every_model_is_said_at_the_axis_edge_not_drawn(tmp_path, monkeypatch):
+    """A 50 ms budget beside models of 1-10 ms squeezed them into the axis's left tenth: where the budget
+    lies beyond twice the slowest model, the axis ends near the models and the budget is written at its
+    edge; a budget among the models is still a line."""
+    import matplotlib.figure
+
+    from autocompress.plots import _budget_in_view, plot_html, plot_png
+    from autocompress.report import front_data
+
+    data = front_data(make_store(tmp_path), "r")
+    laptop = data["devices"]["laptop-cpu"]
+    slowest = max(m["latency"]["median_ms"] for m in laptop["candidates"] + [laptop["teacher"]])
+    assert laptop["budget_ms"] and _budget_in_view(laptop)
+    laptop["budget_ms"] = 10 * slowest
+    assert not _budget_in_view(laptop)
+    limits = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, *a, **k: limits.extend(ax.get_xlim() for ax in fig.axes))
+    plot_png(data, tmp_path / "f.png")
+    assert limits and all(hi < 2 * slowest for _, hi in limits)              # no panel stretched to the budget
+    page = plot_html(data, tmp_path / "f.html").read_text()
+    assert f"budget {10 * slowest:g} ms" in page and '"type":"line"' not in page.replace(" ", "")
+    laptop["budget_ms"] = slowest                                              # among the models: a line again
+    assert '"type":"line"' in plot_html(data, tmp_path / "g.html").read_text().replace(" ", "")
+
+
+def test_front_refuses_a_plot_file_it_cannot_write_in_one_line(tmp_path, capsys):
+    """``--plot front.html`` was a ValueError traceback from matplotlib after the table was printed: the
+    suffix is checked first, in one line that points at --html; a .png is written."""
+    from autocompress.cli import main
+
+    store = make_store(tmp_path)
+    code = main(["front", "r", "--storage", store.url, "--plot", str(tmp_path / "front.html")])
+    captured = capsys.readouterr()
+    assert code != 0 and not captured.out and len(captured.err.strip().splitlines()) == 1
+    assert "the file's name must end in .png, .pdf, .svg; for an interactive page give --html FILE" in captured.err
+    assert not (tmp_path / "front.html").exists()
+    assert main(["front", "r", "--storage", store.url, "--plot", str(tmp_path / "front.png")]) == 0
+    assert (tmp_path / "front.png").stat().st_size > 10_000

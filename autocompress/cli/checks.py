@@ -170,10 +170,17 @@ def check_name(name: str) -> str:
     return name
 
 
-def check_output_file(option: str, path: str | None) -> None:
-    """A file the command will write at the end: its folder exists and can be written, checked first."""
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")       # what ``front --plot`` writes (matplotlib picks by the suffix)
+
+
+def check_output_file(option: str, path: str | None, suffixes: tuple[str, ...] = ()) -> None:
+    """A file the command will write at the end: its folder exists and can be written, and its name ends
+    in one of ``suffixes`` (where given), checked first."""
     if not path:
         return
+    if suffixes and Path(path).suffix.lower() not in suffixes:
+        hint = "; for an interactive page give --html FILE" if Path(path).suffix.lower() in (".html", ".htm") else ""
+        raise UserError(f"{option} {path}: the file's name must end in {', '.join(suffixes)}{hint}")
     from ..store import writable_folder
 
     folder = Path(path).expanduser().resolve().parent

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from .checks import (UserError, check_bench_model, check_numbers, check_out_folder, check_output_file,
+from .checks import (PLOT_SUFFIXES, UserError, check_bench_model, check_numbers, check_out_folder, check_output_file,
                      check_predict_input, check_task_options, load_profile_checked, log, model_config, read_examples,
                      resolve_paths, store_url, task_source, teacher_settings)
 from .parser import parse_budget, parse_points, parse_score
@@ -19,7 +19,7 @@ def cmd_front(args) -> int:
     from ..store import Store
 
     resolve_paths(args)
-    check_output_file("--plot", args.plot)
+    check_output_file("--plot", args.plot, PLOT_SUFFIXES)
     check_output_file("--html", args.html)
 
     store = Store(store_url(args), create=False)

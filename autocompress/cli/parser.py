@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("run", help="the run's name (printed by search)")
     f.add_argument("--device", help="only this device's front")
     f.add_argument("--json", action="store_true", help="machine-readable output")
-    f.add_argument("--plot", metavar="PNG", help="also write a plot of the fronts to this PNG file")
+    f.add_argument("--plot", metavar="PNG", help="also write a plot of the fronts to this file (.png; .pdf and .svg work too)")
     f.add_argument("--html", metavar="HTML", help="also write one self-contained interactive page (plotly) of "
                    "the fronts; hover a point for its recipe and figures")
     _add_store_args(f)
