@@ -59,10 +59,10 @@ def test_hub_model_offline_fails_fast_naming_the_alternative(monkeypatch):
         resolve_model("bert-base-uncased")
 
 
-@pytest.mark.parametrize("rows,epochs", [(400_000, 1), (66349, 2), (20000, 2), (8000, 5), (1500, 20), (400, 20),
+@pytest.mark.parametrize("rows,epochs", [(400_000, 1), (66349, 3), (20000, 3), (8000, 5), (1500, 20), (400, 20),
                                          (64, 20)])
 def test_epochs_scale_with_the_data(rows, epochs):
-    """Two passes (one over very large data sets); small ones get enough passes for 600 optimiser steps
+    """Three passes (one over very large data sets); small ones get enough passes for 600 optimiser steps
     of 64 rows (at most 20)."""
     assert TeacherSettings().plan_epochs(rows) == epochs
     assert TeacherSettings(epochs=2).plan_epochs(rows) == 2          # asked for: as asked

@@ -86,7 +86,7 @@ def _add_teacher_args(p) -> None:
     p.add_argument("--teacher", help="an already fine-tuned model folder to use as the teacher (skips fine-tuning)")
     p.add_argument("--train-examples", type=int, default=0,
                    help="train rows used to fine-tune the teacher (default 0: all of them)")
-    p.add_argument("--epochs", type=int, help="teacher fine-tuning epochs (default: from the row count: two passes "
+    p.add_argument("--epochs", type=int, help="teacher fine-tuning epochs (default: from the row count: three passes "
                    "(one over data sets above 100,000 rows), enough passes for 600 optimiser steps on small ones, "
                    "at most 20)")
 
