@@ -62,7 +62,23 @@ def export_candidate(model, out_dir: str | os.PathLike, apply_onnx) -> tuple[Pat
         manifest = writer.write_pipeline(model, out_dir / "pipeline", apply_onnx)
         return manifest, manifest
     fp32 = export_onnx(model, out_dir / "model.fp32.onnx")
-    return Path(apply_onnx(fp32, out_dir)), fp32
+    return shipped_form(fp32, out_dir, apply_onnx), fp32
+
+
+def shipped_form(fp32: str | os.PathLike, out_dir: str | os.PathLike, apply_onnx) -> Path:
+    """What ships of an exported fp32 graph: the recipe's ONNX steps applied (``apply_onnx(fp32, out_dir)``;
+    int8 fuses first itself), or, where the recipe has none, ``out_dir/model.fused.onnx``: the graph with
+    ONNX Runtime's fused kernels (``fuse_for_ort``), as Optimum's O2 would ship it (the fp32 graph itself
+    where nothing fused). The fp32 graph stays as exported: a GPU profile converts it to fp16."""
+    fp32 = Path(fp32)
+    final = Path(apply_onnx(fp32, out_dir))
+    if final != fp32:
+        return final
+    fused = Path(out_dir) / "model.fused.onnx"
+    if fuse_for_ort(fp32, fused).get("attention") or False:
+        return fused
+    fused.unlink(missing_ok=True)
+    return fp32
 
 
 @contextlib.contextmanager

@@ -98,6 +98,18 @@ def test_each_variant_changed_the_graph(outputs, fp32):
     assert ops(outputs["mixed"])["MatMulInteger"] == n_weights - 3
 
 
+def test_an_uncompressed_model_ships_with_fused_kernels(fp32, rows, tmp_path):
+    """No ONNX step: what ships is the graph with ONNX Runtime's fused kernels (an Attention per layer,
+    as Optimum's O2 ships it), its logits those of the export; the fp32 graph stays as exported (a GPU
+    profile converts it to fp16). With an ONNX step, what ships is that step's output (int8 fuses itself)."""
+    shipped = export.shipped_form(fp32, tmp_path, lambda src, dst: src)
+    assert shipped == tmp_path / "model.fused.onnx"
+    assert ops(shipped)["Attention"] == 4 and ops(shipped)["SkipLayerNormalization"] > 0 and "Attention" not in ops(fp32)
+    np.testing.assert_allclose(predict_onnx(shipped, rows), predict_onnx(fp32, rows), atol=1e-5)
+    int8 = export.shipped_form(fp32, tmp_path / "q", lambda src, dst: Recipe((Step("quantize_int8"),)).apply_onnx(src, dst))
+    assert ops(int8)["QAttention"] == 4 and not (tmp_path / "q" / "model.fused.onnx").exists()
+
+
 def test_files_shrink_on_a_wider_model(tmp_path, tiny_transfer):
     """Weights dominate the file once the model is wide enough (hidden 256, vocab 4000): int8 ~4x smaller,
     fp16 ~2x. The tiny BERT is mostly graph, not weights."""

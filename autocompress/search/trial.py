@@ -129,7 +129,7 @@ def evaluate_candidate(setup: TrialSetup, number: int, recipe: Recipe, role: str
         with shared_machine():
             stage("export of the untrained structure")
             fp32_0 = export.export_onnx(finalized_copy(model), pre_dir / "model.fp32.onnx")
-            timed = (recipe.apply_onnx(fp32_0, pre_dir, ctx), fp32_0)
+            timed = (export.shipped_form(fp32_0, pre_dir, lambda src, dst: recipe.apply_onnx(src, dst, ctx)), fp32_0)
         stage("timing the untrained structure")
         early = _latencies(setup, *timed)
         target = early[setup.device].median_ms
