@@ -3,7 +3,8 @@
 Rows (each a part that runs on its own and appends to ``benchmarks/results/front-TASK.jsonl``; a part
 already there is skipped unless ``--again``; ``--part table`` re-times what is compared and prints):
 
-1. ``teacher``: the fp32 teacher as autocompress exports it.
+1. ``teacher``: the fp32 teacher as autocompress exports it (the table's reference); ``shipped``: the same
+   graph with ONNX Runtime's fused kernels, as a search ships an uncompressed member (``export.shipped_form``).
 2. ``optimum``: what an app team does by hand with Hugging Face Optimum: export, ``ORTOptimizer`` (O2), then
    ``ORTQuantizer`` dynamic int8 (avx512_vnni, per channel), in the consumer virtual environment the tests
    build (transformers < 5); the O2 fp32 file, int8 of the plain export, int8 of the O2 graph (Optimum's
@@ -20,7 +21,7 @@ teacher, the hypervolume of (dev score, latency) against (the majority class's d
 latency), the trials and the wall time.
 
     AUTOCOMPRESS_GLUE_DIR=../shared/glue python benchmarks/front.py --task sst2 --part teacher
-    ... --part optimum | distilbert | search --seed 0 [--label VARIANT] | random --seed 0 | table
+    ... --part shipped | optimum | distilbert | search --seed 0 [--label VARIANT] | random --seed 0 | table
 
 A hand baseline's point is "matched" where a member of the newest ``search`` row (the default as it is now)
 is as accurate on dev and as fast (within 1%, the side-by-side pass's noise: files of one graph differ by up
@@ -82,6 +83,16 @@ def _dev(path: str, data, teacher) -> float:
 def part_teacher(args, data, teacher) -> list[dict]:
     return [{"part": "teacher", "name": "teacher fp32 (autocompress export)", "onnx": str(teacher.onnx_path),
              "dev": _dev(str(teacher.onnx_path), data, teacher)}]
+
+
+def part_shipped(args, data, teacher) -> list[dict]:
+    """The fp32 teacher as a search now ships an uncompressed member: with ONNX Runtime's fused kernels
+    (``export.shipped_form``). The ``teacher`` row (the graph as exported) stays the table's reference."""
+    from autocompress import export
+
+    path = export.shipped_form(teacher.onnx_path, Path(args.work) / f"shipped-{args.task}", lambda src, dst: src)
+    return [{"part": "shipped", "name": "teacher fp32, fused (autocompress ships)", "onnx": str(path),
+             "dev": _dev(str(path), data, teacher)}]
 
 
 OPTIMUM_SCRIPT = r'''
@@ -239,7 +250,7 @@ def table(args, data, teacher) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--task", default="sst2")
-    ap.add_argument("--part", required=True, choices=("teacher", "optimum", "distilbert", "search", "random", "table"))
+    ap.add_argument("--part", required=True, choices=("teacher", "shipped", "optimum", "distilbert", "search", "random", "table"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--trials", type=int, help="trials of the searches (default: the space's)")
     ap.add_argument("--space", default="default")
@@ -261,7 +272,7 @@ def main() -> int:
     if not args.again and any(r["part"] == args.part and (label is None or r["name"] == label) for r in _rows(args.task)):
         print(f"{args.part} is in {_out(args.task)} already (--again to run it again)")
         return 0
-    fn = {"teacher": part_teacher, "optimum": part_optimum, "distilbert": part_distilbert,
+    fn = {"teacher": part_teacher, "shipped": part_shipped, "optimum": part_optimum, "distilbert": part_distilbert,
           "search": lambda a, d, t: part_search(a, d, t, "tpe"), "random": lambda a, d, t: part_search(a, d, t, "random")}
     for row in fn[args.part](args, data, teacher):
         row.update(task=args.task, date=time.strftime("%Y-%m-%d %H:%M"))
