@@ -7,6 +7,8 @@ so int8 may move a logit by 10% of it; fp16's 11-bit mantissa (~0.05% per operat
 is allowed 0.5%. A broken scale or zero point moves logits by their own size.
 """
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -108,6 +110,31 @@ def test_an_uncompressed_model_ships_with_fused_kernels(fp32, rows, tmp_path):
     np.testing.assert_allclose(predict_onnx(shipped, rows), predict_onnx(fp32, rows), atol=1e-5)
     int8 = export.shipped_form(fp32, tmp_path / "q", lambda src, dst: Recipe((Step("quantize_int8"),)).apply_onnx(src, dst))
     assert ops(int8)["QAttention"] == 4 and not (tmp_path / "q" / "model.fused.onnx").exists()
+
+
+def test_a_fusion_that_fails_or_changes_the_logits_ships_the_export(fp32, tiny_bert_factory, tmp_path, monkeypatch):
+    """Fusion only buys speed: a graph the fusions cannot handle, or whose fused logits differ from the
+    export's, ships as exported."""
+    import torch
+
+    def broken(src, dst):
+        raise ValueError("no pattern")
+
+    monkeypatch.setattr(export, "fuse_for_ort", broken)
+    assert export.shipped_form(fp32, tmp_path / "a", lambda src, dst: src) == fp32
+    other = tiny_bert_factory()
+    with torch.no_grad():
+        other.classifier.bias.add_(1.0)                     # another model: other logits
+    other_onnx = export.export_onnx(other, tmp_path / "other.onnx")
+
+    def wrong(src, dst):
+        Path(dst).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(other_onnx, dst)
+        return {"attention": 4}
+
+    monkeypatch.setattr(export, "fuse_for_ort", wrong)
+    assert export.shipped_form(fp32, tmp_path / "b", lambda src, dst: src) == fp32
+    assert not (tmp_path / "b" / "model.fused.onnx").exists()
 
 
 def test_files_shrink_on_a_wider_model(tmp_path, tiny_transfer):
