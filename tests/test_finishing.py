@@ -42,8 +42,24 @@ def test_members_are_spread_over_the_front_within_reach_of_the_teacher():
     assert [t.number for t in members(ts, "cpu", spec, floor=0.5)] == [2, 4]
     assert [t.number for t in members(ts, "cpu", {**spec, "members": 3}, floor=0.5)] == [2, 3, 4]
     refined = _trial(6, 0.86, 5.0, refined_recipe(_kd(3), LONG), role="refined", params={"refines": 2})
-    assert [t.number for t in members(ts + [refined], "cpu", {**spec, "members": 3}, floor=0.5)] == [3, 4]
-    assert members(ts, "cpu", {**spec, "within": 0.01}, floor=0.5) == []
+    assert [t.number for t in members(ts + [refined], "cpu", {**spec, "members": 2}, floor=0.5)] == [3, 4]
+
+
+def test_slots_left_go_to_the_most_accurate_members_out_of_reach():
+    """Fewer members within reach than slots (CoLA: every short recovery far below the teacher): the slots
+    left go to the most accurate of the others, never to one at the trivial baseline, never to one that
+    cannot be refined; returned fastest first."""
+    teacher = _trial(0, 0.90, 20.0, Recipe(), role="teacher")
+    ts = [teacher, _trial(1, 0.50, 2.0, _kd(2)), _trial(2, 0.70, 3.0, _kd(2)), _trial(3, 0.85, 5.0, _kd(3)),
+          _trial(4, 0.87, 7.0, _kd(4)), _trial(5, 0.88, 9.0, _kd(5)), _trial(6, 0.895, 10.0, Recipe((Step("quantize_int8"),)))]
+    spec = {"members": 2, "within": 0.08, "distill": LONG}
+    assert [t.number for t in members(ts, "cpu", {**spec, "within": 0.01}, floor=0.5)] == [4, 5]
+    assert [t.number for t in members(ts, "cpu", {**spec, "within": 0.01, "members": 4}, floor=0.5)] == [2, 3, 4, 5]
+    assert [t.number for t in members(ts, "cpu", {**spec, "within": 0.01, "members": 9}, floor=0.5)] == [2, 3, 4, 5]
+    assert [t.number for t in members(ts, "cpu", {**spec, "within": 0.04, "members": 3}, floor=0.5)] == [3, 4, 5]
+    # within reach first, spread over latency; then the most accurate of the rest (0.85 before 0.70)
+    assert [t.number for t in members(ts, "cpu", {**spec, "within": 0.026, "members": 3}, floor=0.5)] == [3, 4, 5]
+    assert [t.number for t in members(ts, "cpu", {**spec, "within": 0.026, "members": 4}, floor=0.5)] == [2, 3, 4, 5]
 
 
 @pytest.fixture(scope="module")
