@@ -43,6 +43,11 @@ def test_members_are_spread_over_the_front_within_reach_of_the_teacher():
     assert [t.number for t in members(ts, "cpu", {**spec, "members": 3}, floor=0.5)] == [2, 3, 4]
     refined = _trial(6, 0.86, 5.0, refined_recipe(_kd(3), LONG), role="refined", params={"refines": 2})
     assert [t.number for t in members(ts + [refined], "cpu", {**spec, "members": 2}, floor=0.5)] == [3, 4]
+    # two members whose long recipe is the same (they differ only in their short recovery) take one slot
+    twin = _trial(7, 0.86, 6.0, _kd(4, steps=400))
+    assert [t.number for t in members(ts + [twin], "cpu", {**spec, "members": 3}, floor=0.5)] == [2, 7, 4]
+    done4 = _trial(8, 0.80, 7.0, refined_recipe(_kd(4), LONG), role="refined", params={"refines": 3})
+    assert [t.number for t in members(ts + [twin, done4], "cpu", {**spec, "members": 3}, floor=0.5)] == [1, 2, 4]
 
 
 def test_slots_left_go_to_the_most_accurate_members_out_of_reach():

@@ -41,8 +41,8 @@ def refined_recipe(recipe: Recipe, distill: dict) -> Recipe | None:
 
 
 def members(trials: list[TrialRecord], device: str, spec: dict, floor: float | None) -> list[TrialRecord]:
-    """The front members worth a long recovery: distilled, not refined already, above the task's trivial
-    baseline (``floor``). Those within ``spec['within']`` of the teacher's val score come first, up to
+    """The front members worth a long recovery: distilled, not refined already (nor another member whose long
+    recipe is the same), above the task's trivial baseline (``floor``). Those within ``spec['within']`` of the teacher's val score come first, up to
     ``spec['members']`` spread evenly over the front's latencies (fastest and slowest first); where fewer
     are within reach, the slots left go to the most accurate of the others, so that a task whose short
     recoveries all land far from the teacher (CoLA: of a teacher's 35.4 val MCC, the 3-layer members had
@@ -50,9 +50,13 @@ def members(trials: list[TrialRecord], device: str, spec: dict, floor: float | N
     teacher = next((t for t in trials if t.role == "teacher"), None)
     top = teacher.accuracy("val") if teacher else max((t.accuracy("val") or 0.0) for t in trials)
     done = {t.params.get("refines") for t in trials if t.role == ROLE}
-    front = [t for t in pareto.front(trials, device, floor=floor)
-             if t.role == "candidate" and t.number not in done
-             and refined_recipe(Recipe.from_json(t.recipe), spec["distill"]) is not None]
+    seen = {Recipe.from_json(t.recipe).hash for t in trials if t.role == ROLE}
+    front = []     # one member per long recipe: two members that differ only in their short recovery give one
+    for t in pareto.front(trials, device, floor=floor):
+        longer = refined_recipe(Recipe.from_json(t.recipe), spec["distill"]) if t.role == "candidate" else None
+        if longer is not None and t.number not in done and longer.hash not in seen:
+            seen.add(longer.hash)
+            front.append(t)
     pool = [t for t in front if t.accuracy("val") >= top - spec["within"]]
     k = min(spec["members"], len(pool))
     if k <= 1:
