@@ -11,8 +11,9 @@ from autocompress.store import TrialRecord
 LONG = {"steps": 3000, "hidden": 1.0, "attention": 1.0}
 
 
-def _trial(number, val, ms, recipe, role="candidate", params=None):
-    t = TrialRecord(number, role, recipe.to_json(), recipe.hash, "done", None, 1.0, 1.0, 100, params or {})
+def _trial(number, val, ms, recipe, role="candidate", params=None, zip_mb=None):
+    t = TrialRecord(number, role, recipe.to_json(), recipe.hash, "done", None, 1.0, 1.0, 100, params or {},
+                    size_zip_mb=zip_mb)
     t.metrics["val"] = {"n": 1000, "main": val}
     t.latencies["cpu"] = {"profile": "cpu", "median_ms": ms}
     return t
@@ -44,8 +45,8 @@ def test_members_are_spread_over_the_front_within_reach_of_the_teacher():
     refined = _trial(6, 0.86, 5.0, refined_recipe(_kd(3), LONG), role="refined", params={"refines": 2})
     assert [t.number for t in members(ts + [refined], "cpu", {**spec, "members": 2}, floor=0.5)] == [3, 4]
     # two members whose long recipe is the same (they differ only in their short recovery) take one slot
-    twin = _trial(7, 0.86, 6.0, _kd(4, steps=400))
-    assert [t.number for t in members(ts + [twin], "cpu", {**spec, "members": 3}, floor=0.5)] == [2, 7, 4]
+    twin = _trial(7, 0.86, 6.0, _kd(4, steps=400))       # #3's structure, less accurate: #3 stands for both
+    assert [t.number for t in members(ts + [twin], "cpu", {**spec, "members": 3}, floor=0.5)] == [2, 3, 4]
     done4 = _trial(8, 0.80, 7.0, refined_recipe(_kd(4), LONG), role="refined", params={"refines": 3})
     assert [t.number for t in members(ts + [twin, done4], "cpu", {**spec, "members": 3}, floor=0.5)] == [1, 2, 4]
 
@@ -63,8 +64,22 @@ def test_slots_left_go_to_the_most_accurate_members_out_of_reach():
     assert [t.number for t in members(ts, "cpu", {**spec, "within": 0.01, "members": 9}, floor=0.5)] == [2, 3, 4, 5]
     assert [t.number for t in members(ts, "cpu", {**spec, "within": 0.04, "members": 3}, floor=0.5)] == [3, 4, 5]
     # within reach first, spread over latency; then the most accurate of the rest (0.85 before 0.70)
+    assert [t.number for t in members(ts, "cpu", {**spec, "within": 0.026, "members": 2}, floor=0.5)] == [4, 5]
     assert [t.number for t in members(ts, "cpu", {**spec, "within": 0.026, "members": 3}, floor=0.5)] == [3, 4, 5]
     assert [t.number for t in members(ts, "cpu", {**spec, "within": 0.026, "members": 4}, floor=0.5)] == [2, 3, 4, 5]
+
+
+def test_slots_left_go_to_the_fast_end_of_the_front_first():
+    """A front in three objectives keeps a slow member out of reach for its small download (#4, as CoLA's
+    pruned 6-layer int8 static): the slot left goes to the most accurate member faster than the one within
+    reach (#2), not to that slow one although it scores higher."""
+    teacher = _trial(0, 0.90, 20.0, Recipe(), role="teacher", zip_mb=80.0)
+    ts = [teacher, _trial(1, 0.60, 2.0, _kd(2), zip_mb=10.0), _trial(2, 0.70, 3.0, _kd(3), zip_mb=12.0),
+          _trial(3, 0.86, 4.0, _kd(4), zip_mb=13.0), _trial(4, 0.75, 6.0, _kd(5), zip_mb=9.0)]
+    spec = {"members": 2, "within": 0.05, "distill": LONG}
+    assert [t.number for t in members(ts, "cpu", spec, floor=0.5)] == [2, 3]
+    assert [t.number for t in members(ts, "cpu", {**spec, "members": 3}, floor=0.5)] == [1, 2, 3]
+    assert [t.number for t in members(ts, "cpu", {**spec, "members": 4}, floor=0.5)] == [1, 2, 3, 4]
 
 
 @pytest.fixture(scope="module")
