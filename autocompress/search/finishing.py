@@ -6,10 +6,11 @@ the published students (TinyBERT, MiniLM) distil for many passes with intermedia
 recovery goes only to the few recipes the front says are worth it (multi-fidelity in two rungs): up to
 ``members`` front members that were distilled, those whose val score is within ``within`` of the
 teacher's first, spread over the front's latencies, then the front's fast end (``members``). Each is
-rebuilt with the same structure and ONNX steps and the space's ``finish: distill:`` parameters (more steps, hidden-state and attention targets) as its recovery; its
-latency is the member's (same graph), its score its own. It is stored as a trial of role ``refined``
-(``params['refines']``: the member's number), so the fronts hold both; a resumed search does not refine
-a member twice. Recipes whose latency depends on the input (early exit) are left as they are.
+rebuilt with the same structure and ONNX steps and the space's ``finish: distill:`` parameters (more
+steps, hidden-state and attention targets) as its recovery; its latency is the member's (same graph), its
+score its own. It is stored as a trial of role ``refined`` (``params['refines']``: the member's number),
+so the fronts hold both; a resumed search does not refine a member twice. Recipes whose latency depends
+on the input (early exit) are left as they are.
 """
 from __future__ import annotations
 
