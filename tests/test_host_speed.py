@@ -123,6 +123,58 @@ def test_slow_observations_or_a_few_fast_ones_leave_the_nominal_alone(tiny, monk
     assert len(json.loads(ref.meta.read_text())["observations"]) == 6
 
 
+def clock(monkeypatch, step_s: float):
+    """The observations' clock, mocked: each one ``step_s`` after the last."""
+    from datetime import datetime, timedelta
+
+    t = iter(datetime(2026, 12, 6, 3, 0) + timedelta(seconds=step_s * i) for i in range(1000))
+    monkeypatch.setattr(book, "_now", lambda: next(t).isoformat(timespec="seconds"))
+
+
+def test_a_nominal_caught_in_a_fast_phase_is_re_based_on_the_quiet_observations_since(tiny, monkeypatch):
+    """Established in a fast minute (10 ms) where the host's usual is 11.5 ms (factor 0.87: in band, so no
+    figure is flagged): after six quiet observations over six minutes the nominal is their median, with no
+    new timing; the figure that tipped it is scaled by the new one, the old one is in the history."""
+    windows = Windows(steady(10.0))
+    monkeypatch.setattr(L, "reference_windows", windows)
+    monkeypatch.setattr(L.Share, "value", lambda self, threads: 0.97)
+    clock(monkeypatch, 70.0)
+    old = L.host_reference(1)
+    figures = []
+    for ms in (11.5, 11.3, 11.6, 11.5, 11.7, 11.4):
+        interleaved(monkeypatch, ms)
+        figures.append(L.measure_latency(tiny, ONE, **QUICK).detail["host_reference"])
+    assert [f["id"] for f in figures[:5]] == [old.id] * 5 and figures[0]["factor"] == pytest.approx(10 / 11.5, rel=1e-3)
+    new = L.host_reference(1)
+    assert len(windows.calls) == 1 and new.id != old.id                  # re-based, not timed again
+    assert new.nominal_ms == pytest.approx(11.5) and figures[5]["id"] == new.id
+    assert figures[5]["factor"] == pytest.approx(11.5 / 11.4, rel=1e-3)
+    record = json.loads(new.meta.read_text())
+    (was,) = record["history"]
+    assert was["id"] == old.id and "typical speed at 11.50 ms, 13% from its nominal 10.00 ms" in was["why"]
+    assert record["window_ms"] == [11.5, 11.3, 11.6, 11.5, 11.7, 11.4] and record["observations"] == []
+
+
+@pytest.mark.parametrize("share, step_s, series", [
+    (0.55, 70.0, (11.5, 11.3, 11.6, 11.5, 11.7, 11.4)),    # measured beside other work: not pooled
+    (0.97, 20.0, (11.5, 11.3, 11.6, 11.5, 11.7, 11.4)),    # quiet, but within two minutes: one phase, maybe
+    (0.97, 70.0, (11.5, 14.0, 10.1, 13.0, 11.7, 15.0)),    # quiet and long, but they disagree: no typical speed
+    (0.97, 70.0, (10.3, 9.8, 10.2, 10.4, 9.9, 10.1)),      # they agree with the nominal
+])
+def test_observations_re_base_the_nominal_only_when_quiet_spread_in_time_agreeing_and_off(
+        tiny, monkeypatch, share, step_s, series):
+    windows = Windows(steady(10.0))
+    monkeypatch.setattr(L, "reference_windows", windows)
+    monkeypatch.setattr(L.Share, "value", lambda self, threads: share)
+    clock(monkeypatch, step_s)
+    ref = L.host_reference(1)
+    for ms in series:
+        interleaved(monkeypatch, ms)
+        L.measure_latency(tiny, ONE, **QUICK)
+    assert L.host_reference(1).id == ref.id and len(windows.calls) == 1
+    assert [o["cpu_share"] for o in json.loads(ref.meta.read_text())["observations"]] == [share] * 6
+
+
 def test_a_reference_cached_before_the_policy_with_a_wide_ci_is_established_again(monkeypatch):
     monkeypatch.setattr(L, "reference_windows", Windows(steady(12.6)))
     onnx_path, meta, _, _ = book.locate(2, None)

@@ -26,6 +26,7 @@ import json
 import os
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -180,8 +181,10 @@ _PROCESS_ONLY: dict[str, tuple[HostReference, float]] = {}    # record path -> (
 def host_reference(threads: int, cpus: tuple[int, ...] | None = None, *, fresh: bool = False,
                    log: Callable[[str], None] | None = None) -> HostReference:
     """This host's reference at ``threads`` threads (pinned to ``cpus`` if given): the cached one where
-    nothing since says it was timed under load (``reference.trouble``); otherwise (or ``fresh``) built if
-    need be and established now, the one it replaces kept in the record's history (``reference``)."""
+    nothing since says it was timed under load or in an unusual moment (``reference.trouble``); one whose
+    quiet observations since put the host's typical speed elsewhere is re-based on them
+    (``reference.pooled``); otherwise (or ``fresh``) built if need be and established now. The one it
+    replaces is kept in the record's history (``reference``)."""
     from .. import export                         # (torch: imported when a reference is first built)
 
     onnx_path, meta, layers, info = book.locate(threads, cpus)
@@ -190,6 +193,13 @@ def host_reference(threads: int, cpus: tuple[int, ...] | None = None, *, fresh: 
         why = "established again on request" if fresh else "none cached" if old is None else book.trouble(old)
         if not why and onnx_path.is_file():
             return HostReference(onnx_path, threads, old["nominal_ms"], old["date"], layers, cpus, old["id"])
+        if not fresh and old is not None and onnx_path.is_file() and not book.poisoned(old) and book.drifted(old):
+            ref = HostReference(onnx_path, threads, book.pooled(old), time.strftime("%Y-%m-%d"), layers, cpus,
+                                book.new_id())              # re-based on what the host did since: no new timing
+            fileio.write_json(meta, book.record(book.rebased(old), ref.id, 0, info, old, why))
+            if log:
+                log(f"host reference ({threads} thread(s)): nominal re-based: {why}")
+            return ref
         memo = _PROCESS_ONLY.get(str(meta))
         if memo and not fresh and time.time() - memo[1] < book.RETRY_S:
             return memo[0]
@@ -233,13 +243,34 @@ def check_reference(threads: int, cpus: tuple[int, ...] | None = None) -> tuple[
     return book.holds_now(book.load(ref.meta), now)
 
 
-def _observed(ref: HostReference | None, ref_times: list[float]) -> HostReference | None:
-    """A measurement's interleaved median kept beside the cached nominal (``reference.note``); where the
-    last observations say that nominal was timed under load (or another process replaced it), the
-    reference is established again now (or read) and the figure is scaled to it."""
-    if ref is None or not ref_times or not book.note(ref, float(np.median(ref_times))):
+def _observed(ref: HostReference | None, ref_times: list[float], share: "Share") -> HostReference | None:
+    """A measurement's interleaved median kept beside the cached nominal (``reference.note``), with this
+    process's CPU share while it timed; where the observations say that nominal was timed under load or in
+    a moment unlike the host's usual (or another process replaced it), the reference is established again
+    or re-based now (or read) and the figure is scaled to it."""
+    if ref is None or not ref_times or not book.note(ref, float(np.median(ref_times)), share.value(ref.threads)):
         return ref
     return host_reference(ref.threads, ref.cpus)
+
+
+class Share:
+    """This process's CPU time over wall time while it timed (``with share.timing():`` around each timed
+    stretch): about 1 per thread where it had its CPUs, less where other work took them."""
+
+    def __init__(self):
+        self.cpu = self.wall = 0.0
+
+    @contextmanager
+    def timing(self):
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        try:
+            yield
+        finally:
+            self.cpu += time.process_time() - cpu0
+            self.wall += time.perf_counter() - wall0
+
+    def value(self, threads: int) -> float | None:
+        return self.cpu / (self.wall * threads) if self.wall > 0 else None
 
 
 def _bracketing(enabled: bool, provider: str, threads: int,
@@ -275,8 +306,8 @@ def measure_latency(
     cpus = profile.cpus(threads) if provider == "CPUExecutionProvider" else None
     ref, reference = _bracketing(drift_reference, provider, threads, cpus)
     session = profile.session(onnx_path, threads=threads, provider=provider, cpus=cpus)
-    results = []
-    with locks.measuring(), pinned(cpus):
+    results, share = [], Share()
+    with locks.measuring(), pinned(cpus), share.timing():
         for batch, seq in profile.shapes:
             run = _runner(session, inputs(session, batch, seq), provider)
             ref_times: list[float] = []
@@ -284,7 +315,7 @@ def measure_latency(
                                  ci_target=ci_target, reference=reference, reference_times=ref_times)
             results.append((batch, seq, times, ref_times, stop))
     del session, reference
-    ref = _observed(ref, [t for r in results for t in r[3]])
+    ref = _observed(ref, [t for r in results for t in r[3]], share)
     (batch, seq, times, ref_times, stop), rest = results[0], results[1:]
     extra = {"warmup": warmup, "protocol": f"sequential; stopped at: {stop}", "ci95_rel": round(ci_rel(times), 4)}
     if rest:
@@ -326,16 +357,19 @@ def measure_side_by_side(
     ref, reference = _bracketing(drift_reference, profile.provider, threads, cpus)
     times: dict[Any, list[float]] = {k: [] for k in onnx_paths}
     ref_times: dict[Any, list[float]] = {k: [] for k in onnx_paths}
+    share = Share()
     with locks.measuring(), pinned(cpus):
         for _ in range(rounds):
             for k, path in onnx_paths.items():
                 with unpinned(cpus):
                     session = profile.session(path, threads=threads, cpus=cpus)
                 run = _runner(session, inputs(session, profile.batch_size, profile.seq_len), profile.provider)
-                times[k] += repeat(run, warmup=warmup, min_runs=runs_per_round, max_runs=runs_per_round,
-                                   max_seconds=0.0, ci_target=0.0, reference=reference, reference_times=ref_times[k])[0]
+                with share.timing():
+                    times[k] += repeat(run, warmup=warmup, min_runs=runs_per_round, max_runs=runs_per_round,
+                                       max_seconds=0.0, ci_target=0.0, reference=reference,
+                                       reference_times=ref_times[k])[0]
                 del run, session
-    ref = _observed(ref, [t for r in ref_times.values() for t in r])
+    ref = _observed(ref, [t for r in ref_times.values() for t in r], share)
     extra = {"warmup": warmup, "protocol": f"side by side with {len(onnx_paths)} models, {rounds} interleaved rounds"}
     return {k: _latency(profile, t, profile.provider, threads, extra, ref, ref_times[k], cpus) for k, t in times.items()}
 
@@ -364,7 +398,8 @@ def profile_operators(onnx_path: str | os.PathLike, profile: Profile, *, threads
         opts.profile_file_prefix = str(Path(tmp) / "ort")
         session = profile.session(onnx_path, threads=threads, provider="CPUExecutionProvider", options=opts, cpus=cpus)
         feeds = inputs(session, profile.batch_size, profile.seq_len)
-        with locks.measuring(), pinned(cpus):
+        share = Share()
+        with locks.measuring(), pinned(cpus), share.timing():
             times, stop = repeat(lambda: session.run(None, feeds), warmup=warmup, min_runs=min_runs,
                                  max_runs=max_runs, max_seconds=max_seconds, ci_target=ci_target,
                                  reference=reference, reference_times=ref_times)
@@ -382,7 +417,7 @@ def profile_operators(onnx_path: str | os.PathLike, profile: Profile, *, threads
             op = e.get("args", {}).get("op_name", "?")
             per_run[i][op] = per_run[i].get(op, 0.0) + e["dur"] / 1e3
     ops = sorted({op for r in per_run for op in r})
-    ref = _observed(ref, ref_times)
+    ref = _observed(ref, ref_times, share)
     factor = ref.factor(ref_times) if ref else 1.0
     op_ms = {op: factor * float(np.median([r.get(op, 0.0) for r in per_run])) for op in ops}
     lat = _latency(profile, times, "CPUExecutionProvider", threads,

@@ -23,6 +23,14 @@ error: a 2-thread nominal of 23.05 ms (95% CI ±3.6%), timed under load, where t
   ``BAND[1]``), the nominal was timed under load: it is established again, the old one kept in
   ``history``. A predictor calibrated on host timings scaled to the old nominal is calibrated again (it
   records the reference's ``id``).
+- **re-based on what later measurements saw** (``pooled``, ``drifted``): this VM also has minute-long
+  speed phases (quiet, its 2-thread reference ran at 4.24-4.41 ms for a minute or more, 4.8-5.1 ms
+  otherwise), and a nominal established inside one carries that phase into every later figure (a cache
+  made so gave figures 0.87-0.91 of a quiet cache's). Once at least ``POOL_MIN`` observations made while
+  the measuring process had its CPUs (``MIN_CPU_SHARE``) span ``POOL_SPAN_S`` or more and agree (two in
+  three within ±``NEAR`` of their median), their median is the host's typical speed; a nominal more than
+  ``NEAR`` from it is replaced by it (no new timing: another 20 s could land in a phase again), the old
+  one kept in ``history``, its id changed as above.
 - **flagged when implausible** (``out_of_band``): a factor outside ``BAND`` is applied, never silently.
 """
 from __future__ import annotations
@@ -63,7 +71,10 @@ RETRY_S = 900.0      # a reference used by this process only is tried again afte
 # the host runs more than 5% faster than its "nominal": that nominal was timed under load (the poisoned
 # cache gave 2.2). Below 0.80 the host is so busy that a model and the reference may not slow alike.
 BAND = (0.80, 1.05)
-FAST_COUNT, KEEP_OBSERVATIONS, KEEP_HISTORY = 3, 10, 10
+FAST_COUNT, KEEP_OBSERVATIONS, KEEP_HISTORY = 3, 20, 10
+# A search measures every few minutes: six quiet observations over five minutes outlast the phases seen here
+# (seconds to a minute or two) more often than 20 s of windows can.
+POOL_MIN, POOL_SPAN_S = 6, 300.0
 CHECK_WINDOWS, CHECK_RUNS = 3, 30             # ``profiles --check``: a brief re-timing
 
 Window = tuple[list[float], "float | None"]   # one window's settled times (ms), this process's CPU share
@@ -168,9 +179,10 @@ def cached(threads: int, cpus: tuple[int, ...] | None = None) -> HostReference |
         onnx_path, threads, d["nominal_ms"], d["date"], layers, cpus, d["id"])
 
 
-def note(ref: HostReference, median_ms: float) -> bool:
-    """Keep a measurement's interleaved median beside ``ref``'s cached nominal. True where ``ref`` no
-    longer stands: poisoned by the observations so far, or replaced meanwhile by another process."""
+def note(ref: HostReference, median_ms: float, cpu_share: float | None = None) -> bool:
+    """Keep a measurement's interleaved median (and the measuring process's CPU share) beside ``ref``'s
+    cached nominal. True where ``ref`` no longer stands: poisoned or drifted by the observations so far, or
+    replaced meanwhile by another process."""
     if not ref.established:
         return False
     with locks.file_lock(ref.meta):
@@ -179,9 +191,9 @@ def note(ref: HostReference, median_ms: float) -> bool:
             return False
         if d["id"] != ref.id:
             return True
-        d = observe(d, median_ms)
+        d = observe(d, median_ms, cpu_share)
         fileio.write_json(ref.meta, d)
-    return poisoned(d)
+    return poisoned(d) or drifted(d)
 
 
 # ------------------------------------------------------------------ establishing a nominal
@@ -262,14 +274,57 @@ def trouble(d: dict) -> str:
         factors = ", ".join(f"{o['factor']:.2f}" for o in d["observations"][-FAST_COUNT:])
         return (f"the last {FAST_COUNT} interleaved observations all ran faster than its nominal by more than the "
                 f"band allows (factors {factors} > {BAND[1]:.2f}): it was timed under load")
+    if drifted(d):
+        quiet, typical = _quiet(d), pooled(d)
+        return (f"{len(quiet)} quiet interleaved observations over {_span_s(quiet) / 60:.0f} min put the host's typical "
+                f"speed at {typical:.2f} ms, {100 * abs(d['nominal_ms'] / typical - 1):.0f}% from its nominal "
+                f"{d['nominal_ms']:.2f} ms (more than ±{100 * NEAR:g}%): it was timed in a moment unlike the host's usual")
     return ""
 
 
-def observe(d: dict, median_ms: float) -> dict:
-    """The record with one more observation: a measurement's interleaved median and the factor it gave."""
-    obs = list(d.get("observations") or []) + [{"at": _now(), "median_ms": round(median_ms, 4),
-                                                 "factor": round(d["nominal_ms"] / median_ms, 4)}]
+def observe(d: dict, median_ms: float, cpu_share: float | None = None) -> dict:
+    """The record with one more observation: a measurement's interleaved median, the factor it gave and the
+    measuring process's CPU share (None where not known: not pooled)."""
+    o = {"at": _now(), "median_ms": round(median_ms, 4), "factor": round(d["nominal_ms"] / median_ms, 4)}
+    if cpu_share is not None:
+        o["cpu_share"] = round(cpu_share, 3)
+    obs = list(d.get("observations") or []) + [o]
     return dict(d, observations=obs[-KEEP_OBSERVATIONS:])
+
+
+def _quiet(d: dict) -> list[dict]:
+    return [o for o in d.get("observations") or [] if (o.get("cpu_share") or 0.0) >= MIN_CPU_SHARE]
+
+
+def _span_s(obs: list[dict]) -> float:
+    at = [datetime.fromisoformat(o["at"]).timestamp() for o in obs]
+    return max(at) - min(at) if at else 0.0
+
+
+def pooled(d: dict) -> float | None:
+    """The host's typical speed from later measurements: the median of the quiet observations (CPU share at
+    least MIN_CPU_SHARE), where at least POOL_MIN of them span POOL_SPAN_S and MAJORITY of them lie within
+    ±NEAR of it; None where they are too few, too close in time, or disagree."""
+    quiet = _quiet(d)
+    if len(quiet) < POOL_MIN or _span_s(quiet) < POOL_SPAN_S:
+        return None
+    ms = [o["median_ms"] for o in quiet]
+    typical = float(np.median(ms))
+    near = sum(abs(m / typical - 1) <= NEAR for m in ms)
+    return typical if near >= math.ceil(MAJORITY * len(ms) - 1e-9) else None
+
+
+def drifted(d: dict) -> bool:
+    """The pooled observations put the host's typical speed more than NEAR from the nominal."""
+    typical = pooled(d)
+    return typical is not None and abs(d["nominal_ms"] / typical - 1) > NEAR
+
+
+def rebased(d: dict) -> Verdict:
+    """What the pooled observations say, as a verdict a record is made from (``drifted`` records only)."""
+    quiet = _quiet(d)
+    ms = [o["median_ms"] for o in quiet]
+    return Verdict(True, pooled(d), ci_rel(ms), tuple(ms), min(o["cpu_share"] for o in quiet), len(ms))
 
 
 def poisoned(d: dict) -> bool:
