@@ -16,8 +16,9 @@
    (on this VM the 2-thread reference moved 16% with nothing else running): where L misses Q by about
    as much as Q2 does, the gap is the host's, not the load's;
 5. (unless --skip-doubled) a copy of Q whose laptop reference's nominal is doubled by hand (a poisoned
-   nominal that slipped through): laptop-cpu obtained 4 times with it, to see the figures flagged out of
-   band and the nominal established again after the third observation.
+   nominal that slipped through): laptop-cpu obtained 4 times with it, to see the nominal re-based at once
+   on the observations the copy carries from step 4 (or, without them, the figures flagged out of band and
+   the nominal established again after the third observation).
 
     python benchmarks/host_speed_under_load.py [--rounds 8] [--skip-doubled] [--keep DIR]
 
@@ -115,7 +116,10 @@ def main() -> int:
     from autocompress import checkpoint, export
     from autocompress.teacher import resolve_model
 
-    print(f"host {platform.node()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
+    from autocompress.hardware.host import cpu_info
+
+    print(f"host {platform.node()}, {cpu_info()['cpu']}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}, "
+          f"{time.strftime('%Y-%m-%d %H:%M')}")
     root = Path(args.keep or tempfile.mkdtemp(prefix="host-speed-under-load-"))
     quiet, loaded, control = root / "quiet", root / "loaded", root / "quiet2"
     for p in (quiet, loaded, control):
