@@ -6,9 +6,30 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+class Share:
+    """This process's CPU time over wall time while it ran (``with share.timing():`` around each stretch):
+    about 1 per thread where it had its CPUs, less where other work took them."""
+
+    def __init__(self):
+        self.cpu = self.wall = 0.0
+
+    @contextmanager
+    def timing(self) -> Iterator[None]:
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        try:
+            yield
+        finally:
+            self.cpu += time.process_time() - cpu0
+            self.wall += time.perf_counter() - wall0
+
+    def value(self, threads: int) -> float | None:
+        return self.cpu / (self.wall * threads) if self.wall > 0 else None
+
 
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")  # x86 and ARM (dot product)
 

@@ -26,7 +26,6 @@ import json
 import os
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -36,7 +35,7 @@ import numpy as np
 from .. import fileio, locks, pipeline
 from . import reference as book
 from .figure import Latency
-from .host import pinned, unpinned, where
+from .host import Share, pinned, unpinned, where
 from .reference import HostReference, ci_rel, median_ci  # noqa: F401  (re-exported: the protocol's statistics)
 
 Profile = Any    # a ``profiles.HardwareProfile``: received, never imported (only its attributes are read here)
@@ -243,7 +242,7 @@ def check_reference(threads: int, cpus: tuple[int, ...] | None = None) -> tuple[
     return book.holds_now(book.load(ref.meta), now)
 
 
-def _observed(ref: HostReference | None, ref_times: list[float], share: "Share") -> HostReference | None:
+def _observed(ref: HostReference | None, ref_times: list[float], share: Share) -> HostReference | None:
     """A measurement's interleaved median kept beside the cached nominal (``reference.note``), with this
     process's CPU share while it timed; where the observations say that nominal was timed under load or in
     a moment unlike the host's usual (or another process replaced it), the reference is established again
@@ -252,25 +251,6 @@ def _observed(ref: HostReference | None, ref_times: list[float], share: "Share")
         return ref
     return host_reference(ref.threads, ref.cpus)
 
-
-class Share:
-    """This process's CPU time over wall time while it timed (``with share.timing():`` around each timed
-    stretch): about 1 per thread where it had its CPUs, less where other work took them."""
-
-    def __init__(self):
-        self.cpu = self.wall = 0.0
-
-    @contextmanager
-    def timing(self):
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        try:
-            yield
-        finally:
-            self.cpu += time.process_time() - cpu0
-            self.wall += time.perf_counter() - wall0
-
-    def value(self, threads: int) -> float | None:
-        return self.cpu / (self.wall * threads) if self.wall > 0 else None
 
 
 def _bracketing(enabled: bool, provider: str, threads: int,
