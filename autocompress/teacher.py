@@ -70,7 +70,8 @@ class TeacherSettings:
     evaluations: int = 8          # val looked at about this often over the plan (every pass where passes are shorter)
     patience: int | None = 3      # stop after this many evaluations without a gain (None: train the whole plan)
     keep_best: bool = True        # keep the weights of the best evaluation (False: the last ones)
-    version: int = 5              # the training recipe; a change retrains cached teachers (5: three passes)
+    version: int = 6              # the training recipe; a change retrains cached teachers (5: three passes; 6: val
+                                  # of whole sentences only, none inside a train row)
     data: str = ""                # fingerprint of your own data files (FileTask.fingerprint); empty for GLUE
 
     def eval_every(self, rows: int) -> int:

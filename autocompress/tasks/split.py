@@ -8,8 +8,12 @@ points above dev and ranked candidates on a different kind of input.
 
 ``carve``: (1) rows are drawn from train with weights that match the dev inputs' length distribution
 (words per input, in bins at dev's deciles: a train row in a bin that holds 10% of dev and 2% of train
-weighs 5); (2) for single-text tasks, every train row that is a proper contiguous part of a val input (one
-of its phrases) is left out of train, so val is unseen text, as dev is. ``Carve`` says what was done.
+weighs 5); (2) for single-text tasks, only whole inputs are drawn: a row that lies word for word inside
+another train row (a phrase of a sentence that stays in train) is never a val row, or the teacher would
+train on it (and its label) through the longer row: before this rule 67-70% of SST-2's val rows lay
+inside a train row, 93% of them with the same label (``benchmarks/val_overlap.py``); (3) every train row
+that is a part of a val input (one of its phrases) or a copy of one is left out of train, so val is
+unseen text, as dev is. ``Carve`` says what was done.
 """
 from __future__ import annotations
 
@@ -78,26 +82,56 @@ def parts_of(texts: list[str], max_words: int = 64) -> set[str] | None:
     return out
 
 
+def hosted(texts: list[str]) -> np.ndarray:
+    """For each text, whether it lies word for word (lowercased, as a contiguous run of whole words) inside
+    another, longer text of the list. Each text is checked only against the texts that hold its rarest word."""
+    norm = [" ".join(_words(t)) for t in texts]
+    holders: dict[str, list[int]] = {}
+    for i, t in enumerate(norm):
+        for w in set(t.split()):
+            holders.setdefault(w, []).append(i)
+    out = np.zeros(len(norm), dtype=bool)
+    for i, t in enumerate(norm):
+        words = set(t.split())
+        if not words:
+            continue
+        rarest = min(words, key=lambda w: len(holders[w]))
+        pad = f" {t} "
+        out[i] = any(len(norm[j]) > len(t) and pad in f" {norm[j]} " for j in holders[rarest])
+    return out
+
+
 def carve(train, dev, val_size: int, seed: int):
-    """(train rest, val, Carve): ``val_size`` rows drawn from ``train`` like ``dev`` (length-matched), and
-    train without the rows that are parts of a val input (single-text tasks)."""
+    """(train rest, val, Carve): ``val_size`` rows drawn from ``train`` like ``dev`` (length-matched; for
+    single-text tasks whole inputs only, where there are enough), and train without the rows that are
+    parts or copies of a val input (single-text tasks)."""
     rng = np.random.default_rng(seed)
     train_len, dev_len = _lengths(train), _lengths(dev)
-    p = match_weights(train_len, dev_len)
-    chosen = rng.choice(len(train), size=val_size, replace=False, p=p) if (p > 0).sum() >= val_size else \
-        rng.choice(len(train), size=val_size, replace=False)
+    single = "text_b" not in train.column_names
+    inside = hosted(train["text_a"]) if single else np.zeros(len(train), dtype=bool)
+    if not inside.any() or (~inside).sum() < val_size:           # no phrase structure, or too few whole inputs
+        inside = np.zeros(len(train), dtype=bool)
+    p = np.zeros(len(train))
+    p[~inside] = match_weights(train_len[~inside], dev_len)       # dev's lengths among the rows that may be drawn
+    if (p > 0).sum() < val_size:                                  # too few of them in dev's length range
+        p[~inside] = 1.0 / (~inside).sum()
+    chosen = rng.choice(len(train), size=val_size, replace=False, p=p)
     val_set = set(chosen.tolist())
     rest = [i for i in range(len(train)) if i not in val_set]
     dropped = 0
-    seen = parts_of(train.select(sorted(val_set))["text_a"]) if "text_b" not in train.column_names else None
+    val_texts = train.select(sorted(val_set))["text_a"] if single else []
+    seen = parts_of(val_texts) if single else None
     if seen is not None:
+        seen |= {" ".join(_words(t)) for t in val_texts}          # copies of a val input too
         texts = train["text_a"]
         keep = [i for i in rest if " ".join(_words(texts[i])) not in seen]
         dropped = len(rest) - len(keep)
         rest = keep
     val = train.select(sorted(val_set))
-    info = Carve(f"{val_size} train rows drawn to match dev's input lengths (median {np.median(train_len[chosen]):.0f} "
+    whole = bool(inside.any())
+    info = Carve(f"{val_size} {'whole ' if whole else ''}train rows drawn to match dev's input lengths (median {np.median(train_len[chosen]):.0f} "
                  f"words; dev {np.median(dev_len):.0f}, train {np.median(train_len):.0f})"
-                 + (f"; {dropped} train rows that are parts of val inputs left out of train" if dropped else ""),
+                 + (f"; {int(inside.sum())} train rows that lie inside longer ones not drawn" if whole else "")
+                 + (f"; {dropped} train rows that are parts or copies of val inputs left out of train" if dropped else ""),
                  float(np.median(train_len[chosen])), float(np.median(dev_len)), float(np.median(train_len)), dropped)
     return train.select(rest), val, info
