@@ -356,3 +356,27 @@ def test_val_is_carved_like_dev_and_its_parts_leave_train():
     assert how.dropped >= len(own_parts) > 0 and not own_parts & set(rest["text_a"])
     assert len(rest) + len(val) + how.dropped == len(rows)
     assert carve(train, dev, 40, seed=0)[1]["text_a"] == val["text_a"]          # the same for a seed
+
+
+def test_val_never_lies_inside_a_train_row_and_its_copies_leave_train():
+    """SST-2's train split holds sentences and the phrases of longer sentences; a val row that is a phrase
+    of a sentence left in train is trained on through that sentence (67-70% of SST-2's val rows were,
+    ``benchmarks/val_overlap.py``). Train here: 60 whole 12-word sentences, 60 12-word rows that lie inside
+    20-word sentences, and copies of 10 whole sentences; dev: 12 words. Val may only hold whole rows, and
+    neither the copies of a val row nor its parts stay in train."""
+    from autocompress.tasks.split import carve, hosted
+
+    rng = np.random.default_rng(1)
+    vocab = [f"w{i}" for i in range(400)]
+    whole = [" ".join(rng.choice(vocab, 12)) for _ in range(60)]
+    longer = [" ".join(rng.choice(vocab, 20)) for _ in range(60)]
+    inner = [" ".join(s.split()[4:16]) for s in longer]                   # 12 words, inside a longer row
+    rows = whole + inner + longer + whole[:10]                          # ten whole sentences twice
+    assert hosted(rows).tolist() == [False] * 60 + [True] * 60 + [False] * 70
+    train = datasets.Dataset.from_dict({"text_a": rows, "label": [i % 2 for i in range(len(rows))]})
+    dev = datasets.Dataset.from_dict({"text_a": [" ".join(rng.choice(vocab, 12)) for _ in range(30)], "label": [0] * 30})
+    rest, val, how = carve(train, dev, 30, seed=0)
+    assert not set(val["text_a"]) & set(inner)                          # length-matched, yet never a contained row
+    assert all(f" {v} " not in f" {t} " for v in val["text_a"] for t in rest["text_a"])   # val unseen, copies too
+    assert how.val_median_words == how.dev_median_words == 12 and "whole" in how.how
+    assert len(rest) + len(val) + how.dropped == len(rows)
