@@ -51,7 +51,7 @@ def load_task(task: str | FileTask, data_dir: str | os.PathLike | None = None, *
     rest, val, how = carve(train, dev, val_size, seed)
     if len(rest) < val_size:
         raise DataError(f"--val-size {val_size}: after carving val like dev, {len(rest)} of the {n} {spec.name} "
-                        "training rows would be left to the teacher (the others are val, or parts of val inputs); "
+                        "training rows would be left to the teacher (the others are val, or parts or copies of val inputs); "
                         "give a smaller --val-size")
     return TaskData(spec, rest, val, dev, source, how.to_dict())
 

@@ -43,7 +43,7 @@ class Carve:
     val_median_words: float
     dev_median_words: float
     train_median_words: float
-    dropped: int              # train rows left out because they are parts of val inputs
+    dropped: int              # train rows left out because they are parts or copies of val inputs
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
