@@ -84,21 +84,22 @@ def parts_of(texts: list[str], max_words: int = 64) -> set[str] | None:
 
 def hosted(texts: list[str]) -> np.ndarray:
     """For each text, whether it lies word for word (lowercased, as a contiguous run of whole words) inside
-    another, longer text of the list. Each text is checked only against the texts that hold its rarest word."""
+    another, longer text of the list. Each distinct text is checked only against the distinct texts that
+    hold its rarest word (many repeats of a few short texts stay cheap)."""
     norm = [" ".join(_words(t)) for t in texts]
+    distinct = list(dict.fromkeys(norm))
     holders: dict[str, list[int]] = {}
-    for i, t in enumerate(norm):
+    for i, t in enumerate(distinct):
         for w in set(t.split()):
             holders.setdefault(w, []).append(i)
-    out = np.zeros(len(norm), dtype=bool)
-    for i, t in enumerate(norm):
+    inside = {}
+    for t in distinct:
         words = set(t.split())
-        if not words:
-            continue
-        rarest = min(words, key=lambda w: len(holders[w]))
+        rarest = min(words, key=lambda w: len(holders[w])) if words else None
         pad = f" {t} "
-        out[i] = any(len(norm[j]) > len(t) and pad in f" {norm[j]} " for j in holders[rarest])
-    return out
+        inside[t] = rarest is not None and any(len(distinct[j]) > len(t) and pad in f" {distinct[j]} "
+                                               for j in holders[rarest])
+    return np.array([inside[t] for t in norm], dtype=bool)
 
 
 def carve(train, dev, val_size: int, seed: int):
