@@ -120,15 +120,14 @@ def carve(train, dev, val_size: int, seed: int):
     val_set = set(chosen.tolist())
     rest = [i for i in range(len(train)) if i not in val_set]
     dropped = 0
-    val_texts = train.select(sorted(val_set))["text_a"] if single else []
-    seen = parts_of(val_texts) if single else None
+    val = train.select(sorted(val_set))
+    seen = parts_of(val["text_a"]) if single else None
     if seen is not None:
-        seen |= {" ".join(_words(t)) for t in val_texts}          # copies of a val input too
+        seen |= {" ".join(_words(t)) for t in val["text_a"]}      # copies of a val input too
         texts = train["text_a"]
         keep = [i for i in rest if " ".join(_words(texts[i])) not in seen]
         dropped = len(rest) - len(keep)
         rest = keep
-    val = train.select(sorted(val_set))
     whole = bool(inside.any())
     info = Carve(f"{val_size} {'whole ' if whole else ''}train rows drawn to match dev's input lengths (median {np.median(train_len[chosen]):.0f} "
                  f"words; dev {np.median(dev_len):.0f}, train {np.median(train_len):.0f})"
