@@ -67,9 +67,9 @@ PARTS_BUDGET = 3_000_000      # word runs kept at most (long texts: the check is
 
 def parts_of(texts: list[str], max_words: int = 64) -> set[str] | None:
     """Every proper part of every text: each contiguous run of its words, shorter than the text itself
-    (lowercased, up to ``max_words`` words long). A text's exact copies are not its parts: duplicates in
-    train are kept, as a dev set drawn like train would hold them too. None where that would be more
-    than ``PARTS_BUDGET`` runs (long documents: their rows are rarely parts of others)."""
+    (lowercased, up to ``max_words`` words long). A text's exact copies are not its parts (``carve`` adds
+    the copies of val inputs itself). None where that would be more than ``PARTS_BUDGET`` runs (long
+    documents: their rows are rarely parts of others)."""
     words = [_words(t) for t in texts]
     if sum(len(w) * min(len(w), max_words) for w in words) > PARTS_BUDGET:
         return None
