@@ -50,11 +50,12 @@ def _store(cwd):
     return Store(default_url(cwd / "runs"), create=False)
 
 
-def _wait_for_finished(cwd, run, n, proc, timeout=900):
-    """Wait until ``n`` candidates of ``run`` are finished; returns the store."""
+def _wait_for_finished(cwd, run, n, proc, err: list | None = None, timeout=900):
+    """Wait until ``n`` candidates of ``run`` are finished; returns the store. ``err``: the lines of the
+    search's stderr read so far (by ``_lines``), else its stderr is read once it has exited."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert proc.poll() is None, ("".join(err) if err is not None else proc.communicate()[1])[-3000:]
         if (cwd / "runs" / "autocompress.db").exists():
             try:
                 store = _store(cwd)
@@ -66,25 +67,31 @@ def _wait_for_finished(cwd, run, n, proc, timeout=900):
     raise AssertionError(f"{n} trials did not finish in {timeout} s")
 
 
-def test_ctrl_c_stores_the_run_as_interrupted_and_exits_130(user):
-    cwd, env = user
-    proc = _start(cwd, env, "--name", "stopped")
-    _wait_for_finished(cwd, "stopped", 1, proc)
-    os.killpg(proc.pid, signal.SIGINT)                # what Ctrl-C sends to the foreground job
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, err[-3000:]
-    assert "the search was interrupted" in err and "autocompress search --resume stopped" in err
-    assert "run stopped (interrupted)" in out          # the fronts of what finished are still printed
-    run = _store(cwd).get_run("stopped")
-    assert run.status == "interrupted"
-
-
-def test_a_killed_search_resumes_without_losing_or_repeating_trials(user):
+def test_a_search_stopped_at_trial_0_then_killed_resumes_without_losing_or_repeating_trials(user):
+    """One run stopped twice. Ctrl-C while trial 0 (the teacher's own figures, timed in the search's process)
+    runs: stored ``interrupted``, not a failure with a traceback. Resumed, it times the teacher again; then,
+    mid-search, SIGKILL of the whole process group (a crash: no chance to clean up), and --resume again:
+    no finished trial lost or re-run, the trial that was running re-proposed."""
     from autocompress.search.resume import study_agrees
 
     cwd, env = user
     proc = _start(cwd, env, "--name", "crash")
-    store = _wait_for_finished(cwd, "crash", 1, proc)
+    err: list[str] = []
+    _lines(proc.stderr, err)
+    _wait_for_trial(cwd, "crash", 0, proc, err, "started", lambda t: t.status == "running")
+    time.sleep(1)
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=60)
+    assert proc.returncode == 130, "".join(err)[-3000:]
+    assert "the search was interrupted" in "".join(err)
+    zero = _store(cwd).trial("crash", 0)
+    assert zero.status == "interrupted" and "interrupted while this trial ran" in zero.error, zero.error
+
+    proc = subprocess.Popen([EXE, "search", "--resume", "crash"], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    err, out = [], []
+    _lines(proc.stderr, err), _lines(proc.stdout, out)     # drained as it runs: a full pipe would block it
+    store = _wait_for_finished(cwd, "crash", 1, proc, err)
 
     # while it runs: Ray and the search listen on loopback only ...
     tree = process_tree(proc.pid)
@@ -97,7 +104,7 @@ def test_a_killed_search_resumes_without_losing_or_repeating_trials(user):
     assert second.returncode == 2 and "is in use by another search (pid" in second.stderr, second.stderr
     assert len(second.stderr.strip().splitlines()) == 1
 
-    store = _wait_for_finished(cwd, "crash", 2, proc)
+    store = _wait_for_finished(cwd, "crash", 2, proc, err)
     before = {t.number: (t.recipe_hash, t.seconds, t.metrics["val"]["main"]) for t in store.trials("crash")
               if t.role == "candidate"}
     tree |= process_tree(proc.pid)
@@ -128,6 +135,9 @@ def test_a_killed_search_resumes_without_losing_or_repeating_trials(user):
         assert next(x for x in trials if x.number == retry).params == t.params
     ours, theirs = study_agrees(store, "crash", store.url)
     assert ours == theirs                              # Optuna's study and our table: same trials, same states
+    zero = store.trial("crash", 0)                     # the teacher, timed again by the first --resume
+    assert zero.status == "done" and zero.role == "teacher"
+    assert set(zero.latencies) == {"laptop-cpu", "mobile-cpu", "server-gpu"} and "teacher fp32 ONNX" in r.stdout
 
 
 def test_cluster_search_with_the_store_in_postgresql(user, ray_cluster, postgres_url):
@@ -240,7 +250,8 @@ def test_ctrl_c_during_a_trials_distillation_stops_within_seconds_and_resumes(us
     proc.wait(timeout=60)
     took = time.time() - t0
     assert proc.returncode == 130 and took < 10, (took, "".join(err)[-3000:])
-    assert "autocompress search --resume ctrlc" in "".join(err) and "run ctrlc (interrupted)" in out
+    assert "the search was interrupted" in "".join(err) and "autocompress search --resume ctrlc" in "".join(err)
+    assert "run ctrlc (interrupted)" in out           # the fronts of what finished are still printed
     store = _store(cwd)
     assert store.get_run("ctrlc").status == "interrupted"
     two = store.trial("ctrlc", 2)
@@ -286,25 +297,3 @@ def test_ctrl_c_during_the_teachers_fine_tune_leaves_no_partial_teacher(tmp_path
     assert not db.exists() or _store(cwd).run_names() == []
     time.sleep(1)
     assert _search_processes(env["AUTOCOMPRESS_LOCK_FILE"]) == []
-
-
-def test_ctrl_c_while_the_teacher_is_timed_stores_it_interrupted_and_resume_times_it_again(user):
-    """Trial 0 (the teacher's own figures) runs in the search's process: a Ctrl-C there is stored
-    ``interrupted`` (not a failure with a traceback), and --resume times the teacher again before its trials."""
-    cwd, env = user
-    proc = _start(cwd, env, "--name", "t0", "--trials", "1")
-    err: list[str] = []
-    _lines(proc.stderr, err)
-    _wait_for_trial(cwd, "t0", 0, proc, err, "started", lambda t: t.status == "running")
-    time.sleep(1)
-    os.killpg(proc.pid, signal.SIGINT)
-    proc.wait(timeout=60)
-    assert proc.returncode == 130, "".join(err)[-3000:]
-    zero = _store(cwd).trial("t0", 0)
-    assert zero.status == "interrupted" and "interrupted while this trial ran" in zero.error, zero.error
-    r = subprocess.run([EXE, "search", "--resume", "t0"], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    store = _store(cwd)
-    zero = store.trial("t0", 0)
-    assert store.get_run("t0").status == "done" and zero.status == "done" and zero.role == "teacher"
-    assert set(zero.latencies) == {"laptop-cpu", "mobile-cpu", "server-gpu"} and "teacher fp32 ONNX" in r.stdout
