@@ -66,11 +66,14 @@ def table(rows: list[dict]) -> str:
             sel = [r for r in rows if r["task"] == task and r["loop"] == loop]
             if not sel:
                 continue
-            dev = [100 * r["dev"] for r in sel]
-            secs = [r["train_seconds"] for r in sel]
-            out.append(f"{task:6} {loop:6} n={len(sel)}: dev {statistics.mean(dev):.2f} (min {min(dev):.2f}, max "
-                       f"{max(dev):.2f}), train {statistics.mean(secs):.0f} s (min {min(secs):.0f}, max {max(secs):.0f})")
+            out.append(f"{task:6} {loop:6} n={len(sel)}: dev {spread([100 * r['dev'] for r in sel])}, "
+                       f"train {spread([r['train_seconds'] for r in sel], '.0f', ' s')}")
     return "\n".join(out)
+
+
+def spread(values: list[float], fmt: str = ".2f", unit: str = "") -> str:
+    """``mean (min a, max b)`` of a few runs' figures: one run is not a figure."""
+    return f"{statistics.mean(values):{fmt}}{unit} (min {min(values):{fmt}}, max {max(values):{fmt}})"
 
 
 def main() -> int:

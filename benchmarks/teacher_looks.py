@@ -23,10 +23,11 @@ import dataclasses
 import json
 import math
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
+
+from teacher import spread      # benchmarks/teacher.py (this folder is on the path of a script run from it)
 
 RULES = ["patience3-best", "last", "best", "later-within-se", "avg-last-2", "avg-last-3", "avg-last-4", "ema"]
 
@@ -140,8 +141,8 @@ def table(rows: list[dict]) -> str:
         for k in RULES:
             dev = [100 * r["rules"][k]["dev"] for r in sel]
             gain = [100 * (r["rules"][k]["dev"] - b) for r, b in zip(sel, base)]
-            out.append(f"{task:5} {k:16} n={len(sel)}: dev mean {statistics.mean(dev):.2f} (min {min(dev):.2f}, max "
-                       f"{max(dev):.2f}); vs patience3-best, same run: {' '.join(f'{g:+.2f}' for g in gain)}")
+            out.append(f"{task:5} {k:16} n={len(sel)}: dev mean {spread(dev)}; vs patience3-best, same run: "
+                       + " ".join(f"{g:+.2f}" for g in gain))
     return "\n".join(out)
 
 
