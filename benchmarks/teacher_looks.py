@@ -15,6 +15,11 @@ file as it finishes (each seed can run on its own)::
 
     AUTOCOMPRESS_GLUE_DIR=../shared/glue python benchmarks/teacher_looks.py --seeds 0 1 2
     python benchmarks/teacher_looks.py --table benchmarks/results/teacher-looks.jsonl
+
+A recipe lever is measured the same way, as a variant beside the default's rows (``--train-embeddings``:
+the word embeddings trained too, where the default fine-tune freezes them for speed)::
+
+    AUTOCOMPRESS_GLUE_DIR=../shared/glue python benchmarks/teacher_looks.py --seeds 0 1 2 --train-embeddings
 """
 from __future__ import annotations
 
@@ -32,14 +37,15 @@ from teacher import spread      # benchmarks/teacher.py (this folder is on the p
 RULES = ["patience3-best", "last", "best", "later-within-se", "avg-last-2", "avg-last-3", "avg-last-4", "ema"]
 
 
-def run(task: str, seed: int, data_dir: str | None, ema_decay: float, train_examples: int = 0) -> dict:
+def run(task: str, seed: int, data_dir: str | None, ema_decay: float, train_examples: int = 0,
+        train_embeddings: bool = False) -> dict:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from autocompress.evaluate import predict_torch, score
     from autocompress.features import EVAL_MAX_LENGTH, TransferSet, encode
     from autocompress.tasks import load_task
-    from autocompress.teacher import TeacherSettings, _subset, finetune, resolve_model, watch_val
+    from autocompress.teacher import TeacherSettings, _subset, _train, finetune, resolve_model, watch_val
 
     data = load_task(task, data_dir, seed=seed)
     settings = TeacherSettings(task=data.spec.name, val_size=len(data.val), seed=seed, patience=None, keep_best=False,
@@ -84,7 +90,8 @@ def run(task: str, seed: int, data_dir: str | None, ema_decay: float, train_exam
             torch._foreach_add_(ema, [p.detach() for p in floats], alpha=1 - ema_decay)
 
     t0 = time.time()
-    finetune(model, train_set, settings, progress, watch)
+    # the default freezes the word embeddings (``finetune``); the variant trains every weight
+    (_train if train_embeddings else finetune)(model, train_set, settings, progress, watch)
     train_seconds = time.time() - t0 - sum(lk["dev_seconds"] for lk in looks)
 
     def scored(state: dict) -> dict:
@@ -122,13 +129,21 @@ def run(task: str, seed: int, data_dir: str | None, ema_decay: float, train_exam
         for p, e in zip(floats, ema):
             p.copy_(e)
     picks["ema"] = {"decay": ema_decay, "val": metric(val_f, "val"), "dev": metric(dev_f, "dev")}
-    return {"task": task, "seed": seed, "train_rows": len(rows), "val_n": n, "dev_n": len(data.dev),
+    return {"task": task, "seed": seed, "variant": "train-embeddings" if train_embeddings else "default",
+            "train_rows": len(rows), "val_n": n, "dev_n": len(data.dev),
             "metric": data.spec.metric, "train_seconds": round(train_seconds, 1),
             "looks": [{k: v for k, v in lk.items() if k != "state"} for lk in looks], "rules": picks,
             "settings": dataclasses.asdict(settings), "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
+def variant(r: dict) -> str:
+    return r.get("variant", "default")
+
+
 def table(rows: list[dict]) -> str:
+    if len({variant(r) for r in rows}) > 1:     # one table per variant, then the variants compared
+        return "\n\n".join(f"## {v}\n" + table([r for r in rows if variant(r) == v])
+                           for v in dict.fromkeys(variant(r) for r in rows)) + "\n\n" + versus(rows)
     out = [f"{'task':5} {'seed':>4} {'train s':>8}  " + "  ".join(f"{r:>15}" for r in RULES)]
     for r in rows:
         out.append(f"{r['task']:5} {r['seed']:>4} {r['train_seconds']:>8.0f}  "
@@ -146,12 +161,30 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def versus(rows: list[dict]) -> str:
+    """Each variant against the default, seed by seed (different runs, so the same-seed noise is in it):
+    dev of the default rule, dev of the best look (what any rule could keep), training seconds."""
+    out = []
+    for task in sorted({r["task"] for r in rows}):
+        by = {(variant(r), r["seed"]): r for r in rows if r["task"] == task}
+        for v in dict.fromkeys(variant(r) for r in rows if r["task"] == task):
+            seeds = sorted(s for (w, s) in by if w == v)
+            cols = {"patience3-best dev": [100 * by[v, s]["rules"]["patience3-best"]["dev"] for s in seeds],
+                    "best look by dev": [100 * max(lk["dev"] for lk in by[v, s]["looks"]) for s in seeds],
+                    "train s": [by[v, s]["train_seconds"] for s in seeds]}
+            out.append(f"{task:5} {v:17} seeds {seeds}: " + "; ".join(
+                f"{k} {spread(x, '.2f' if 'dev' in k else '.0f')}" for k, x in cols.items()))
+    return "\n".join(out)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--task", default="sst2")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--ema", type=float, default=0.998, help="the moving average's decay per step")
     ap.add_argument("--train-examples", type=int, default=0, help="fine-tune on this many train rows (0: all)")
+    ap.add_argument("--train-embeddings", action="store_true",
+                    help="train the word embeddings too (the default fine-tune freezes them)")
     ap.add_argument("--data-dir", default=os.environ.get("AUTOCOMPRESS_GLUE_DIR"))
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "teacher-looks.jsonl"))
     ap.add_argument("--table", metavar="JSONL", help="only print the table of a results file")
@@ -162,7 +195,7 @@ def main() -> int:
     rows = []
     for seed in args.seeds:
         print(f"{args.task} seed {seed}", file=sys.stderr, flush=True)
-        r = run(args.task, seed, args.data_dir, args.ema, args.train_examples)
+        r = run(args.task, seed, args.data_dir, args.ema, args.train_examples, args.train_embeddings)
         rows.append(r)
         with open(args.out, "a") as f:
             f.write(json.dumps(r) + "\n")
