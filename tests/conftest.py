@@ -16,6 +16,18 @@ def _shared_calibration():
     yield
 
 
+@pytest.fixture
+def brief_host_reference(monkeypatch):
+    """A host reference established in one try, its windows back to back: for tests that time on a fresh
+    calibration folder but test something else than the reference (a steady one takes 16 s of pauses, an
+    unsteady one such as a tiny graph's 48 s; tests/test_host_speed.py covers establishing it)."""
+    from autocompress.hardware import latency, reference
+
+    monkeypatch.setattr(reference, "TRIES", 1)
+    windows = latency.reference_windows
+    monkeypatch.setattr(latency, "reference_windows", lambda ref, **kw: windows(ref, **{"gap_s": 0.0, **kw}))
+
+
 @pytest.fixture(scope="session")
 def glue_dir() -> Path:
     """The real GLUE folder (SST-2, CoLA): $AUTOCOMPRESS_GLUE_DIR, else shared/glue beside the repo."""

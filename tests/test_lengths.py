@@ -102,7 +102,8 @@ def test_a_profile_says_what_lengths_it_times_at():
         HardwareProfile.from_dict({**base, "lengths": "task", "length_mix": {"lengths": [8]}})
 
 
-def test_a_host_operators_profile_predicts_another_length_with_its_anchors_calibration(tmp_path, monkeypatch):
+def test_a_host_operators_profile_predicts_another_length_with_its_anchors_calibration(tmp_path, monkeypatch,
+                                                                                      brief_host_reference):
     """mobile-cpu's map is fitted at its anchors' shape (seq 128): at 16 tokens it uses that calibration (not a
     new one per length) on this host's operator times at 16 tokens, and says it extrapolates."""
     monkeypatch.setenv("AUTOCOMPRESS_CALIBRATION_DIR", str(tmp_path))

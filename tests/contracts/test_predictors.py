@@ -11,7 +11,7 @@ import pytest
 from autocompress import export
 from autocompress.hardware import (HardwareProfile, Latency, ProfileError, describe, list_profiles, load_profile,
                                    predictor_for)
-from autocompress.hardware import latency, reference
+from autocompress.hardware import latency
 from autocompress.hardware.predictors import REGISTRY, Predictor
 
 KINDS = sorted(REGISTRY)
@@ -26,16 +26,12 @@ def tiny_bert(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def quick(tiny_bert, tmp_path, monkeypatch):
+def quick(tiny_bert, tmp_path, monkeypatch, brief_host_reference):
     """``quick(kind)``: a bundled profile that uses ``kind``, with a short timing protocol; calibrations
-    in a fresh folder; every anchor (and the host reference) built as the tiny BERT."""
+    in a fresh folder; every anchor (and the host reference) built as the tiny BERT: that reference is never
+    steady (its runs take microseconds), so it is tried once (``brief_host_reference``)."""
     monkeypatch.setenv("AUTOCOMPRESS_CALIBRATION_DIR", str(tmp_path / "calibration"))
     monkeypatch.setenv("AUTOCOMPRESS_LOCK_FILE", str(tmp_path / "machine.lock"))
-    # the host reference is the tiny graph too: its runs (microseconds) are never steady enough to establish
-    # it, so one try, its windows back to back (tests/test_host_speed.py covers establishing a reference)
-    monkeypatch.setattr(reference, "TRIES", 1)
-    windows = latency.reference_windows
-    monkeypatch.setattr(latency, "reference_windows", lambda ref, **kw: windows(ref, **{"gap_s": 0.0, **kw}))
 
     def anchor(config, path, num_layers=None):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
