@@ -50,8 +50,11 @@ def plot_png(data: dict[str, Any], path: str | Path) -> Path:
     note_lines = max((n.count("\n") + 1 for n in notes.values() if n != "measured"), default=0)
     height = 4.8 + 0.16 * note_lines                    # room under the panels for their provenance lines
     fig, axes = plt.subplots(1, max(1, len(devices)), figsize=(6.2 * max(1, len(devices)), height), squeeze=False)
+    trial_labels: dict[Any, list] = {}          # per panel: its trial labels, placed once the layout is final
+    keep_clear: dict[Any, list] = {}            # per panel: the points (data, radius in points) labels avoid
     for ax, (name, d) in zip(axes[0], devices.items()):
         series = _series(d)
+        labels, clear = trial_labels.setdefault(ax, []), keep_clear.setdefault(ax, [])
         predicted = lambda m: m["latency"].get("how") == "predicted"  # noqa: E731
         for m in series["candidates"]:
             ax.plot(m["latency"]["median_ms"], _score(m, "val"), "o", color="0.65", ms=5,
@@ -63,18 +66,22 @@ def plot_png(data: dict[str, Any], path: str | Path) -> Path:
             dev = [(xi, _score(m, "dev")) for xi, m in zip(x, front) if m.get("dev")]
             if dev:
                 ax.plot(*zip(*dev), "o--", color="C0", mfc="none", alpha=0.7, label="front re-scored on dev")
+                clear.extend((xy, 3.5) for xy in dev)
             for xi, m in zip(x, front):
-                ax.annotate(f"#{m['trial']}", (xi, _score(m, "val")), textcoords="offset points", xytext=(4, 4),
-                            fontsize=7, color="C0")
+                labels.append(ax.annotate(f"#{m['trial']}", (xi, _score(m, "val")), textcoords="offset points",
+                                          xytext=(4, 4), fontsize=7, color="C0"))
+                clear.append(((xi, _score(m, "val")), 3.5))
             best = _pick(d)
             if best:
                 ax.plot(best["latency"]["median_ms"], _score(best, "val"), "*", color="C1", ms=16, zorder=5,
                         label=_pick_label(data, d))
+                clear.append(((best["latency"]["median_ms"], _score(best, "val")), 7))
         for m in series["front_size"]:
             ax.plot(m["latency"]["median_ms"], _score(m, "val"), "o", color="C0", mfc="none", ms=7,
                     label="on the front for its zipped size (val)")
-            ax.annotate(f"#{m['trial']}", (m["latency"]["median_ms"], _score(m, "val")), textcoords="offset points",
-                        xytext=(4, 4), fontsize=7, color="C0")
+            labels.append(ax.annotate(f"#{m['trial']}", (m["latency"]["median_ms"], _score(m, "val")),
+                                      textcoords="offset points", xytext=(4, 4), fontsize=7, color="C0"))
+            clear.append(((m["latency"]["median_ms"], _score(m, "val")), 4))
         for m in series["teacher"]:
             ax.plot(m["latency"]["median_ms"], _score(m, "val"), "s", color="k", ms=8, label="teacher fp32 (val)")
         for m in series["teacher_quantized"]:
@@ -111,9 +118,41 @@ def plot_png(data: dict[str, Any], path: str | Path) -> Path:
     legend_rows = (len(legend) + 3) // 4
     bottom = (0.3 + 0.1 * note_lines + 0.17 * legend_rows) / height       # inches of notes and legend, as a fraction
     fig.tight_layout(rect=(0, bottom, 1, 1))
+    for ax, labels in trial_labels.items():
+        _place_labels(ax, labels, keep_clear[ax])
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+# where a trial's label may go, in points from its point: right above first, then right below, left above,
+# left below, then a line further up or down
+LABEL_SPOTS = ((4, 4, "left", "bottom"), (4, -4, "left", "top"), (-4, 4, "right", "bottom"),
+               (-4, -4, "right", "top"), (4, 12, "left", "bottom"), (4, -12, "left", "top"))
+
+
+def _place_labels(ax, labels: list, keep_clear: list) -> None:
+    """Front members close together on screen had their trial labels printed over each other and under the
+    pick's star: each label takes the first of ``LABEL_SPOTS`` clear of the labels placed before it and of
+    the ``keep_clear`` points (data coordinates, radius in points); where none is clear, the first."""
+    from matplotlib.transforms import Bbox
+
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    px = fig.dpi / 72
+    taken = []
+    for (x, y), radius in keep_clear:
+        cx, cy = ax.transData.transform((x, y))
+        taken.append(Bbox.from_extents(cx - radius * px, cy - radius * px, cx + radius * px, cy + radius * px))
+    for label in labels:
+        for dx, dy, ha, va in LABEL_SPOTS + (LABEL_SPOTS[0],):
+            label.xyann = (dx, dy)
+            label.set_horizontalalignment(ha)
+            label.set_verticalalignment(va)
+            box = label.get_window_extent(renderer)
+            if not any(box.overlaps(t) for t in taken):
+                break
+        taken.append(label.get_window_extent(renderer))
 
 
 NOTE_CHARS = 105          # characters per provenance line under a panel (6.2 inches at 6.5 points)

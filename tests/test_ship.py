@@ -208,3 +208,35 @@ def test_front_refuses_a_plot_file_it_cannot_write_in_one_line(tmp_path, capsys)
     assert not (tmp_path / "front.html").exists()
     assert main(["front", "r", "--storage", store.url, "--plot", str(tmp_path / "front.png")]) == 0
     assert (tmp_path / "front.png").stat().st_size > 10_000
+
+
+def test_trial_labels_of_close_front_members_do_not_cover_each_other_or_the_star(tmp_path, monkeypatch):
+    """Front members close together on screen (trials 1 and 2 here, 0.2 ms and 0.1 point apart, the pick's
+    star on trial 2) had their '#n' labels printed over each other and under the star: each label now takes
+    a place clear of the labels before it and of the star."""
+    import matplotlib.figure
+    from matplotlib.transforms import Bbox
+
+    from autocompress.plots import plot_png
+    from autocompress.report import front_data
+
+    data = front_data(make_store(tmp_path), "r")
+    laptop = data["devices"]["laptop-cpu"]
+    laptop["best_within_budget"] = 2
+    close = {m["trial"]: m for m in laptop["front"]}
+    close[1]["latency"] = dict(close[1]["latency"], median_ms=10.2)
+    close[1]["val"] = dict(close[1]["val"], main=0.851)
+    figures = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",      # as saved (closing it drops its canvas)
+                        lambda fig, *a, **k: figures.append((fig, fig.canvas.get_renderer())))
+    plot_png(data, tmp_path / "f.png")
+    (fig, renderer), = figures
+    ax = fig.axes[0]
+    labels = {t.get_text(): t.get_window_extent(renderer) for t in ax.texts if t.get_text().startswith("#")}
+    assert {"#1", "#2"} <= set(labels)
+    boxes = list(labels.values())
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]), labels
+    star = next(line for line in ax.lines if line.get_marker() == "*")
+    cx, cy = ax.transData.transform((star.get_xdata()[0], star.get_ydata()[0]))
+    r = 5 * fig.dpi / 72                     # the star's inner body (16 points across its tips)
+    assert not any(b.overlaps(Bbox.from_extents(cx - r, cy - r, cx + r, cy + r)) for b in boxes), labels
