@@ -37,15 +37,15 @@ from teacher import spread      # benchmarks/teacher.py (this folder is on the p
 RULES = ["patience3-best", "last", "best", "later-within-se", "avg-last-2", "avg-last-3", "avg-last-4", "ema"]
 
 
-def run(task: str, seed: int, data_dir: str | None, ema_decay: float, train_examples: int = 0,
-        train_embeddings: bool = False) -> dict:
+def _setup(task: str, seed: int, data_dir: str | None, train_examples: int = 0):
+    """The task, the default teacher settings (no early stop, the last weights), the packaged model with a
+    fresh head, its tokenizer's pad id and the training rows, as the fine-tune gets them."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from autocompress.evaluate import predict_torch, score
-    from autocompress.features import EVAL_MAX_LENGTH, TransferSet, encode
+    from autocompress.features import TransferSet, encode
     from autocompress.tasks import load_task
-    from autocompress.teacher import TeacherSettings, _subset, _train, finetune, resolve_model, watch_val
+    from autocompress.teacher import TeacherSettings, _subset, resolve_model
 
     data = load_task(task, data_dir, seed=seed)
     settings = TeacherSettings(task=data.spec.name, val_size=len(data.val), seed=seed, patience=None, keep_best=False,
@@ -61,6 +61,18 @@ def run(task: str, seed: int, data_dir: str | None, ema_decay: float, train_exam
     rows = data.train.select(train_idx)
     train_set = TransferSet(encode(tok, rows, settings.max_length), torch.tensor(list(rows["label"])),
                             torch.zeros(len(rows), data.spec.num_labels), pad_id=pad)
+    return data, settings, model, tok, pad, rows, train_set
+
+
+def run(task: str, seed: int, data_dir: str | None, ema_decay: float, train_examples: int = 0,
+        train_embeddings: bool = False) -> dict:
+    import torch
+
+    from autocompress.evaluate import predict_torch, score
+    from autocompress.features import EVAL_MAX_LENGTH, encode
+    from autocompress.teacher import _train, finetune, watch_val
+
+    data, settings, model, tok, pad, rows, train_set = _setup(task, seed, data_dir, train_examples)
     val_f, dev_f = encode(tok, data.val, EVAL_MAX_LENGTH), encode(tok, data.dev, EVAL_MAX_LENGTH)
 
     def metric(features, split) -> float:
@@ -161,6 +173,33 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def step_time(task: str, data_dir: str | None, steps: int, rounds: int) -> str:
+    """Seconds per optimiser step of the default fine-tune (word embeddings frozen) and of the variant that
+    trains them, side by side: ``rounds`` rounds of ``steps`` steps each from the same start and the same
+    batches, the two in turn (their order swapped every round); medians and their ratio."""
+    import copy
+    import statistics
+
+    from autocompress import arch
+    from autocompress.methods.distillation import optimise
+
+    data, settings, model, tok, pad, rows, train_set = _setup(task, 0, data_dir)
+    times: dict[str, list[float]] = {"default": [], "train-embeddings": []}
+    for r in range(rounds):
+        for v in (list(times) if r % 2 == 0 else list(times)[::-1]):
+            m = copy.deepcopy(model)
+            arch.vocab_weight(m).requires_grad_(v != "default")
+            params = [p for p in m.parameters() if p.requires_grad]
+            t0 = time.perf_counter()
+            optimise(m, params, train_set.batches(settings.batch_size, steps, seed=r),
+                     lambda b, m=m: (m(**arch.inputs(m, b), labels=b["labels"]).loss, {}), steps=steps, lr=settings.lr)
+            times[v].append((time.perf_counter() - t0) / steps)
+    med = {v: statistics.median(t) for v, t in times.items()}
+    return (f"{task}: s per step (batch {settings.batch_size}, {rounds} rounds of {steps} steps, median): "
+            + ", ".join(f"{v} {m:.3f} (min {min(times[v]):.3f}, max {max(times[v]):.3f})" for v, m in med.items())
+            + f"; train-embeddings / default {med['train-embeddings'] / med['default']:.2f}")
+
+
 def versus(rows: list[dict]) -> str:
     """Each variant against the default, seed by seed (different runs, so the same-seed noise is in it):
     dev of the default rule, dev of the best look (what any rule could keep), training seconds."""
@@ -185,12 +224,17 @@ def main() -> int:
     ap.add_argument("--train-examples", type=int, default=0, help="fine-tune on this many train rows (0: all)")
     ap.add_argument("--train-embeddings", action="store_true",
                     help="train the word embeddings too (the default fine-tune freezes them)")
+    ap.add_argument("--step-time", type=int, nargs=2, metavar=("STEPS", "ROUNDS"),
+                    help="only time the optimiser step of the default and of --train-embeddings side by side")
     ap.add_argument("--data-dir", default=os.environ.get("AUTOCOMPRESS_GLUE_DIR"))
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "teacher-looks.jsonl"))
     ap.add_argument("--table", metavar="JSONL", help="only print the table of a results file")
     args = ap.parse_args()
     if args.table:
         print(table([json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]))
+        return 0
+    if args.step_time:
+        print(step_time(args.task, args.data_dir, *args.step_time), flush=True)
         return 0
     rows = []
     for seed in args.seeds:
