@@ -1,0 +1,124 @@
+"""How many steps the finishing stage's long recovery needs: one front member's recipe, rebuilt from a cached
+teacher and trained with the finishing stage's recovery (``search_spaces/default.yaml``, ``finish: distill:``:
+3000 steps, hidden-state and attention targets), its dev score looked at every ``--every`` steps on the way.
+
+The finishing stage is most of a default search's time (on the 2-core VM: 4 members x 544-792 s of a 79-min
+search with the teacher cached, against a 60-min goal). The curve says what the last steps of that plan buy.
+A look inside one plan is at a learning rate not yet decayed to zero, so it understates what a shorter plan
+would reach at its own end: read it as a lower bound for a plan of that many steps. Scored in PyTorch fp32
+(no int8: that is an ONNX step after training, the same for every look). One line per member is appended to
+the results file::
+
+    AUTOCOMPRESS_GLUE_DIR=../shared/glue python benchmarks/finishing_curve.py --teacher TEACHER_FOLDER \\
+        --recipe "layers 3 alt" --every 250
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
+MEMBERS = {   # the members the tenth session's README run finished (benchmarks/results/readme-first-command-20261206-0911.txt)
+    "layers 3 alt": [("drop_layers", {"keep": 3, "strategy": "alternate"})],
+    "layers 4 alt · ffn -25%": [("drop_layers", {"keep": 4, "strategy": "alternate"}), ("prune_ffn", {"ratio": 0.25})],
+    "layers 3 · heads -25% · ffn -50%": [("drop_layers", {"keep": 3, "strategy": "top"}),
+                                          ("prune_heads", {"ratio": 0.25}), ("prune_ffn", {"ratio": 0.5})],
+}
+
+
+def run(teacher_dir: str, member: str, every: int, data_dir: str | None, steps: int | None) -> dict:
+    import torch
+
+    from autocompress.evaluate import predict_torch, score
+    from autocompress.features import EVAL_MAX_LENGTH, encode
+    from autocompress.methods import Context
+    from autocompress.methods import distillation
+    from autocompress.recipe import Recipe, Step
+    from autocompress.tasks import load_task
+    from autocompress.teacher import load_teacher
+
+    finish = yaml.safe_load(SPACE.read_text())["finish"]["distill"]
+    distill = {**finish, **({"steps": steps} if steps else {})}
+    recipe = Recipe(tuple(Step(m, p) for m, p in MEMBERS[member]) + (Step("distill", distill),))
+    teacher = load_teacher(teacher_dir)
+    s = teacher.info["settings"]
+    data = load_task(s["task"], data_dir, val_size=s["val_size"], seed=s["seed"])   # the teacher's own carve
+    pad = teacher.tokenizer.pad_token_id or 0
+    dev_f, val_f = encode(teacher.tokenizer, data.dev, EVAL_MAX_LENGTH), encode(teacher.tokenizer, data.val, EVAL_MAX_LENGTH)
+    looks: list[dict] = []
+    t_start = time.time()
+
+    def metric(model, features, split) -> float:
+        labels = data.dev["label"] if split == "dev" else data.val["label"]
+        return score(data.spec, predict_torch(model, features, pad_id=pad), labels, split).main
+
+    plain = distillation.optimise
+
+    def with_looks(model, params, batches, loss_fn, **kw):
+        def evaluate(step, loss):
+            t = time.time()
+            looks.append({"step": step, "train_loss": round(loss, 5), "dev": metric(model, dev_f, "dev"),
+                          "val": metric(model, val_f, "val"), "seconds": round(t - t_start, 1)})
+            print(f"  {member}: step {step}/{kw['steps']} loss {loss:.4f} dev {100 * looks[-1]['dev']:.2f} "
+                  f"val {100 * looks[-1]['val']:.2f}", file=sys.stderr, flush=True)
+            return looks[-1]["val"]
+
+        watch = distillation.Watch(evaluate=evaluate, every=every, patience=None, keep_best=False)
+        return plain(model, params, batches, loss_fn, watch=watch, **kw)
+
+    distillation.optimise = with_looks       # the recovery's loop, with looks (nothing else changes)
+    try:
+        ctx = Context(teacher.transfer_set(data), seed=s["seed"] + 1, teacher=functools.cache(teacher.model))
+        torch.manual_seed(s["seed"])
+        model = recipe.apply_torch(teacher.model(), ctx)
+    finally:
+        distillation.optimise = plain
+    return {"teacher": Path(teacher_dir).name, "teacher_dev": teacher.info["dev"]["metrics"]["main"],
+            "teacher_val": teacher.info["val"]["metrics"]["main"], "member": member, "recipe": recipe.to_json(),
+            "steps": distill["steps"], "looks": looks, "seconds": round(time.time() - t_start, 1),
+            "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def table(rows: list[dict]) -> str:
+    out = []
+    for r in rows:
+        out.append(f"{r['member']} (kd {r['steps']} +att+hid; teacher dev {100 * r['teacher_dev']:.2f}), "
+                   f"{r['seconds']:.0f} s, {r['date']}:")
+        out.append("  step  " + " ".join(f"{lk['step']:>6}" for lk in r["looks"]))
+        out.append("  dev   " + " ".join(f"{100 * lk['dev']:>6.2f}" for lk in r["looks"]))
+        out.append("  val   " + " ".join(f"{100 * lk['val']:>6.2f}" for lk in r["looks"]))
+    return "\n".join(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--teacher", help="a cached teacher's folder (e.g. ~/.cache/autocompress/teachers/sst2-minilm-...)")
+    ap.add_argument("--recipe", nargs="+", default=["layers 3 alt"], choices=list(MEMBERS), help="the member(s)")
+    ap.add_argument("--every", type=int, default=250, help="steps between two looks at dev and val")
+    ap.add_argument("--steps", type=int, help="the recovery's steps (default: the finishing stage's)")
+    ap.add_argument("--data-dir", default=os.environ.get("AUTOCOMPRESS_GLUE_DIR"))
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "finishing-curve.jsonl"))
+    ap.add_argument("--table", metavar="JSONL", help="only print the table of a results file")
+    args = ap.parse_args()
+    if args.table:
+        print(table([json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]))
+        return 0
+    if not args.teacher or not (Path(args.teacher).expanduser() / "teacher.json").is_file():
+        ap.error("--teacher must be a cached teacher's folder (it holds teacher.json)")
+    for member in args.recipe:
+        r = run(str(Path(args.teacher).expanduser()), member, args.every, args.data_dir, args.steps)
+        with open(args.out, "a") as f:
+            f.write(json.dumps(r) + "\n")
+        print(table([r]), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
