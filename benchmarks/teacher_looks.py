@@ -170,6 +170,12 @@ def table(rows: list[dict]) -> str:
             gain = [100 * (r["rules"][k]["dev"] - b) for r, b in zip(sel, base)]
             out.append(f"{task:5} {k:16} n={len(sel)}: dev mean {spread(dev)}; vs patience3-best, same run: "
                        + " ".join(f"{g:+.2f}" for g in gain))
+    out += ["", "# dev (val) at each look"]
+    for r in rows:
+        kept = r["rules"]["patience3-best"]
+        out.append(f"seed {r['seed']} " + " ".join(f"{lk['step']}:{100 * lk['dev']:.2f}({100 * lk['val']:.1f})"
+                                                   for lk in r["looks"])
+                   + f"  kept by patience3-best: step {kept['step']} of {kept['steps_run']}")
     return "\n".join(out)
 
 
