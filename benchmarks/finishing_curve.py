@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import yaml
+
+from teacher import read_rows, results_options    # benchmarks/teacher.py (this folder is on the path of a script run from it)
 
 SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
 MEMBERS = {   # the members the tenth session's README run finished (benchmarks/results/readme-first-command-20261206-0911.txt)
@@ -103,12 +104,10 @@ def main() -> int:
     ap.add_argument("--recipe", nargs="+", default=["layers 3 alt"], choices=list(MEMBERS), help="the member(s)")
     ap.add_argument("--every", type=int, default=250, help="steps between two looks at dev and val")
     ap.add_argument("--steps", type=int, help="the recovery's steps (default: the finishing stage's)")
-    ap.add_argument("--data-dir", default=os.environ.get("AUTOCOMPRESS_GLUE_DIR"))
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "finishing-curve.jsonl"))
-    ap.add_argument("--table", metavar="JSONL", help="only print the table of a results file")
+    results_options(ap, "finishing-curve.jsonl")
     args = ap.parse_args()
     if args.table:
-        print(table([json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]))
+        print(table(read_rows(args.table)))
         return 0
     if not args.teacher or not (Path(args.teacher).expanduser() / "teacher.json").is_file():
         ap.error("--teacher must be a cached teacher's folder (it holds teacher.json)")

@@ -76,23 +76,34 @@ def spread(values: list[float], fmt: str = ".2f", unit: str = "") -> str:
     return f"{statistics.mean(values):{fmt}}{unit} (min {min(values):{fmt}}, max {max(values):{fmt}})"
 
 
+def results_options(ap: argparse.ArgumentParser, name: str) -> None:
+    """The options every per-seed benchmark of this folder shares: where GLUE lies, the results file it
+    appends to (``results/NAME``) and ``--table`` (only print the table of such a file)."""
+    ap.add_argument("--data-dir", default=os.environ.get("AUTOCOMPRESS_GLUE_DIR"))
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / name))
+    ap.add_argument("--table", metavar="JSONL", help="only print the table of a results file")
+
+
+def read_rows(path: str | os.PathLike) -> list[dict]:
+    """The rows of a results file (one JSON object per line)."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--task", default="sst2")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--loops", nargs="+", default=list(LOOPS), choices=list(LOOPS))
-    ap.add_argument("--data-dir", default=os.environ.get("AUTOCOMPRESS_GLUE_DIR"))
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "teacher.jsonl"))
+    results_options(ap, "teacher.jsonl")
     ap.add_argument("--skip-done", action="store_true", help="leave out (task, seed, loop) already in --out")
     ap.add_argument("--cache", help="keep the teachers in this cache (default: a temporary one per run); always "
                     "fine-tuned again")
     ap.add_argument("--adopt", action="store_true", help="with --cache: take a teacher already fine-tuned there "
                     "with the same settings (e.g. the search's default one, which is the 'new' loop's seed 0) and "
                     "report what its teacher.json recorded, instead of fine-tuning again")
-    ap.add_argument("--table", metavar="JSONL", help="only print the table of a results file")
     args = ap.parse_args()
     if args.table:
-        print(table([json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]))
+        print(table(read_rows(args.table)))
         return 0
     out = Path(args.out)
     done = set()

@@ -27,12 +27,11 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
-from teacher import spread      # benchmarks/teacher.py (this folder is on the path of a script run from it)
+from teacher import read_rows, results_options, spread      # benchmarks/teacher.py (this folder is on the path of a script run from it)
 
 RULES = ["patience3-best", "last", "best", "later-within-se", "avg-last-2", "avg-last-3", "avg-last-4", "ema"]
 
@@ -232,12 +231,10 @@ def main() -> int:
                     help="train the word embeddings too (the default fine-tune freezes them)")
     ap.add_argument("--step-time", type=int, nargs=2, metavar=("STEPS", "ROUNDS"),
                     help="only time the optimiser step of the default and of --train-embeddings side by side")
-    ap.add_argument("--data-dir", default=os.environ.get("AUTOCOMPRESS_GLUE_DIR"))
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "teacher-looks.jsonl"))
-    ap.add_argument("--table", metavar="JSONL", help="only print the table of a results file")
+    results_options(ap, "teacher-looks.jsonl")
     args = ap.parse_args()
     if args.table:
-        print(table([json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]))
+        print(table(read_rows(args.table)))
         return 0
     if args.step_time:
         print(step_time(args.task, args.data_dir, *args.step_time), flush=True)
