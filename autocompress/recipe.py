@@ -43,6 +43,13 @@ class Step:
         return cls(d["method"], method.upgrade(dict(d.get("params", {})), int(d.get("version", 1))))
 
 
+def _hashed(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` less the config's later fields (``ADDED``) that are at their defaults."""
+    cls = get_method(method).config_cls
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    return {k: v for k, v in params.items() if not (k in getattr(cls, "ADDED", ()) and v == defaults[k])}
+
+
 @dataclass(frozen=True)
 class Recipe:
     steps: tuple[Step, ...] = ()
@@ -100,8 +107,11 @@ class Recipe:
         """A stable hash of what the recipe does. It is taken over the version-1 form, with a step's config
         version added only where it is above 1: recipes stored before steps carried versions keep their
         hash (duplicates and the recovery cache still find them), and a config whose meaning changed
-        (version 2 and up) hashes apart from its old form."""
-        steps = [{"method": d["method"], "params": d["params"], **({"version": d["version"]} if d["version"] != 1 else {})}
+        (version 2 and up) hashes apart from its old form. Fields a config added later without changing the
+        meaning of the others (its ``ADDED`` ClassVar) are left out while at their defaults, for the same
+        reason."""
+        steps = [{"method": d["method"], "params": _hashed(d["method"], d["params"]),
+                  **({"version": d["version"]} if d["version"] != 1 else {})}
                  for d in (s.to_dict() for s in self.steps)]
         text = json.dumps({"version": 1, "steps": steps}, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]

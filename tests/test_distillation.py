@@ -220,6 +220,91 @@ def test_logits_only_never_runs_the_teacher(tiny_bert, transfer):
     D.distill(tiny_bert, D.Distillation(steps=2, batch_size=8), Context(transfer, teacher=no_teacher))
 
 
+# ---------------------------------------------------------------- augmentation
+def _rows(*lengths, pair=False):
+    """A padded batch of rows [CLS] w... [SEP] with distinct word ids per row (101 and 102 as CLS and SEP)."""
+    width = max(lengths)
+    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = torch.tensor([101] + [1000 + 100 * i + k for k in range(n - 2)] + [102])
+        mask[i, :n] = 1
+    types = mask.clone() if pair else torch.zeros_like(ids)
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def test_replace_swaps_a_quarter_of_the_inner_pieces_for_the_batchs_own():
+    batch = _rows(*[42] * 16)
+    before = {k: v.clone() for k, v in batch.items()}
+    chosen = D.augment_batch(batch, 0.5, "replace", torch.Generator().manual_seed(0))
+    assert 3 <= int(chosen.sum()) <= 13
+    ids, old = batch["input_ids"], before["input_ids"]
+    assert torch.equal(ids[~chosen], old[~chosen])                     # the other rows as they were
+    assert torch.equal(ids[:, 0], old[:, 0]) and torch.equal(ids[:, -1], old[:, -1])   # [CLS], [SEP] kept
+    assert torch.equal(batch["attention_mask"], before["attention_mask"])
+    changed = (ids != old)[chosen, 1:-1].float().mean().item()
+    assert 0.15 < changed < 0.3                                         # about REPLACE_RATE (a swap may draw itself)
+    assert set(ids[ids != old].tolist()) <= set(old[:, 1:-1].flatten().tolist())   # the batch's own words
+
+
+def test_join_makes_one_input_of_two_rows_and_leaves_pairs_alone():
+    batch = _rows(5, 4, 3)
+    old = batch["input_ids"].clone()
+    chosen = D.augment_batch(batch, 1.0, "join", torch.Generator().manual_seed(0))
+    assert chosen.all()
+    rows = [r[m.bool()].tolist() for r, m in zip(batch["input_ids"], batch["attention_mask"])]
+    words = [r[1:-1] for r in (o[o != 0].tolist() for o in old)]
+    for i, r in enumerate(rows):
+        assert r[0] == 101 and r[-1] == 102 and r[1:1 + len(words[i])] == words[i]
+        assert r[1 + len(words[i]):-1] in [w for j, w in enumerate(words) if j != i]   # then another row's words
+    assert batch["input_ids"].shape == batch["attention_mask"].shape == batch["token_type_ids"].shape
+    long = _rows(100, 90)
+    D.augment_batch(long, 1.0, "join", torch.Generator().manual_seed(0), max_length=128)
+    assert long["input_ids"].shape[1] == 128 and (long["input_ids"][:, 127] == 102).all()
+    pairs = _rows(6, 5, pair=True)
+    D.augment_batch(pairs, 1.0, "join", torch.Generator().manual_seed(0))
+    assert pairs["input_ids"].shape == (2, 6)               # a pair task's rows are never joined (replaced instead)
+
+
+def test_augmented_rows_learn_the_teachers_live_answer_not_the_cached_one(tiny_bert, transfer):
+    """Cached logits that are not numbers: with every row augmented the loss never reads them (the teacher
+    labels its rows itself); without augmentation the same recovery fails on them."""
+    broken = TransferSet(transfer.features, transfer.labels, torch.full_like(transfer.teacher_logits, float("nan")))
+    teacher = copy.deepcopy(tiny_bert)
+    D.distill(tiny_bert, D.Distillation(steps=3, batch_size=8, augment=1.0), ctx_for(broken, teacher))
+    with pytest.raises(FloatingPointError):
+        D.distill(copy.deepcopy(teacher), D.Distillation(steps=3, batch_size=8), ctx_for(broken, teacher))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_runs_the_forward_passes_in_bf16_only_where_the_cpu_has_it(native, tiny_bert, transfer, monkeypatch):
+    """Under ``bf16`` both models' layers compute in bf16 on a CPU with native bf16 (in fp32 elsewhere: emulated
+    bf16 is slower); the weights, the losses and the trained model stay float32."""
+    monkeypatch.setattr(D, "native_bf16", lambda: native)
+    teacher = copy.deepcopy(tiny_bert)
+    seen = {"student": set(), "teacher": set()}
+    for name, m in (("student", tiny_bert), ("teacher", teacher)):
+        linear = next(x for x in arch.layers(m)[0].modules() if isinstance(x, torch.nn.Linear))
+        linear.register_forward_hook(lambda mod, args, out, name=name: seen[name].add(out.dtype))
+    cfg = D.Distillation(steps=3, batch_size=8, hidden=1.0, attention=1.0, bf16=True)
+    model = D.distill(tiny_bert, cfg, ctx_for(transfer, teacher))
+    assert seen["student"] and seen["teacher"]
+    assert (torch.bfloat16 in seen["student"]) == (torch.bfloat16 in seen["teacher"]) == native
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    with torch.no_grad():
+        logits = model(**arch.inputs(model, transfer.collate(list(range(8))))).logits
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+
+
+def test_augmentation_stays_out_of_the_hash_at_its_default():
+    plain = Recipe((Step("distill", {"steps": 300}),))
+    assert Recipe((Step("distill", {"steps": 300, "augment": 0.0, "augment_mode": "replace"}),)).hash == plain.hash
+    assert Recipe((Step("distill", {"steps": 300, "augment": 0.5}),)).hash != plain.hash
+    assert Recipe((Step("distill", {"steps": 300, "bf16": True}),)).hash != plain.hash
+    assert Recipe((Step("distill", {"steps": 300, "augment": 0.5, "augment_mode": "join"}),)).hash != \
+        Recipe((Step("distill", {"steps": 300, "augment": 0.5}),)).hash
+
+
 def test_intermediate_targets_without_a_teacher_are_refused(tiny_bert, transfer):
     with pytest.raises(RecipeError, match="distill: the attention target.* need the teacher"):
         D.distill(tiny_bert, D.Distillation(steps=2, attention=1.0), Context(transfer))
@@ -259,6 +344,10 @@ def test_every_layout(model_type, tiny_model, transfer, tmp_path):
      "kd 400 +att+hid+emb uniform"),
     ({"steps": 300, "hidden": 1.0, "logits": 0.0}, "kd 300 +hid (no logits)"),
     ({"steps": 300, "mapping": "last"}, "kd 300"),              # a mapping without intermediate targets maps nothing
+    ({"steps": 400, "augment": 0.5}, "kd 400 aug 50%"),
+    ({"steps": 400, "hidden": 1.0, "bf16": True}, "kd 400 +hid bf16"),
+    ({"steps": 3000, "hidden": 1.0, "attention": 1.0, "augment": 0.25, "augment_mode": "both"},
+     "kd 3000 +att+hid aug 25% both"),
 ])
 def test_labels(params, label):
     assert Recipe((Step("distill", params),)).short() == label
@@ -270,6 +359,8 @@ def test_labels(params, label):
     ({"steps": 10, "embeddings": True}, "embeddings"),
     ({"steps": 10, "logits": 0.0}, "every loss weight is 0"),
     ({"steps": 10, "attention": 1.0, "mapping": "skip"}, "mapping must be one of origin, uniform, last"),
+    ({"steps": 10, "augment": 1.5}, r"augment must be in \[0, 1\]"),
+    ({"steps": 10, "augment": 0.5, "augment_mode": "mix"}, "augment_mode must be one of replace, join, both"),
 ])
 def test_invalid_configs_name_the_parameter(params, word):
     with pytest.raises(RecipeError, match=word):

@@ -13,7 +13,9 @@ Each config is a validated dataclass (checks in ``__post_init__`` with ``check``
 recipe stores it as a dict with the config's version (``VERSION`` on the class, 1 if absent), so that a
 recipe stored in SQL never silently changes meaning: a config whose fields change meaning bumps its
 ``VERSION`` and gives ``upgrade(params, version) -> params`` for the old form, else the old form is
-refused. Each method also gives its own short label for tables (``label(config) -> str``).
+refused. A field added later that leaves the others' meaning as it was (its default doing what the config did
+before) is named in the class's ``ADDED`` tuple: the recipe hash leaves it out while at its default, so
+recipes stored before it keep their hash. Each method also gives its own short label for tables (``label(config) -> str``).
 For the contract suite that every registered method must pass (``tests/contracts/test_methods.py``: config
 round trip, identity, save -> reload, ONNX export against PyTorch, errors that name themselves, label), a
 config declares, as ``typing.ClassVar`` (never fields, which would change the stored form): ``EXAMPLE``, a

@@ -49,6 +49,7 @@ from .. import arch
 from .base import Context, RecipeError, check, register
 
 MAPPINGS = ("origin", "uniform", "last")
+AUGMENT_MODES = ("replace", "join", "both")
 TARGETS = {"attention": "att", "hidden": "hid", "embeddings": "emb"}   # intermediate targets -> label
 
 
@@ -65,10 +66,14 @@ class Distillation:
     attention: float = 0.0
     embeddings: float = 0.0
     mapping: str = "origin"     # student layer -> teacher layer: origin | uniform | last
+    augment: float = 0.0        # fraction of each batch's rows replaced by an augmented copy (teacher-labelled)
+    augment_mode: str = "replace"   # replace: 25% of word pieces swapped for the batch's own | join: two rows as one | both
+    bf16: bool = False          # forward passes under bf16 autocast where the CPU computes bf16 natively (else fp32)
 
     # for the contract suite (methods/base.py); no identity: every step trains (steps >= 1, lr > 0)
     EXAMPLE: ClassVar[dict] = {"steps": 3, "batch_size": 8, "hidden": 1.0, "attention": 1.0}
     IDENTITY: ClassVar[dict | None] = None
+    ADDED: ClassVar[tuple[str, ...]] = ("augment", "augment_mode", "bf16")   # out of the recipe hash at their defaults
 
     def __post_init__(self):
         check(isinstance(self.steps, int) and self.steps >= 1, "distill", f"steps must be an int >= 1, got {self.steps!r}")
@@ -84,6 +89,9 @@ class Distillation:
         check(self.logits > 0 or bool(self.intermediate), "distill",
               "every loss weight is 0: give logits, hidden, attention or embeddings a weight > 0")
         check(self.mapping in MAPPINGS, "distill", f"mapping must be one of {', '.join(MAPPINGS)}, got {self.mapping!r}")
+        check(0.0 <= self.augment <= 1.0, "distill", f"augment must be in [0, 1], got {self.augment!r}")
+        check(self.augment_mode in AUGMENT_MODES, "distill",
+              f"augment_mode must be one of {', '.join(AUGMENT_MODES)}, got {self.augment_mode!r}")
 
     @property
     def intermediate(self) -> tuple[str, ...]:
@@ -98,7 +106,10 @@ def label(c: Distillation) -> str:
         text += " " + "".join(f"+{TARGETS[t]}" for t in c.intermediate)
         if c.mapping != "origin":
             text += f" {c.mapping}"
-    return text + ("" if c.logits > 0 else " (no logits)")
+    text += "" if c.logits > 0 else " (no logits)"
+    text += (f" aug {c.augment:.0%}" + ("" if c.augment_mode == "replace" else f" {c.augment_mode}")
+             if c.augment > 0 else "")
+    return text + (" bf16" if c.bf16 else "")
 
 
 # ---------------------------------------------------------------- losses
@@ -197,7 +208,7 @@ class Targets(torch.nn.Module):
     def forward(self, student_out, teacher_out, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each intermediate target's loss. ``hidden_states[0]`` is the embedding output, ``[i + 1]``
         layer i's output; ``attentions[i]`` layer i's probabilities [B, heads, T, T]."""
-        s_h, t_h = student_out.hidden_states, teacher_out.hidden_states
+        s_h, t_h = _float(student_out.hidden_states), _float(teacher_out.hidden_states)
         losses = {}
         if self.cfg.hidden > 0:
             losses["hidden"] = torch.stack([hidden_loss(self._projected("hidden", s_h[s + 1]), t_h[t + 1], mask)
@@ -205,10 +216,15 @@ class Targets(torch.nn.Module):
         if self.cfg.embeddings > 0:
             losses["embeddings"] = hidden_loss(self._projected("embeddings", s_h[0]), t_h[0], mask)
         if self.cfg.attention > 0:
-            s_a, t_a = student_out.attentions, teacher_out.attentions
+            s_a, t_a = _float(student_out.attentions), _float(teacher_out.attentions)
             losses["attention"] = torch.stack([attention_loss(s_a[s], t_a[t], mask, heads)
                                                for (s, t), heads in zip(self.pairs, self.heads)]).mean()
         return losses
+
+
+def _float(states):
+    """Outputs computed in bf16 (``Distillation.bf16``) as float32, for the losses; None stays None."""
+    return None if states is None else tuple(x.float() for x in states)
 
 
 def target_widths(student, teacher, batch) -> dict[str, tuple[int, int]]:
@@ -236,6 +252,60 @@ def attention_maps(student, teacher):
             m.set_attn_implementation(impl)
         for d, p in zip(drops, rates):
             d.p = p
+
+
+# ---------------------------------------------------------------- augmentation
+REPLACE_RATE = 0.25          # word pieces swapped in a "replace" row
+
+
+def augment_batch(batch: dict, rate: float, mode: str, gen: torch.Generator, max_length: int = 128) -> torch.Tensor:
+    """Replace a ``rate`` fraction of ``batch``'s rows (in place) by augmented copies made from the task's own
+    text, and return which rows [B] bool. ``replace``: a quarter of a row's word pieces (never its first and
+    last, [CLS] and [SEP]) swapped for pieces drawn from the batch's other real tokens (TinyBERT's word
+    replacement, with the task's own words for candidates); ``join``: a row followed by another row of the
+    batch, as one longer input (single-text tasks; SST-2's training rows are mostly phrases, its dev rows whole
+    sentences); ``both``: each augmented row one or the other. The teacher labels augmented rows itself: they
+    carry no label of their own."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    n = ids.shape[0]
+    chosen = torch.rand(n, generator=gen) < rate
+    if not chosen.any():
+        return chosen
+    lengths = mask.sum(1)
+    inner = mask.bool().clone()
+    inner[:, 0] = False
+    inner[torch.arange(n), lengths - 1] = False
+    pool = ids[inner]
+    single = not bool(batch["token_type_ids"].any())
+    join = torch.zeros(n, dtype=torch.bool)
+    if single and mode != "replace":
+        join = chosen if mode == "join" else chosen & (torch.rand(n, generator=gen) < 0.5)
+    replace = chosen & ~join
+    if replace.any() and pool.numel():
+        swap = inner & replace[:, None] & (torch.rand(ids.shape, generator=gen) < REPLACE_RATE)
+        ids[swap] = pool[torch.randint(len(pool), (int(swap.sum()),), generator=gen)]
+    if join.any():
+        rows = [ids[i, :lengths[i]].tolist() for i in range(n)]
+        whole = list(rows)                      # partners as they were
+        for i in join.nonzero().flatten().tolist():
+            j = (i + 1 + int(torch.randint(n - 1, (1,), generator=gen))) % n if n > 1 else i
+            rows[i] = (whole[i][:-1] + whole[j][1:-1])[:max_length - 1] + whole[i][-1:]
+        width = max(len(r) for r in rows)
+        pad_id = int(ids[mask == 0][0]) if bool((mask == 0).any()) else 0
+        batch["input_ids"] = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], dtype=ids.dtype)
+        batch["attention_mask"] = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=mask.dtype)
+        batch["token_type_ids"] = torch.zeros_like(batch["attention_mask"])
+    return chosen
+
+
+# ---------------------------------------------------------------- precision
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products natively (AVX-512 BF16 or AMX): there bf16 autocast
+    is faster than fp32; elsewhere it is emulated, and slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 # ---------------------------------------------------------------- the method
@@ -266,8 +336,10 @@ def _teacher(cfg: Distillation, ctx: Context):
 
 
 def _train(model, cfg: Distillation, ctx: Context):
-    teacher = _teacher(cfg, ctx) if cfg.intermediate else None
-    targets = Targets(cfg, model, teacher, target_widths(model.eval(), teacher, ctx.transfer.collate([0]))) if teacher else None
+    teacher = _teacher(cfg, ctx) if cfg.intermediate or cfg.augment > 0 else None
+    gen = torch.Generator().manual_seed(ctx.seed + 2)
+    targets = (Targets(cfg, model, teacher, target_widths(model.eval(), teacher, ctx.transfer.collate([0])))
+               if cfg.intermediate else None)
     params = [p for p in model.parameters() if p.requires_grad] + (list(targets.parameters()) if targets else [])
     wants = {}
     if cfg.hidden > 0 or cfg.embeddings > 0:
@@ -275,14 +347,24 @@ def _train(model, cfg: Distillation, ctx: Context):
     if cfg.attention > 0:
         wants["output_attentions"] = True
 
+    low = cfg.bf16 and native_bf16()
+
     def loss_fn(batch):
-        out = model(**arch.inputs(model, batch), **wants)
+        augmented = augment_batch(batch, cfg.augment, cfg.augment_mode, gen) if cfg.augment > 0 else None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=low):
+            out = model(**arch.inputs(model, batch), **wants)
+            t_out = None
+            if teacher is not None:
+                with torch.no_grad():
+                    t_out = teacher(**arch.inputs(teacher, batch), **wants)
+        if augmented is not None and augmented.any():       # the teacher's own answer on rows it never saw
+            batch["teacher_logits"] = torch.where(augmented[:, None], t_out.logits.float(), batch["teacher_logits"])
+            batch["labels"] = torch.where(augmented, t_out.logits.argmax(-1), batch["labels"])
         losses = {}
         if cfg.logits > 0:
-            losses["logits"] = kd_loss(out.logits, batch["teacher_logits"], batch["labels"], cfg.temperature, cfg.alpha)
+            losses["logits"] = kd_loss(out.logits.float(), batch["teacher_logits"], batch["labels"], cfg.temperature,
+                                       cfg.alpha)
         if targets is not None:
-            with torch.no_grad():
-                t_out = teacher(**arch.inputs(teacher, batch), **wants)
             losses.update(targets(out, t_out, batch["attention_mask"]))
         return sum(getattr(cfg, name) * value for name, value in losses.items()), losses
 
