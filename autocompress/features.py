@@ -3,7 +3,8 @@
 A *feature* is one tokenised row: a dict of ``input_ids``, ``attention_mask`` and ``token_type_ids``
 lists (``encode``). ``pad`` turns rows of different lengths into rectangular int64 arrays; ``batches``
 yields length-sorted batches for inference; ``TransferSet`` holds training rows with the teacher's
-logits and yields length-bucketed random batches for training.
+logits and yields length-bucketed random batches for training; ``augment`` makes augmented copies of a
+batch's rows from the batch's own text (distillation's ``augment``).
 """
 from __future__ import annotations
 
@@ -84,3 +85,47 @@ class TransferSet:
         out["labels"] = self.labels[idx]
         out["teacher_logits"] = self.teacher_logits[idx]
         return out
+
+
+# ---------------------------------------------------------------- augmentation (distillation's ``augment``)
+AUGMENT_MODES = ("replace", "join", "both")
+REPLACE_RATE = 0.25          # word pieces swapped in a "replace" row
+
+
+def augment(batch: dict[str, torch.Tensor], rate: float, mode: str, gen: torch.Generator,
+            max_length: int = 128) -> torch.Tensor:
+    """Replace a ``rate`` fraction of a padded ``batch``'s rows (in place) by augmented copies made from the
+    task's own text, and return which rows [B] bool. ``replace``: a quarter of a row's word pieces (never its
+    first and last, [CLS] and [SEP]) swapped for pieces drawn from the batch's other real tokens (TinyBERT's
+    word replacement, with the task's own words for candidates); ``join``: a row followed by another row of
+    the batch, as one longer input (single-text tasks; SST-2's training rows are mostly phrases, its dev rows
+    whole sentences); ``both``: each augmented row one or the other. Augmented rows carry no label of their
+    own: the teacher labels them."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    n = ids.shape[0]
+    chosen = torch.rand(n, generator=gen) < rate
+    if not chosen.any():
+        return chosen
+    lengths = mask.sum(1)
+    inner = mask.bool().clone()
+    inner[:, 0] = False
+    inner[torch.arange(n), lengths - 1] = False
+    pool = ids[inner]
+    join = torch.zeros(n, dtype=torch.bool)
+    if mode != "replace" and not bool(batch["token_type_ids"].any()):
+        join = chosen if mode == "join" else chosen & (torch.rand(n, generator=gen) < 0.5)
+    replace = chosen & ~join
+    if replace.any() and pool.numel():
+        swap = inner & replace[:, None] & (torch.rand(ids.shape, generator=gen) < REPLACE_RATE)
+        ids[swap] = pool[torch.randint(len(pool), (int(swap.sum()),), generator=gen)]
+    if join.any():
+        whole = [ids[i, :lengths[i]].tolist() for i in range(n)]        # partners as they were
+        rows = list(whole)
+        for i in join.nonzero().flatten().tolist():
+            j = (i + 1 + int(torch.randint(n - 1, (1,), generator=gen))) % n if n > 1 else i
+            rows[i] = (whole[i][:-1] + whole[j][1:-1])[:max_length - 1] + whole[i][-1:]
+        pad_id = int(ids[mask == 0][0]) if bool((mask == 0).any()) else 0
+        padded = pad([{"input_ids": r, "attention_mask": [1] * len(r), "token_type_ids": [0] * len(r)} for r in rows],
+                     pad_id)
+        batch.update({k: torch.from_numpy(v) for k, v in padded.items()})
+    return chosen

@@ -12,7 +12,7 @@ from autocompress import arch
 from autocompress.checkpoint import load_model, save_model
 from autocompress.methods import distillation as D
 from autocompress.methods.base import Context, RecipeError
-from autocompress.features import TransferSet
+from autocompress.features import TransferSet, augment
 from autocompress.methods.pruning import prune_attention_heads
 from autocompress.recipe import Recipe, Step
 
@@ -236,7 +236,7 @@ def _rows(*lengths, pair=False):
 def test_replace_swaps_a_quarter_of_the_inner_pieces_for_the_batchs_own():
     batch = _rows(*[42] * 16)
     before = {k: v.clone() for k, v in batch.items()}
-    chosen = D.augment_batch(batch, 0.5, "replace", torch.Generator().manual_seed(0))
+    chosen = augment(batch, 0.5, "replace", torch.Generator().manual_seed(0))
     assert 3 <= int(chosen.sum()) <= 13
     ids, old = batch["input_ids"], before["input_ids"]
     assert torch.equal(ids[~chosen], old[~chosen])                     # the other rows as they were
@@ -250,7 +250,7 @@ def test_replace_swaps_a_quarter_of_the_inner_pieces_for_the_batchs_own():
 def test_join_makes_one_input_of_two_rows_and_leaves_pairs_alone():
     batch = _rows(5, 4, 3)
     old = batch["input_ids"].clone()
-    chosen = D.augment_batch(batch, 1.0, "join", torch.Generator().manual_seed(0))
+    chosen = augment(batch, 1.0, "join", torch.Generator().manual_seed(0))
     assert chosen.all()
     rows = [r[m.bool()].tolist() for r, m in zip(batch["input_ids"], batch["attention_mask"])]
     words = [r[1:-1] for r in (o[o != 0].tolist() for o in old)]
@@ -259,10 +259,10 @@ def test_join_makes_one_input_of_two_rows_and_leaves_pairs_alone():
         assert r[1 + len(words[i]):-1] in [w for j, w in enumerate(words) if j != i]   # then another row's words
     assert batch["input_ids"].shape == batch["attention_mask"].shape == batch["token_type_ids"].shape
     long = _rows(100, 90)
-    D.augment_batch(long, 1.0, "join", torch.Generator().manual_seed(0), max_length=128)
+    augment(long, 1.0, "join", torch.Generator().manual_seed(0), max_length=128)
     assert long["input_ids"].shape[1] == 128 and (long["input_ids"][:, 127] == 102).all()
     pairs = _rows(6, 5, pair=True)
-    D.augment_batch(pairs, 1.0, "join", torch.Generator().manual_seed(0))
+    augment(pairs, 1.0, "join", torch.Generator().manual_seed(0))
     assert pairs["input_ids"].shape == (2, 6)               # a pair task's rows are never joined (replaced instead)
 
 

@@ -51,6 +51,17 @@ def cpu_info() -> dict[str, Any]:
     return {"cpu": model, "cores": os.cpu_count() or 1, "int8_isa": [f for f in INT8_FLAGS if f in flags]}
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products natively (AVX-512 BF16 or AMX, as oneDNN sees it): there
+    bf16 autocast is faster than fp32; elsewhere it is emulated, and slower."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def gpu_name() -> str:
     """The name of CUDA device 0 (nvidia-smi), or "CUDA device 0" where it cannot be asked."""
     try:

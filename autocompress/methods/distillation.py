@@ -46,10 +46,11 @@ import torch
 import torch.nn.functional as F
 
 from .. import arch
+from ..features import AUGMENT_MODES, augment
+from ..hardware.host import native_bf16
 from .base import Context, RecipeError, check, register
 
 MAPPINGS = ("origin", "uniform", "last")
-AUGMENT_MODES = ("replace", "join", "both")
 TARGETS = {"attention": "att", "hidden": "hid", "embeddings": "emb"}   # intermediate targets -> label
 
 
@@ -254,60 +255,6 @@ def attention_maps(student, teacher):
             d.p = p
 
 
-# ---------------------------------------------------------------- augmentation
-REPLACE_RATE = 0.25          # word pieces swapped in a "replace" row
-
-
-def augment_batch(batch: dict, rate: float, mode: str, gen: torch.Generator, max_length: int = 128) -> torch.Tensor:
-    """Replace a ``rate`` fraction of ``batch``'s rows (in place) by augmented copies made from the task's own
-    text, and return which rows [B] bool. ``replace``: a quarter of a row's word pieces (never its first and
-    last, [CLS] and [SEP]) swapped for pieces drawn from the batch's other real tokens (TinyBERT's word
-    replacement, with the task's own words for candidates); ``join``: a row followed by another row of the
-    batch, as one longer input (single-text tasks; SST-2's training rows are mostly phrases, its dev rows whole
-    sentences); ``both``: each augmented row one or the other. The teacher labels augmented rows itself: they
-    carry no label of their own."""
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    n = ids.shape[0]
-    chosen = torch.rand(n, generator=gen) < rate
-    if not chosen.any():
-        return chosen
-    lengths = mask.sum(1)
-    inner = mask.bool().clone()
-    inner[:, 0] = False
-    inner[torch.arange(n), lengths - 1] = False
-    pool = ids[inner]
-    single = not bool(batch["token_type_ids"].any())
-    join = torch.zeros(n, dtype=torch.bool)
-    if single and mode != "replace":
-        join = chosen if mode == "join" else chosen & (torch.rand(n, generator=gen) < 0.5)
-    replace = chosen & ~join
-    if replace.any() and pool.numel():
-        swap = inner & replace[:, None] & (torch.rand(ids.shape, generator=gen) < REPLACE_RATE)
-        ids[swap] = pool[torch.randint(len(pool), (int(swap.sum()),), generator=gen)]
-    if join.any():
-        rows = [ids[i, :lengths[i]].tolist() for i in range(n)]
-        whole = list(rows)                      # partners as they were
-        for i in join.nonzero().flatten().tolist():
-            j = (i + 1 + int(torch.randint(n - 1, (1,), generator=gen))) % n if n > 1 else i
-            rows[i] = (whole[i][:-1] + whole[j][1:-1])[:max_length - 1] + whole[i][-1:]
-        width = max(len(r) for r in rows)
-        pad_id = int(ids[mask == 0][0]) if bool((mask == 0).any()) else 0
-        batch["input_ids"] = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], dtype=ids.dtype)
-        batch["attention_mask"] = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=mask.dtype)
-        batch["token_type_ids"] = torch.zeros_like(batch["attention_mask"])
-    return chosen
-
-
-# ---------------------------------------------------------------- precision
-def native_bf16() -> bool:
-    """Whether this CPU computes bf16 matrix products natively (AVX-512 BF16 or AMX): there bf16 autocast
-    is faster than fp32; elsewhere it is emulated, and slower."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 # ---------------------------------------------------------------- the method
 @register("distill", "recovery", Distillation, label=label)
 def distill(model, cfg: Distillation, ctx: Context):
@@ -350,7 +297,7 @@ def _train(model, cfg: Distillation, ctx: Context):
     low = cfg.bf16 and native_bf16()
 
     def loss_fn(batch):
-        augmented = augment_batch(batch, cfg.augment, cfg.augment_mode, gen) if cfg.augment > 0 else None
+        augmented = augment(batch, cfg.augment, cfg.augment_mode, gen) if cfg.augment > 0 else None
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=low):
             out = model(**arch.inputs(model, batch), **wants)
             t_out = None
