@@ -361,6 +361,7 @@ def test_labels(params, label):
     ({"steps": 10, "attention": 1.0, "mapping": "skip"}, "mapping must be one of origin, uniform, last"),
     ({"steps": 10, "augment": 1.5}, r"augment must be in \[0, 1\]"),
     ({"steps": 10, "augment": 0.5, "augment_mode": "mix"}, "augment_mode must be one of replace, join, both"),
+    ({"steps": 10, "bf16": "yes"}, "bf16 must be true or false"),
 ])
 def test_invalid_configs_name_the_parameter(params, word):
     with pytest.raises(RecipeError, match=word):

@@ -93,6 +93,7 @@ class Distillation:
         check(0.0 <= self.augment <= 1.0, "distill", f"augment must be in [0, 1], got {self.augment!r}")
         check(self.augment_mode in AUGMENT_MODES, "distill",
               f"augment_mode must be one of {', '.join(AUGMENT_MODES)}, got {self.augment_mode!r}")
+        check(isinstance(self.bf16, bool), "distill", f"bf16 must be true or false, got {self.bf16!r}")
 
     @property
     def intermediate(self) -> tuple[str, ...]:
