@@ -22,6 +22,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from . import arch, checkpoint, export, fileio
 from .evaluate import beats_trivial, predict_torch, resolution, score
 from .features import EVAL_MAX_LENGTH, TransferSet, encode
+from .hardware.host import native_bf16
 from .methods.distillation import Watch, optimise
 from .paths import teachers_dir
 from .tasks import TaskData, hub_unreachable
@@ -73,6 +74,8 @@ class TeacherSettings:
     version: int = 6              # the training recipe; a change retrains cached teachers (5: three passes; 6: val
                                   # of whole sentences only, none inside a train row)
     data: str = ""                # fingerprint of your own data files (FileTask.fingerprint); empty for GLUE
+    bf16: bool = False            # forward and backward passes under bf16 autocast where the CPU computes bf16
+                                  # natively (``hardware.host.native_bf16``); weights, optimiser and scoring stay fp32
 
     def eval_every(self, rows: int) -> int:
         """Steps between two looks at val: every pass, or ``evaluations`` times over a plan of long passes."""
@@ -94,6 +97,8 @@ class TeacherSettings:
     @property
     def key(self) -> str:
         d = dataclasses.asdict(self)
+        if not self.bf16:
+            del d["bf16"]         # added after keys were fixed: fp32 teachers keep their keys (and caches)
         if self.model != DEFAULT_MODEL and Path(self.model).is_dir():
             d["model"] = str(Path(self.model).resolve())
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
@@ -145,8 +150,11 @@ def _train(model, transfer: TransferSet, settings: TeacherSettings, progress, wa
     steps = settings.plan_epochs(len(transfer)) * ((len(transfer) + settings.batch_size - 1) // settings.batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
 
+    low = settings.bf16 and native_bf16()
+
     def loss_fn(batch):
-        return model(**arch.inputs(model, batch), labels=batch["labels"]).loss, {}
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=low):    # autocast computes the loss in fp32
+            return model(**arch.inputs(model, batch), labels=batch["labels"]).loss, {}
 
     optimise(model, params, transfer.batches(settings.batch_size, steps, seed=settings.seed), loss_fn, steps=steps,
              lr=settings.lr, warmup=0.1, name="fine-tune", watch=watch,

@@ -8,10 +8,12 @@ long benchmark can be stopped and continued (``--skip-done``), and each part can
     AUTOCOMPRESS_GLUE_DIR=../shared/glue python benchmarks/teacher.py --task sst2 --seeds 0 1 2
     AUTOCOMPRESS_GLUE_DIR=../shared/glue python benchmarks/teacher.py --task cola --seeds 0
     python benchmarks/teacher.py --table benchmarks/results/teacher.jsonl      # the table of what ran
+    AUTOCOMPRESS_GLUE_DIR=../shared/glue python benchmarks/teacher.py --loops bf16 --seeds 0 1 2
+    AUTOCOMPRESS_GLUE_DIR=../shared/glue python benchmarks/teacher.py --step-time 30 3   # fp32 vs bf16 per step
 
 Both loops use the same split (carved like dev, ``tasks.split``), batch size, learning rate, plan and
 seed; "today" is ``TeacherSettings(patience=None, keep_best=False, passes=2)`` (two passes, no look at val
-until the end, as the issue found it), "new" the defaults. Each run fine-tunes in a cache of its own (the
+until the end, as the issue found it), "new" the defaults, "bf16" the defaults with ``bf16=True``. Each run fine-tunes in a cache of its own (the
 teacher cache is not reused), on a quiet machine: times are wall-clock seconds of training (scoring,
 transfer logits and export excluded).
 """
@@ -28,7 +30,8 @@ import time
 from pathlib import Path
 
 LOOPS = {"new": {}, "today": {"patience": None, "keep_best": False, "passes": 2},   # as the issue found it
-         "new-3pass": {"epochs": 3}}      # the new loop over a plan of three passes (SST-2: val still rose at two)
+         "new-3pass": {"epochs": 3},      # the new loop over a plan of three passes (SST-2: val still rose at two)
+         "bf16": {"bf16": True}}          # the new loop with its passes under bf16 autocast (where native)
 
 
 def run(task: str, seed: int, loop: str, data_dir: str | None, cache: str | None = None, adopt: bool = False) -> dict:
@@ -53,6 +56,45 @@ def run(task: str, seed: int, loop: str, data_dir: str | None, cache: str | None
             "val": info["val"]["metrics"]["main"], "dev": info["dev"]["metrics"]["main"],
             "learned": (info.get("learned") or {}).get("passed"), "curve": info.get("curve"),
             "settings": dataclasses.asdict(settings), "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def step_time(task: str, data_dir: str | None, steps: int, rounds: int) -> str:
+    """Seconds per fine-tuning step in fp32 and under bf16 autocast, side by side: ``rounds`` rounds of
+    ``steps`` steps each (batches of the default size from the same rows, the base model fresh each time),
+    the two in turn (their order swapped every round), after one warm-up round; medians and their ratio."""
+    import copy
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from autocompress.features import TransferSet, encode
+    from autocompress.hardware.host import native_bf16
+    from autocompress.tasks import load_task
+    from autocompress.teacher import TeacherSettings, finetune, resolve_model
+
+    data = load_task(task, data_dir, seed=0)
+    source = resolve_model(TeacherSettings().model)
+    base = AutoModelForSequenceClassification.from_pretrained(source, num_labels=data.spec.num_labels,
+                                                              attn_implementation="sdpa")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    plain = TeacherSettings(task=data.spec.name, epochs=1, patience=None, keep_best=False)
+    rows = data.train.select(range(steps * plain.batch_size))
+    train = TransferSet(encode(tokenizer, rows, plain.max_length), torch.tensor(list(rows["label"])),
+                        torch.zeros(len(rows), data.spec.num_labels), pad_id=tokenizer.pad_token_id or 0)
+    variants = {"fp32": plain, "bf16": dataclasses.replace(plain, bf16=True)}
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for r in range(rounds + 1):                     # round 0 warms up (not counted)
+        for v in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
+            model = copy.deepcopy(base)
+            t0 = time.perf_counter()
+            finetune(model, train, variants[v])
+            if r:
+                times[v].append((time.perf_counter() - t0) / steps)
+    med = {v: statistics.median(t) for v, t in times.items()}
+    return (f"{task}: s per fine-tuning step of {plain.batch_size} rows ({rounds} rounds of {steps} steps, median, "
+            f"after one warm-up round; native bf16: {native_bf16()}): "
+            + "; ".join(f"{v} {med[v]:.3f} (min {min(times[v]):.3f}, max {max(times[v]):.3f})" for v in variants)
+            + f"; bf16 / fp32 {med['bf16'] / med['fp32']:.2f}")
 
 
 def table(rows: list[dict]) -> str:
@@ -101,7 +143,12 @@ def main() -> int:
     ap.add_argument("--adopt", action="store_true", help="with --cache: take a teacher already fine-tuned there "
                     "with the same settings (e.g. the search's default one, which is the 'new' loop's seed 0) and "
                     "report what its teacher.json recorded, instead of fine-tuning again")
+    ap.add_argument("--step-time", type=int, nargs=2, metavar=("STEPS", "ROUNDS"),
+                    help="only time fine-tuning steps in fp32 against bf16 autocast, side by side")
     args = ap.parse_args()
+    if args.step_time:
+        print(step_time(args.task, args.data_dir, *args.step_time))
+        return 0
     if args.table:
         print(table(read_rows(args.table)))
         return 0
