@@ -74,8 +74,10 @@ class TeacherSettings:
     version: int = 6              # the training recipe; a change retrains cached teachers (5: three passes; 6: val
                                   # of whole sentences only, none inside a train row)
     data: str = ""                # fingerprint of your own data files (FileTask.fingerprint); empty for GLUE
-    bf16: bool = False            # forward and backward passes under bf16 autocast where the CPU computes bf16
-                                  # natively (``hardware.host.native_bf16``); weights, optimiser and scoring stay fp32
+    bf16: bool = True             # forward and backward passes under bf16 autocast where the CPU computes bf16
+                                  # natively (``hardware.host.native_bf16``; elsewhere fp32); weights, optimiser and
+                                  # scoring stay fp32. SST-2 seeds 0-2: dev 89.11 / 90.02 / 89.33 (fp32 on
+                                  # the same VM kind: 88.53 / 89.22 / 88.65), 0.59-0.61x the time of an fp32 step
 
     def eval_every(self, rows: int) -> int:
         """Steps between two looks at val: every pass, or ``evaluations`` times over a plan of long passes."""
@@ -98,7 +100,7 @@ class TeacherSettings:
     def key(self) -> str:
         d = dataclasses.asdict(self)
         if not self.bf16:
-            del d["bf16"]         # added after keys were fixed: fp32 teachers keep their keys (and caches)
+            del d["bf16"]         # added after keys were fixed: fp32 teachers (--no-bf16) keep their keys and caches
         if self.model != DEFAULT_MODEL and Path(self.model).is_dir():
             d["model"] = str(Path(self.model).resolve())
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

@@ -13,7 +13,8 @@ long benchmark can be stopped and continued (``--skip-done``), and each part can
 
 Both loops use the same split (carved like dev, ``tasks.split``), batch size, learning rate, plan and
 seed; "today" is ``TeacherSettings(patience=None, keep_best=False, passes=2)`` (two passes, no look at val
-until the end, as the issue found it), "new" the defaults, "bf16" the defaults with ``bf16=True``. Each run fine-tunes in a cache of its own (the
+until the end, as the issue found it), "new" the defaults, "bf16" and "fp32" the defaults with ``bf16`` on (the default since
+2026-12-06; "new" rows before that date were fp32) and off. Each run fine-tunes in a cache of its own (the
 teacher cache is not reused), on a quiet machine: times are wall-clock seconds of training (scoring,
 transfer logits and export excluded).
 """
@@ -29,9 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
-LOOPS = {"new": {}, "today": {"patience": None, "keep_best": False, "passes": 2},   # as the issue found it
+LOOPS = {"new": {}, "today": {"patience": None, "keep_best": False, "passes": 2, "bf16": False},   # as the issue found it
          "new-3pass": {"epochs": 3},      # the new loop over a plan of three passes (SST-2: val still rose at two)
-         "bf16": {"bf16": True}}          # the new loop with its passes under bf16 autocast (where native)
+         "bf16": {"bf16": True},          # the new loop with its passes under bf16 autocast (where native; the default
+         "fp32": {"bf16": False}}         # since 2026-12-06) or in fp32 (the default before)
 
 
 def run(task: str, seed: int, loop: str, data_dir: str | None, cache: str | None = None, adopt: bool = False) -> dict:

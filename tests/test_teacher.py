@@ -1,5 +1,6 @@
 """The teacher cache: settings keys, adopting an already fine-tuned model, the transfer set."""
 import json
+import math
 
 import pytest
 import torch
@@ -281,3 +282,37 @@ def test_the_fine_tune_keeps_the_best_val_step_and_records_its_curve(tiny_base, 
     assert any(f"kept step {info['kept_step']}" in line for line in lines)
     assert 0 < info["resolution"] < 0.2
     check_learned(teacher)                               # it learned: no error
+
+
+# ---------------------------------------------------------------- bf16 fine-tune
+def test_bf16_leaves_the_keys_of_fp32_teachers_alone():
+    """``bf16`` (the default) was added after teachers were cached: a bf16 teacher has a key of its own, and
+    ``--no-bf16`` finds the fp32 teacher cached by earlier runs (the default SST-2 teacher's folder)."""
+    from types import SimpleNamespace
+
+    from autocompress.cli.checks import teacher_settings
+    from autocompress.cli.parser import build_parser
+
+    assert TeacherSettings(bf16=False).key == "3ed35207b71b" != TeacherSettings().key
+    data = SimpleNamespace(spec=SimpleNamespace(name="sst2"), val=range(1000))
+    for argv, key in ((["finetune"], TeacherSettings().key), (["finetune", "--no-bf16"], "3ed35207b71b")):
+        assert teacher_settings(build_parser().parse_args(argv), data, None).key == key
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_bf16_fine_tune_computes_in_bf16_only_where_the_cpu_has_it(native, tiny_bert, tiny_transfer, monkeypatch):
+    """Under ``bf16`` the layers compute in bf16 on a CPU with native bf16 (fp32 elsewhere, where it is
+    emulated and slower); the weights stay fp32 and they train, with a finite loss at every step."""
+    from autocompress import arch, teacher as T
+
+    monkeypatch.setattr(T, "native_bf16", lambda: native)
+    seen, losses = set(), []
+    linear = next(x for x in arch.layers(tiny_bert)[0].modules() if isinstance(x, torch.nn.Linear))
+    linear.register_forward_hook(lambda mod, args, out: seen.add(out.dtype))
+    before = linear.weight.detach().clone()
+    settings = TeacherSettings(epochs=1, batch_size=8, patience=None, keep_best=False, bf16=True)
+    T.finetune(tiny_bert, tiny_transfer, settings, progress=lambda step, total, loss: losses.append(loss))
+    assert (torch.bfloat16 in seen) == native and seen
+    assert len(losses) == -(-len(tiny_transfer) // 8) and all(math.isfinite(x) for x in losses)
+    assert {p.dtype for p in tiny_bert.parameters()} == {torch.float32}
+    assert not torch.equal(linear.weight, before)

@@ -128,7 +128,7 @@ def teacher_settings(args, data, source):
     from ..teacher import TeacherSettings
 
     return TeacherSettings(model=args.model, task=data.spec.name, train_examples=args.train_examples,
-                           epochs=args.epochs, val_size=len(data.val), seed=args.seed,
+                           epochs=args.epochs, val_size=len(data.val), seed=args.seed, bf16=args.bf16,
                            data=source.fingerprint() if isinstance(source, FileTask) else "")
 
 
