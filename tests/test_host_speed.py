@@ -1,6 +1,6 @@
 """The host's nominal speed cannot be poisoned (``hardware.reference``): a nominal is cached only when
 windows of reference runs agree, a nominal that later observations show was timed under load is
-established again (and a calibration fitted at it redone), a factor out of band is flagged, a mobile map
+established again (and a calibration fitted at it re-based), a factor out of band is flagged, a mobile map
 whose held-out error stays too high is refused, and ``profiles --check`` says what holds. Every timing of
 the reference is mocked (``latency.reference_windows``, ``latency.reference_blocks``): quick, and
 independent of how busy this machine is."""
@@ -106,10 +106,13 @@ def test_a_poisoned_nominal_is_detected_and_established_again(tiny, monkeypatch)
     (was,) = record["history"]
     assert was["id"] == old.id and was["nominal_ms"] == pytest.approx(20.0, rel=0.01) and "under load" in was["why"]
     assert record["observations"] == [] and record["id"] == new.id
-    # the mobile map was fitted to host timings scaled to the old nominal: stale, calibrated again on use
+    # the mobile map was fitted to host timings scaled to the old nominal: re-based on use (x 20/10), not redone
     assert "older host reference" in H.HostOperators(mobile).describe_state()
-    assert H._usable(mobile, path, None) is None
-    assert H.HostOperators(mobile).check_state({(1, None): "holds"})[0] == "does not hold"
+    assert H.HostOperators(mobile).check_state({(1, None): "holds"})[0] == "holds"
+    calib = H.calibrate(mobile)
+    assert calib["constants"] == pytest.approx({"matmul": 2, "norm_act": 2, "other": 2})
+    assert calib["host_reference"]["id"] == new.id and calib["host_reference"]["rebased_from"] == old.id
+    assert H.cached_calibration(mobile) == calib and "older" not in H.HostOperators(mobile).describe_state()
 
 
 def test_slow_observations_or_a_few_fast_ones_leave_the_nominal_alone(tiny, monkeypatch):

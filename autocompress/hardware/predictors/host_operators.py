@@ -11,9 +11,14 @@ are built here from their configs with random weights (latency does not depend o
 like any candidate and profiled on this host: the map is a property of this host and is calibrated
 once per host and cached (``paths.calibration_dir()``). Its held-out error is leave-one-out over the
 anchors. A fit whose held-out error is far above what this map reaches on a steady host is calibrated
-again, and refused (used by this process only, with a warning in its figures) if it stays there; a
-calibration records the host reference its timings were scaled to, and is calibrated again when that
-reference is re-established (``hardware.reference``).
+again, and refused (used by this process only, with a warning in its figures) if it stays there. A
+calibration records the host reference its timings were scaled to. When that reference is re-established
+(``hardware.reference``), the map is re-based instead of calibrated again. Host timings are scaled by
+``nominal / interleaved median``, and the constants are a non-negative least-squares fit with no intercept.
+A new nominal therefore multiplies every anchor's scaled times by ``new / old``, and the refit constants
+by ``old / new``, with the same held-out errors. So ``rebase`` is exact, and the nominal cancels out of
+every prediction: ``c * raw * nominal / median``. The same holds for anchors scaled to different
+references: they are re-based onto the last one.
 """
 from __future__ import annotations
 
@@ -90,7 +95,7 @@ class HostOperators(Predictor):
                  f"(max {100 * cal['loo_max_abs_error']:.0f}%)")
         used, ref = cal.get("host_reference"), reference.cached(*_reference_threads(self.profile))
         if used and (ref is None or ref.id != used["id"]):
-            state += "; fitted at an older host reference: calibrated again on first use"
+            state += "; fitted at an older host reference: re-based to the new one on first use (no new timing)"
         return state
 
     def check_state(self, references: dict) -> tuple[str, str]:
@@ -100,8 +105,8 @@ class HostOperators(Predictor):
         used, ref = cal.get("host_reference") or {}, reference.cached(*_reference_threads(self.profile))
         fit = (f"fitted on {cal['date']}, leave-one-out mean |error| {100 * cal['loo_mean_abs_error']:.0f}% "
                f"(max {100 * cal['loo_max_abs_error']:.0f}%), at the host reference {used.get('id', '?')}")
-        if ref is None or ref.id != used.get("id"):
-            return "does not hold", f"{fit}: does NOT hold: the host reference is now another (calibrated again on use)"
+        if ref is not None and ref.id != used.get("id"):
+            fit += f" (re-based to the host reference {ref.id} on use)"
         status = references.get(_reference_threads(self.profile), "none")
         if status == "does not hold":
             return status, f"{fit}: does NOT hold: its host reference does not"
@@ -233,18 +238,47 @@ def calibrate(profile, *, log: Log | None = None, fresh: bool = False) -> dict:
 
 
 def _usable(profile, path: Path, log: Log | None) -> dict | None:
-    """The cached calibration (or this process's refused one) where it was fitted at the host's reference
-    of now; None where there is none, or it was fitted at an older one."""
-    calib = json.loads(path.read_text()) if path.is_file() else _PROCESS_ONLY.get(str(path))
+    """The cached calibration (or this process's refused one), re-based to the host's reference of now
+    when it was fitted at an older one (``rebase``: exact, no new timing; the cache is updated); None
+    where there is none."""
+    cached = path.is_file()
+    calib = json.loads(path.read_text()) if cached else _PROCESS_ONLY.get(str(path))
     if calib is None or not calib.get("host_reference"):       # (none recorded: written by hand)
         return calib
     used, ref = calib["host_reference"], latency.host_reference(*_reference_threads(profile))
     if ref.id == used["id"]:
         return calib
+    calib = rebase(calib, ref)
     if log:
         log(f"{profile.name}: its map was fitted to host timings scaled to the reference {used['id']} (nominal "
-            f"{used['nominal_ms']:.2f} ms); this host's is now {ref.id} ({ref.nominal_ms:.2f} ms): calibrating again")
-    return None
+            f"{used['nominal_ms']:.2f} ms); this host's is now {ref.id} ({ref.nominal_ms:.2f} ms): constants "
+            f"re-based by x{used['nominal_ms'] / ref.nominal_ms:.3f} (exact: the map is linear in the scaled timings)")
+    if cached and not _trouble(calib):
+        fileio.write_json(path, calib)
+    else:
+        _PROCESS_ONLY[str(path)] = calib
+    return calib
+
+
+def _scale_row(row: dict, k: float, was: str) -> dict:
+    """An anchor's host timings multiplied by ``k`` (scaled to another nominal), saying from which."""
+    return dict(row, host_ms=round(row["host_ms"] * k, 3), rebased_from=was,
+                host_classes_ms={c: round(v * k, 3) for c, v in row["host_classes_ms"].items()},
+                **({"host_ops_ms": {o: round(v * k, 3) for o, v in row["host_ops_ms"].items()}}
+                   if "host_ops_ms" in row else {}))
+
+
+def rebase(calib: dict, ref) -> dict:
+    """``calib`` as if its anchors' timings had been scaled to the reference ``ref`` (``id``, ``nominal_ms``,
+    ``established``): timings x new/old nominal, constants x old/new; fitted values and held-out errors
+    unchanged (see the module's docstring)."""
+    used = calib["host_reference"]
+    k = ref.nominal_ms / used["nominal_ms"]
+    return dict(calib, constants={c: round(v / k, 5) for c, v in calib["constants"].items()},
+                anchors=[_scale_row(r, k, used["id"]) for r in calib["anchors"]],
+                host_reference={"id": ref.id, "nominal_ms": round(ref.nominal_ms, 4),
+                                "established": bool(ref.established and used.get("established", True)),
+                                "rebased_from": used["id"]})
 
 
 def _trouble(calib: dict) -> str:
@@ -270,7 +304,7 @@ def _calibrate_once(profile, log: Log | None) -> dict:
         raise PredictorError(f"profile {profile.name}: host-operators anchors must be at the profile's shape "
                              f"(batch {profile.batch_size}, seq {profile.seq_len})")
     t0 = time.time()
-    rows, refs = [], {}
+    rows, refs, row_refs = [], {}, []
     with tempfile.TemporaryDirectory(prefix="autocompress-anchors-") as tmp:
         for i, (anchor, _, _, device_ms) in enumerate(points):
             if log:
@@ -281,14 +315,22 @@ def _calibrate_once(profile, log: Log | None) -> dict:
             ref = lat.detail.get("host_reference") or {}
             refs[ref.get("id")] = {"id": ref.get("id"), "nominal_ms": ref.get("nominal_ms"),
                                    "established": ref.get("established", True)}
+            row_refs.append(ref.get("id"))
             rows.append({"name": anchor["name"], "source": anchor["source"], "device_ms": device_ms,
                          "host_ms": round(lat.median_ms, 3), "host_ci95_rel": lat.detail["ci95_rel"],
                          "host_classes_ms": dict(zip(CLASSES, np.round(op_classes(op_ms), 3).tolist())),
                          "host_ops_ms": {k: round(v, 3) for k, v in op_ms.items()}})
+    last = refs[row_refs[-1]] if row_refs else None
+    if len(refs) > 1 and all(r["nominal_ms"] for r in refs.values()):
+        # the reference was re-established between anchors: each anchor's timings re-based onto the last one
+        rows = [_scale_row(row, last["nominal_ms"] / refs[rid]["nominal_ms"], rid) if rid != last["id"] else row
+                for row, rid in zip(rows, row_refs)]
+        last = dict(last, established=all(r["established"] for r in refs.values()))
+    elif len(refs) > 1:
+        last = None
     calib = fit_calibration(rows)
     calib.update(profile=profile.name, predictor=spec["name"], host_key=host_key(profile),
-                 cpu=cpu_info()["cpu"], host_threads=spec["host_threads"],
-                 host_reference=next(iter(refs.values())) if len(refs) == 1 else None,
+                 cpu=cpu_info()["cpu"], host_threads=spec["host_threads"], host_reference=last,
                  date=time.strftime("%Y-%m-%d"), seconds=round(time.time() - t0, 1))
     return calib
 
