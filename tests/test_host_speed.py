@@ -119,11 +119,13 @@ def test_slow_observations_or_a_few_fast_ones_leave_the_nominal_alone(tiny, monk
     windows = Windows(steady(10.0))
     monkeypatch.setattr(L, "reference_windows", windows)
     ref = L.host_reference(1)
-    for ms in (11.0, 9.0, 9.0, 11.5, 9.0, 9.0):       # a loaded host (factor 0.87-0.91); never 3 fast in a row
+    # a loaded host (factor 0.87-0.91), then three in a row 10% faster: the VM's phases (seen here: 1.06-1.10
+    # three times running, twice in ten minutes), not a nominal timed under load (that gave 2.2)
+    for ms in (11.0, 9.0, 9.0, 11.5, 9.1, 9.1, 9.1):
         interleaved(monkeypatch, ms)
         L.measure_latency(tiny, ONE, **QUICK)
     assert len(windows.calls) == 1 and L.host_reference(1).id == ref.id
-    assert len(json.loads(ref.meta.read_text())["observations"]) == 6
+    assert len(json.loads(ref.meta.read_text())["observations"]) == 7
 
 
 def clock(monkeypatch, step_s: float):
