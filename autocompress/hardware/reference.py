@@ -68,8 +68,9 @@ MIN_CPU_SHARE = 0.8
 TRIES, PAUSES_S = 3, (3.0, 10.0)      # a burst of load of a few seconds passes; a busy machine costs ~30 s once
 RETRY_S = 900.0      # a reference used by this process only is tried again after this long
 # Factors seen on this VM, loaded: 0.85-0.97 (the nominal sits at the fast end of its drift). Above 1.05
-# the host runs more than 5% faster than its "nominal": that nominal was timed under load (the poisoned
-# cache gave 2.2). Below 0.80 the host is so busy that a model and the reference may not slow alike.
+# the host runs more than 5% faster than its "nominal": the figure is flagged (its milliseconds are doubtful;
+# POISON below says when the nominal itself is condemned). Below 0.80 the host is so busy that a model and
+# the reference may not slow alike.
 BAND = (0.80, 1.05)
 # The band flags a figure, but it does not condemn a nominal. On the AMD VM, quiet, three observations in a
 # row at 1.06-1.10 happened twice within ten minutes of a tiny search (2026-12-07). The 1-thread reference
