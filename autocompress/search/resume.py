@@ -1,9 +1,10 @@
 """Surviving a crash or a stop, with what Optuna offers.
 
 The study lives in the store's database (RDBStorage). While trials run, the driver records an Optuna
-heartbeat for each (``Heartbeat``), and the run's own heartbeat in the store. ``--resume`` lets Optuna's
-``fail_stale_trials`` fail the trials whose heartbeat stopped, and its ``RetryHeartbeatStaleTrialCallback``
-enqueues their parameters again, so their recipes are proposed again; our own table follows Optuna's
+heartbeat for each (``Heartbeat``), and the run's own heartbeat in the store. ``--resume`` fails at once
+the trials their own search stopped (Ctrl-C: stored ``interrupted``), lets Optuna's ``fail_stale_trials``
+fail those whose heartbeat stopped (a crash), and its ``RetryHeartbeatStaleTrialCallback`` enqueues their
+parameters again, so their recipes are proposed again; our own table follows Optuna's
 verdicts (``reconcile``).
 """
 from __future__ import annotations
@@ -88,6 +89,11 @@ def fail_stale_trials(store: Store, run: str, log=print) -> list[tuple[int, int 
     storage = heartbeat_storage(store.url)
     study = optuna.load_study(study_name=run, storage=storage)
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    # stopped by their own search (Ctrl-C: stored ``interrupted`` once its workers were ended): no heartbeat to wait for
+    stopped = {t.number - 1 for t in store.trials(run, status="interrupted")}
+    for t in [t for t in running if t.number in stopped]:
+        _fail_and_retry(storage, study, t)
+    running = [t for t in running if t.number not in stopped]
     if running:
         log(f"waiting up to {GRACE_S + HEARTBEAT_S} s for the heartbeats of {len(running)} trial(s) the "
             "interrupted search left running to go stale")
@@ -98,9 +104,16 @@ def fail_stale_trials(store: Store, run: str, log=print) -> list[tuple[int, int 
             if running:
                 time.sleep(2)
         for t in running:     # never got a heartbeat (the search died between asking and recording one)
-            if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
-                storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(t._trial_id))
+            _fail_and_retry(storage, study, t)
     return reconcile(store, run)
+
+
+def _fail_and_retry(storage, study, trial) -> None:
+    """Fail a study's running trial and enqueue its parameters again (what Optuna does to a stale one)."""
+    from optuna.trial import TrialState
+
+    if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+        storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(trial._trial_id))
 
 
 def reconcile(store: Store, run: str, why: str = "the search stopped while it ran") -> list[tuple[int, int | None]]:
