@@ -2,8 +2,9 @@
 
 The study lives in the store's database (RDBStorage). While trials run, the driver records an Optuna
 heartbeat for each (``Heartbeat``), and the run's own heartbeat in the store. ``--resume`` fails at once
-the trials their own search stopped (Ctrl-C: stored ``interrupted``), lets Optuna's ``fail_stale_trials``
-fail those whose heartbeat stopped (a crash), and its ``RetryHeartbeatStaleTrialCallback`` enqueues their
+the trials of a search known to be gone (on a SQLite store, whose lock died with it; elsewhere, those it
+stopped itself on Ctrl-C), lets Optuna's ``fail_stale_trials`` fail those whose heartbeat stopped (a crash
+of a search on a shared database), and its ``RetryHeartbeatStaleTrialCallback`` enqueues their
 parameters again, so their recipes are proposed again; our own table follows Optuna's
 verdicts (``reconcile``).
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 
-from ..store import Store
+from ..store import Store, sqlite_file
 
 HEARTBEAT_S = 10       # the driver records an Optuna heartbeat for each running trial this often
 GRACE_S = 30           # a running trial whose heartbeat is older than this is stale (its search is gone)
@@ -89,11 +90,14 @@ def fail_stale_trials(store: Store, run: str, log=print) -> list[tuple[int, int 
     storage = heartbeat_storage(store.url)
     study = optuna.load_study(study_name=run, storage=storage)
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    # stopped by their own search (Ctrl-C: stored ``interrupted`` once its workers were ended): no heartbeat to wait for
+    # No heartbeat to wait for where the search that ran them is known to be gone: on a SQLite store, whose
+    # lock this search holds (``session.exclusive``; the lock dies with its holder), every running trial;
+    # elsewhere, those their own search stopped (Ctrl-C: stored ``interrupted`` once its workers were ended).
+    gone = sqlite_file(store.url) is not None
     stopped = {t.number - 1 for t in store.trials(run, status="interrupted")}
-    for t in [t for t in running if t.number in stopped]:
+    for t in [t for t in running if gone or t.number in stopped]:
         _fail_and_retry(storage, study, t)
-    running = [t for t in running if t.number not in stopped]
+    running = [t for t in running if not gone and t.number not in stopped]
     if running:
         log(f"waiting up to {GRACE_S + HEARTBEAT_S} s for the heartbeats of {len(running)} trial(s) the "
             "interrupted search left running to go stale")
