@@ -149,10 +149,11 @@ def typical_latency(choice: Choice, onnx_path: Path, log=None) -> dict | None:
     """What a typical input of the task costs on the pick's device, where the run timed that device at its
     fixed shape only: the model's expected latency over the mix of the validation inputs' token lengths the
     run recorded (``RunSettings.task_lengths``), timed now by the profile's own route
-    (``hardware.obtain_over_lengths``; the fixed shape re-timed beside it). None where the run's figure
-    already is over the task's lengths, the run recorded no mix (made before runs did), or the profile
-    cannot time this file now (an fp16 profile and a quantized graph, a cluster route that is gone, ...:
-    a one-line warning, and the export goes on)."""
+    (``hardware.obtain_over_lengths``; the fixed shape re-timed beside it), its measurements stopped at the
+    profile's ``max_seconds`` shared among those shapes (one figure's time, not one per shape). None where
+    the run's figure already is over the task's lengths, the run recorded no mix (made before runs did), or
+    the profile cannot time this file now (an fp16 profile and a quantized graph, a cluster route that is
+    gone, ...: a one-line warning, and the export goes on)."""
     settings = RunSettings.from_dict(choice.run.settings)
     figure = choice.trial.latencies.get(choice.device) or {}
     if not settings.task_lengths or (figure.get("detail") or {}).get("lengths"):
@@ -164,8 +165,10 @@ def typical_latency(choice: Choice, onnx_path: Path, log=None) -> dict | None:
     mix = LengthMix.from_dict(settings.task_lengths)
     if log:
         log(f"timing the model on {choice.device} at the task's input lengths for its card: {mix.describe()}")
-    try:
-        return obtain_over_lengths(onnx_path, profile or load_profile(choice.device), mix, log=log).to_dict()
+    try:   # about one figure's time in all (the profile's cap shared by the shapes): a card, not a benchmark
+        profile = profile or load_profile(choice.device)
+        return obtain_over_lengths(onnx_path, profile, mix, log=log,
+                                   max_seconds=profile.max_seconds / (1 + len(mix.lengths))).to_dict()
     except Exception as e:      # the card's extra figure never costs the export: any failure skips it, said once
         if log:
             log(f"warning: not timed at the task's input lengths ({type(e).__name__}: {e}); the card gives the "

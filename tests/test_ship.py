@@ -240,3 +240,25 @@ def test_trial_labels_of_close_front_members_do_not_cover_each_other_or_the_star
     cx, cy = ax.transData.transform((star.get_xdata()[0], star.get_ydata()[0]))
     r = 5 * fig.dpi / 72                     # the star's inner body (16 points across its tips)
     assert not any(b.overlaps(Bbox.from_extents(cx - r, cy - r, cx + r, cy + r)) for b in boxes), labels
+
+
+def test_the_cards_figure_at_the_task_lengths_costs_one_figures_time(tmp_path, monkeypatch):
+    """`pick` times the model at the run's input lengths for its card: the profile's time cap is shared by
+    the shapes it times (the fixed one and each length), not spent on each (laptop-cpu: 10 s)."""
+    from autocompress import hardware, ship
+    from autocompress.hardware import Latency, load_profile
+
+    store = make_store(tmp_path)
+    run = store.get_run("r")
+    settings = {**run.settings, "task_lengths": {"lengths": [12, 24, 48], "weights": [0.5, 0.3, 0.2], "n": 200}}
+    store.restart_run("r", settings)
+    asked = {}
+
+    def obtain(path, profile, mix, **kw):
+        asked.update(profile=profile.name, lengths=mix.lengths, **kw)
+        return Latency(profile.name, 5.0, 0.1, 5.0, 5.0, 100, "measured", {})
+
+    monkeypatch.setattr(hardware, "obtain_over_lengths", obtain)
+    card = ship.typical_latency(choose(store, "r"), tmp_path / "trial-2.onnx")
+    assert card["median_ms"] == 5.0 and asked["profile"] == "laptop-cpu" and asked["lengths"] == (12, 24, 48)
+    assert asked["max_seconds"] == pytest.approx(load_profile("laptop-cpu").max_seconds / 4)
