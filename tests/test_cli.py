@@ -1,4 +1,5 @@
 """Bad input: one line naming the problem, exit code 2, no traceback, nothing written to the store."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -162,6 +163,18 @@ def test_console_script_exit_code_and_one_line(tmp_path):
     assert "--budget 'fast'" in r.stderr
     r = subprocess.run([str(exe), "search", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "--budget" in r.stdout and "--device" in r.stdout
+
+
+def test_a_plugin_that_cannot_be_imported_is_said_in_one_line(tmp_path):
+    """AUTOCOMPRESS_PLUGINS naming a module that is missing or broken: exit 2, one line that names it."""
+    exe = Path(sys.executable).with_name("autocompress")
+    (tmp_path / "broken_plugin.py").write_text("def (:\n")
+    for name, why in (("no_such_plugin_xyz", "ModuleNotFoundError"), ("broken_plugin", "SyntaxError")):
+        env = {**os.environ, "AUTOCOMPRESS_PLUGINS": name, "PYTHONPATH": str(tmp_path)}
+        r = subprocess.run([str(exe), "runs", "--runs-dir", str(tmp_path / "runs")], capture_output=True, text=True,
+                           timeout=120, env=env)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.strip().count("\n") == 0 and f"cannot import {name!r} ({why}" in r.stderr, r.stderr
 
 
 def test_a_reader_that_goes_away_is_not_an_error():

@@ -30,8 +30,14 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.set_verbosity_error()      # no weight-loading reports or progress bars from transformers
     hf_logging.disable_progress_bar()
+    try:    # importing the methods loads the plugins AUTOCOMPRESS_PLUGINS names: a broken one is said in one line
+        from ..methods.base import RecipeError
+    except Exception as e:
+        if type(e).__name__ != "RecipeError":
+            raise
+        print(f"autocompress {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     from ..hardware import ProfileError
-    from ..methods.base import RecipeError
     from ..search.cluster import ClusterError
     from ..search.settings import SessionError
     from ..search.space import SpaceError
