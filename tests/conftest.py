@@ -194,6 +194,22 @@ def postgres_url():
     admin.dispose()
 
 
+# A laptop profile of the user's own (`--device quick.yaml`: it takes the bundled laptop-cpu's place), its
+# timing protocol short: for end-to-end tests of something else than the figures (stopping and resuming,
+# own data); tests/test_hardware.py and test_host_speed.py cover the protocol itself.
+QUICK_LAPTOP = """name: laptop-cpu
+description: this machine's CPU, timed briefly
+runtime: onnxruntime
+provider: CPUExecutionProvider
+max_threads: 4
+min_runs: 20
+max_seconds: 1.0
+ci_target: 0.05
+nominal_speed: true
+pin_threads: true
+"""
+
+
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory) -> Path:
     """One autocompress cache for the end-to-end tests of a session: the small teacher they share is

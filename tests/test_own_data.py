@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import QUICK_LAPTOP
+
 from autocompress.cli import main
 from autocompress.recipe import Recipe
 from autocompress.tasks import DataError, FileTask, compute_metrics, default_val_size, load_task
@@ -217,9 +219,11 @@ def own(tmp_path_factory):
     write_csv(tmp / "data" / "topics.csv", ["text", "topic"], topic_rows(240, 0))
     write_csv(tmp / "data" / "topics-dev.csv", ["text", "topic"], topic_rows(60, 1))
     (tmp / "one.yaml").write_text(ONE_TRIAL)
+    (tmp / "quick.yaml").write_text(QUICK_LAPTOP)       # the figures are not what this tests
     env = {**os.environ, "AUTOCOMPRESS_CACHE": str(tmp / "cache"), "AUTOCOMPRESS_LOCK_FILE": str(tmp / "machine.lock")}
     r = _cli("search", "--train", "data/topics.csv", "--dev", "data/topics-dev.csv", "--label-column", "topic",
-             "--metric", "f1", "--space", "one.yaml", "--budget", "1000ms", "--name", "own", "--epochs", "2",
+             "--metric", "f1", "--space", "one.yaml", "--device", "quick.yaml", "--budget", "1000ms", "--name", "own",
+             "--epochs", "2",
              "--train-examples", "0", env=env, cwd=tmp)
     assert r.returncode == 0, r.stderr[-3000:]
     from autocompress.store import Store, default_url

@@ -1,8 +1,7 @@
 """Searches that survive Ctrl-C and SIGKILL, refuse a second search on their SQLite store, listen on
 loopback only, and run on a real two-node Ray cluster with the store in PostgreSQL. Each test runs the
 installed command on the packaged MiniLM with tiny budgets (the small teacher is shared), the target a
-laptop profile of the user's own with a short timing protocol (``QUICK``: these tests are about stopping
-and resuming, not about the figures; tests/test_hardware.py and test_host_speed.py cover the protocol)."""
+laptop profile of the user's own with a short timing protocol (``conftest.QUICK_LAPTOP``)."""
 import os
 import signal
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import is_loopback, listening_addresses, process_tree
+from conftest import QUICK_LAPTOP, is_loopback, listening_addresses, process_tree
 
 SPACE = """
 name: tiny
@@ -27,18 +26,6 @@ steps:
     optional: true
 """
 TEACHER = ["--train-examples", "1600", "--epochs", "2", "--val-size", "200"]   # learns: ~85% val
-QUICK = """
-name: laptop-cpu
-description: this machine's CPU, timed briefly
-runtime: onnxruntime
-provider: CPUExecutionProvider
-max_threads: 4
-min_runs: 20
-max_seconds: 1.0
-ci_target: 0.05
-nominal_speed: true
-pin_threads: true
-"""
 EXE = str(Path(sys.executable).with_name("autocompress"))
 
 
@@ -47,7 +34,7 @@ def user(tmp_path, glue_dir, shared_cache):
     cwd = tmp_path / "work"
     cwd.mkdir()
     (cwd / "tiny.yaml").write_text(SPACE)
-    (cwd / "quick.yaml").write_text(QUICK)
+    (cwd / "quick.yaml").write_text(QUICK_LAPTOP)
     env = {**os.environ, "AUTOCOMPRESS_CACHE": str(shared_cache), "AUTOCOMPRESS_GLUE_DIR": str(glue_dir),
            "AUTOCOMPRESS_LOCK_FILE": str(tmp_path / "machine.lock"), "PYTHONUNBUFFERED": "1"}
     return cwd, env
