@@ -473,3 +473,17 @@ def test_side_by_side_times_an_artifact_graph_by_graph_with_its_stored_usage(tmp
     assert d["expected"] and d["reach"] == [1.0, 0.25] and len(d["segment_ms"]) == 2
     assert "side by side with 3 models" in d["protocol"]
     assert again["pipe"].median_ms == pytest.approx(d["segment_ms"][0] + 0.25 * d["segment_ms"][1], abs=2e-4)  # (rounded)
+
+
+def test_a_target_of_the_users_own_keeps_its_settings_under_a_bundled_name(tmp_path):
+    """`search --device my.yaml` where my.yaml is named laptop-cpu: the search times on that file's
+    profile (its protocol), not on the bundled laptop-cpu, and on every other bundled profile once."""
+    from autocompress.hardware import list_profiles, with_bundled
+
+    mine = tmp_path / "my.yaml"
+    mine.write_text("name: laptop-cpu\ndescription: mine\nruntime: onnxruntime\nprovider: CPUExecutionProvider\n"
+                    "max_threads: 2\nmax_seconds: 1.5\nmin_runs: 7\n")
+    profiles = with_bundled(load_profile(str(mine)))
+    assert [p.name for p in profiles][0] == "laptop-cpu" and sorted(p.name for p in profiles) == list_profiles()
+    assert (profiles[0].max_seconds, profiles[0].min_runs, profiles[0].description) == (1.5, 7, "mine")
+    assert profiles[1:] == tuple(load_profile(n) for n in list_profiles() if n != "laptop-cpu")

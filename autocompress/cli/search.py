@@ -64,12 +64,12 @@ def cmd_search(args) -> int:
     check_task_options(args)
     resolve_paths(args)
     cluster.configure_environment(args.ray_address)
-    from ..hardware import list_profiles, load_profile
+    from ..hardware import with_bundled
     from ..search.space import load_space
     from ..tasks import get_task, load_task
 
     target = load_profile_checked(args.device)
-    profiles = tuple({p.name: p for p in [target, *map(load_profile, list_profiles())]}.values())
+    profiles = with_bundled(target)
     if args.lengths:                        # every profile times at the task's lengths, or at its fixed shape
         profiles = tuple(dataclasses.replace(p, lengths=args.lengths) for p in profiles)
         target = next(p for p in profiles if p.name == target.name)

@@ -15,4 +15,4 @@ from .latency import measure_latency, measure_side_by_side, time_call  # noqa: F
 from .obtain import (check_host, describe_route, expected, graph_signature, host_references,  # noqa: F401
                      obtain_latency, obtain_over_lengths, obtain_side_by_side, obtain_together, prepare, route)
 from .predictors import for_profile as predictor_for  # noqa: F401
-from .profiles import HardwareProfile, ProfileError, list_profiles, load_profile  # noqa: F401
+from .profiles import HardwareProfile, ProfileError, list_profiles, load_profile, with_bundled  # noqa: F401

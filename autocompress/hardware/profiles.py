@@ -240,3 +240,10 @@ def load_profile(name_or_path: str | os.PathLike | HardwareProfile) -> HardwareP
         return HardwareProfile.from_dict(data)
     except ProfileError as e:
         raise ProfileError(f"{where}: {e}") from None
+
+
+def with_bundled(target: HardwareProfile) -> tuple[HardwareProfile, ...]:
+    """The profiles a search times on: its target as given (a profile file of the user's own keeps its
+    settings where it takes a bundled profile's name, e.g. a laptop-cpu of a different protocol), then
+    every other bundled profile."""
+    return (target, *(p for p in map(load_profile, list_profiles()) if p.name != target.name))
