@@ -194,11 +194,10 @@ def part_search(args, data, teacher, sampler: str) -> list[dict]:
 
 # ---------------------------------------------------------------- the table
 def table(args, data, teacher) -> str:
-    """Re-time every compared file side by side per device; speed-ups and hypervolumes."""
+    """Re-time every compared file side by side per device (``--saved``: the last pass's latencies, kept in
+    ``front-TASK-latencies.json``); speed-ups, hypervolumes and the searches' efficiency over seeds."""
     import numpy as np
-    from optuna._hypervolume import compute_hypervolume
 
-    from autocompress.hardware import obtain_together
     from autocompress.teacher import trivial_baseline
 
     rows = _rows(args.task)
@@ -211,23 +210,44 @@ def table(args, data, teacher) -> str:
                 files[(r["name"], m["trial"])] = m["onnx"]
         else:
             files[(r["name"], None)] = r["onnx"]
-    base = next(r for r in rows if r["part"] == "teacher")
-    t_key, t_dev = (base["name"], None), base["dev"]
     majority = max(np.bincount(np.asarray(data.dev["label"]))) / len(data.dev) if data.spec.metric == "accuracy" else \
         trivial_baseline(data)["main"]
-    out = [f"task {args.task}: teacher dev {100 * t_dev:.2f}; majority-class dev {100 * majority:.2f}"]
-    timed = {}
+    saved = RESULTS / f"front-{args.task}-latencies.json"
+    if args.saved:
+        timed = json.loads(saved.read_text())
+        lats = {device: {tuple(k): ms for k, ms in pairs} for device, pairs in timed.items()}
+        missing = [k for k in files if any(k not in lats[d] for d in DEVICES)]
+        if missing:
+            raise SystemExit(f"--saved: {len(missing)} compared file(s) were not in the last timing pass "
+                             f"(e.g. {missing[0]}): run --part table without --saved")
+    else:
+        from autocompress.hardware import obtain_together
+
+        lats = {device: {k: v.median_ms for k, v in obtain_together(files, device).items()} for device in DEVICES}
+        saved.write_text(json.dumps({d: [[list(k), ms] for k, ms in v.items()] for d, v in lats.items()}, indent=1) + "\n")
+    return render(rows, lats, majority)
+
+
+def render(rows: list[dict], lats: dict[str, dict[tuple, float]], majority: float) -> str:
+    """The table from the rows and one side-by-side pass's latencies per device (``{device: {(row name,
+    trial or None): ms}}``)."""
+    import numpy as np
+    from optuna._hypervolume import compute_hypervolume
+
+    base = next(r for r in rows if r["part"] == "teacher")
+    t_key, t_dev = (base["name"], None), base["dev"]
+    out = [f"task {rows[0].get('task', '')}: teacher dev {100 * t_dev:.2f}; majority-class dev {100 * majority:.2f}"]
     for device in DEVICES:
-        lats = {k: v.median_ms for k, v in obtain_together(files, device).items()}
-        timed[device] = [[list(k), ms] for k, ms in lats.items()]
-        t_ms = lats[t_key]
+        ms_of = lats[device]
+        t_ms = ms_of[t_key]
         last = [r for r in rows if r["part"] == "search"][-1:]       # the newest: the default search as it is now
-        searched = [(m["dev"], lats[(r["name"], m["trial"])], m["trial"]) for r in last for m in r["members"]]
+        searched = [(m["dev"], ms_of[(r["name"], m["trial"])], m["trial"]) for r in last for m in r["members"]]
         out.append(f"\n{device} (teacher {t_ms:.2f} ms; re-timed side by side in one pass)")
         out.append(f"  {'row':44} {'<=1 pt':>8} {'<=3 pt':>8} {'hypervol':>9} {'trials':>6} {'wall':>7}  matched by '{last[0]['name'] if last else '-'}'")
+        hvs = {}
         for r in rows:
-            pts = ([(m["dev"], lats[(r["name"], m["trial"])]) for m in r["members"]] if r["part"] in ("search", "random")
-                   else [(r["dev"], lats[(r["name"], None)])])
+            pts = ([(m["dev"], ms_of[(r["name"], m["trial"])]) for m in r["members"]] if r["part"] in ("search", "random")
+                   else [(r["dev"], ms_of[(r["name"], None)])])
             # a hand baseline's point is matched where a member of the default search is as accurate on dev and as
             # fast: within SAME_SPEED of its latency (two files of one graph differ by up to half that in one pass)
             match = "" if r["part"] in ("search", "random") else ", ".join(
@@ -241,10 +261,31 @@ def table(args, data, teacher) -> str:
 
             inside = [(-d, ms) for d, ms in pts if d >= majority and ms <= t_ms]   # slower than the teacher: nothing
             hv = compute_hypervolume(np.array(inside), np.array([-majority, t_ms]))
+            hvs[r["name"]] = hv
             out.append(f"  {r['name'][:44]:44} {best(1):>8} {best(3):>8} {hv:>9.3f} {r.get('trials', ''):>6} "
                        f"{str(r.get('wall_seconds', r.get('seconds', ''))):>7}  {match}")
-    (RESULTS / f"front-{args.task}-latencies.json").write_text(json.dumps(timed, indent=1) + "\n")
+        out += efficiency(rows, hvs)
     return "\n".join(out)
+
+
+def efficiency(rows: list[dict], hvs: dict[str, float]) -> list[str]:
+    """Search efficiency over seeds: per variant (a sampler and its ``--label``) with runs of two seeds or
+    more, the hypervolume's mean and spread and the trials; the issue's bar is the default sampler's mean
+    after N trials at least random search's after 2N."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        if r["part"] in ("search", "random"):
+            variant = re.sub(r", seed \d+", "", r["name"])
+            groups.setdefault((r["part"], variant), []).append(r)
+    lines = []
+    for (part, variant), rs in groups.items():
+        if len(rs) < 2:
+            continue
+        v = [hvs[r["name"]] for r in rs]
+        seeds = ", ".join(re.search(r"seed (\d+)", r["name"]).group(1) for r in rs)
+        lines.append(f"  efficiency: {variant[:40]:40} seeds {seeds}: hypervolume mean {sum(v) / len(v):.3f} "
+                     f"(min {min(v):.3f}, max {max(v):.3f}), trials {', '.join(str(r.get('trials')) for r in rs)}")
+    return lines
 
 
 def main() -> int:
@@ -259,7 +300,14 @@ def main() -> int:
                     help="where the runs and exported files go (not committed)")
     ap.add_argument("--data-dir", default=os.environ.get("AUTOCOMPRESS_GLUE_DIR"))
     ap.add_argument("--again", action="store_true", help="run the part even if its rows are in the results")
+    ap.add_argument("--saved", action="store_true",
+                    help="--part table: the latencies of the last side-by-side pass, not a new one (e.g. the files are gone)")
     args = ap.parse_args()
+    if args.part == "table" and args.saved:                  # nothing re-timed or re-scored: no teacher needed
+        from autocompress.tasks import load_task
+
+        print(table(args, load_task(args.task, args.data_dir), None))
+        return 0
     data, teacher = _world(args.task, args.data_dir)
     if args.part == "table":
         text = table(args, data, teacher)
