@@ -145,22 +145,26 @@ def part_optimum(args, data, teacher) -> list[dict]:
     return rows
 
 
+def as_trial(recipe, data, teacher, work: str | Path, device: str = "laptop-cpu") -> str:
+    """``recipe`` built as a search builds a trial (in ``work``, outside any store): its shipped ONNX file."""
+    from autocompress.search.trial import TrialSetup, evaluate_candidate
+
+    setup = TrialSetup(store_url="", run="bench", run_dir=str(work), data_path="", teacher_path=str(teacher.path),
+                       profiles=(device,), device=device, budget_ms=None, space_text="", num_layers=6,
+                       threads=min(4, os.cpu_count() or 1))
+    return evaluate_candidate(setup, 1, recipe, data=data, teacher=teacher).artifacts["onnx"]
+
+
 def part_distilbert(args, data, teacher) -> list[dict]:
     """Every other layer kept (3 of 6), logit distillation for one pass over train, int8: built as a trial."""
     from autocompress.features import EVAL_MAX_LENGTH  # noqa: F401
     from autocompress.recipe import Recipe, Step
-    from autocompress.search.trial import TrialSetup, evaluate_candidate
 
     steps = -(-len(data.train) // 32)
     recipe = Recipe((Step("drop_layers", {"keep": teacher.model().config.num_hidden_layers // 2, "strategy": "alternate"}),
                      Step("distill", {"steps": steps, "batch_size": 32, "lr": 1e-4}), Step("quantize_int8")))
-    work = Path(args.work) / f"distilbert-{args.task}"
-    setup = TrialSetup(store_url="", run="bench", run_dir=str(work), data_path="", teacher_path=str(teacher.path),
-                       profiles=("laptop-cpu",), device="laptop-cpu", budget_ms=None, space_text="", num_layers=6,
-                       threads=min(4, os.cpu_count() or 1))
     t0 = time.time()
-    result = evaluate_candidate(setup, 1, recipe, data=data, teacher=teacher)
-    onnx = result.artifacts["onnx"]
+    onnx = as_trial(recipe, data, teacher, Path(args.work) / f"distilbert-{args.task}")
     return [{"part": "distilbert", "name": f"DistilBERT recipe ({recipe.short()})", "onnx": onnx,
              "dev": _dev(onnx, data, teacher), "seconds": round(time.time() - t0)}]
 
@@ -206,6 +210,8 @@ def table(args, data, teacher) -> str:
         if r["part"] in ("search", "random"):
             for m in r["members"]:
                 if m["dev"] is None:
+                    if teacher is None:           # --saved: nothing is scored again
+                        raise SystemExit(f"--saved: {r['name']} #{m['trial']} has no dev score: run --part table")
                     m["dev"] = _dev(m["onnx"], data, teacher)
                 files[(r["name"], m["trial"])] = m["onnx"]
         else:

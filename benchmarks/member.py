@@ -37,17 +37,12 @@ def main() -> int:
 
     from autocompress.hardware import obtain_together
     from autocompress.recipe import Recipe, Step
-    from autocompress.search.trial import TrialSetup, evaluate_candidate
 
     data, teacher = front._world("sst2", args.data_dir)
     finish = yaml.safe_load(SPACE.read_text())["finish"]["distill"]
     recipe = Recipe(tuple(Step(m, p) for m, p in MEMBERS[args.recipe]) + (Step("distill", finish), Step("quantize_int8")))
-    work = tempfile.mkdtemp(prefix="ac-member-")
-    setup = TrialSetup(store_url="", run="bench", run_dir=work, data_path="", teacher_path=str(teacher.path),
-                       profiles=(args.device,), device=args.device, budget_ms=None, space_text="", num_layers=6,
-                       threads=min(4, os.cpu_count() or 1))
     t0 = time.time()
-    onnx = evaluate_candidate(setup, 1, recipe, data=data, teacher=teacher).artifacts["onnx"]
+    onnx = front.as_trial(recipe, data, teacher, tempfile.mkdtemp(prefix="ac-member-"), args.device)
     seconds = round(time.time() - t0)
     figures = obtain_together({"teacher": args.teacher_onnx, "member": onnx}, args.device)
     row = {"recipe": recipe.short(), "dev": front._dev(onnx, data, teacher),
