@@ -82,6 +82,21 @@ def test_slots_left_go_to_the_fast_end_of_the_front_first():
     assert [t.number for t in members(ts, "cpu", {**spec, "members": 4}, floor=0.5)] == [1, 2, 3, 4]
 
 
+def test_a_member_on_the_front_only_for_its_size_gets_a_slot_only_where_one_is_left():
+    """The README run of 2026-12-07 (laptop-cpu, val, zipped MB): #7 is slower and less accurate than #5 and
+    on the three-objective front only for its smaller download. The four slots go to the accuracy-latency
+    front (#3, the 3-layer full-width member, was skipped for #7 before); with a fifth slot #7 gets it."""
+    teacher = _trial(0, 0.894, 16.26, Recipe(), role="teacher", zip_mb=83.5)
+    ts = [teacher, _trial(1, 0.888, 7.66, Recipe((Step("quantize_int8"),)), zip_mb=18.0),
+          _trial(9, 0.818, 2.29, _kd(2), zip_mb=10.2), _trial(11, 0.834, 2.95, _kd(3), zip_mb=10.8),
+          _trial(3, 0.863, 3.96, _kd(4), zip_mb=13.8), _trial(5, 0.879, 4.26, _kd(5), zip_mb=13.2),
+          _trial(7, 0.841, 4.90, _kd(6), zip_mb=11.7)]
+    spec = {"members": 4, "within": 0.08, "distill": LONG}
+    assert [t.number for t in members(ts, "cpu", spec, floor=0.56)] == [9, 11, 3, 5]
+    assert [t.number for t in members(ts, "cpu", {**spec, "members": 5}, floor=0.56)] == [9, 11, 3, 5, 7]
+    assert [t.number for t in members(ts, "cpu", {**spec, "members": 2}, floor=0.56)] == [9, 5]
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, glue_dir):
     """A store with a tiny teacher (a 4-layer BERT with MiniLM's tokenizer, adopted) and one distilled

@@ -50,19 +50,26 @@ def members(trials: list[TrialRecord], device: str, spec: dict, floor: float | N
     front's fast end, where a long recovery has the most to give: SST-2's 3-layer member went from 88.1 to
     92.1 val), then to the most accurate of the others (the front also keeps slower members for their
     size). So a task whose short recoveries all land far from the teacher (CoLA: of a teacher's 35.4 val
-    MCC, the 3-layer members had 13.8-21.4 after 400 steps) still gets its members trained long. Returned
-    fastest first."""
+    MCC, the 3-layer members had 13.8-21.4 after 400 steps) still gets its members trained long.
+
+    The slots go to the accuracy-latency front first: a member that is on the device's front only for its
+    smaller download (slower and less accurate than another) gets a slot only where one is left over. (SST-2,
+    2026-12-07: such a member, 4.90 ms at 84.1 val beside 4.26 ms at 87.9, took the slot of the 3-layer
+    full-width one; its long recovery ended at 88.42 dev and 5.36 ms, behind the 4.29 ms member at 90.25.)
+    Returned fastest first."""
     teacher = next((t for t in trials if t.role == "teacher"), None)
     top = teacher.accuracy("val") if teacher else max((t.accuracy("val") or 0.0) for t in trials)
     done = {t.params.get("refines") for t in trials if t.role == ROLE}
     seen = {Recipe.from_json(t.recipe).hash for t in trials if t.role == ROLE}
-    front = pareto.front(trials, device, floor=floor)           # fastest first
-    fit = []
-    for t in sorted(front, key=_val, reverse=True):       # one member per long recipe
+    front = pareto.front(trials, device, floor=floor, size=False)           # fastest first
+    on = {t.number for t in front}
+    size_only = [t for t in pareto.front(trials, device, floor=floor) if t.number not in on]
+    fit, extra = [], []
+    for t in sorted(front, key=_val, reverse=True) + sorted(size_only, key=_val, reverse=True):  # one per long recipe
         longer = refined_recipe(Recipe.from_json(t.recipe), spec["distill"]) if t.role == "candidate" else None
         if longer is not None and t.number not in done and longer.hash not in seen:
             seen.add(longer.hash)
-            fit.append(t)
+            (fit if t.number in on else extra).append(t)
     fit.sort(key=front.index)
     pool = [t for t in fit if t.accuracy("val") >= top - spec["within"]]
     k = min(spec["members"], len(pool))
@@ -72,9 +79,9 @@ def members(trials: list[TrialRecord], device: str, spec: dict, floor: float | N
         chosen = [pool[i] for i in sorted({round(i * (len(pool) - 1) / (k - 1)) for i in range(k)})]
     cut = min((fit.index(t) for t in chosen), default=len(fit))
     faster, slower = fit[:cut], [t for t in fit[cut:] if t not in chosen]
-    rest = sorted(faster, key=_val, reverse=True) + sorted(slower, key=_val, reverse=True)
+    rest = sorted(faster, key=_val, reverse=True) + sorted(slower, key=_val, reverse=True) + extra
     chosen += rest[:spec["members"] - len(chosen)]
-    return sorted(chosen, key=fit.index)
+    return sorted(chosen, key=lambda t: t.latencies[device]["median_ms"])
 
 
 def _val(t: TrialRecord) -> float:

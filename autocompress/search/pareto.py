@@ -34,12 +34,14 @@ def trivial(trials: list[TrialRecord], floor: float | None, split: str = "val") 
     return [t for t in trials if t.role != "teacher" and t.accuracy(split) is not None and t.accuracy(split) <= floor]
 
 
-def front(trials: list[TrialRecord], profile: str, split: str = "val", floor: float | None = None) -> list[TrialRecord]:
+def front(trials: list[TrialRecord], profile: str, split: str = "val", floor: float | None = None,
+          size: bool = True) -> list[TrialRecord]:
     """Non-dominated trials on (accuracy on ``split``, median latency on ``profile``, zipped size where
-    every trial has one), fastest first; candidates at or below ``floor`` (the trivial baseline) left out."""
+    every trial has one and ``size``), fastest first; candidates at or below ``floor`` (the trivial baseline)
+    left out. ``size=False``: the accuracy-latency front alone (what a latency goal is judged on)."""
     low = {t.number for t in trivial(trials, floor, split)}
     scored = [t for t in trials if t.accuracy(split) is not None and profile in t.latencies and t.number not in low]
-    with_size = bool(scored) and all(t.size_zip_mb is not None for t in scored)
+    with_size = size and bool(scored) and all(t.size_zip_mb is not None for t in scored)
     pts = [(t, _point(t, profile, split, with_size)) for t in scored]
     keep = [(t, p) for t, p in pts if not any(dominates(q, p) for _, q in pts)]
     # equal points: keep the first (lowest trial number) only
