@@ -23,7 +23,7 @@ from . import arch, checkpoint, export, fileio
 from .evaluate import beats_trivial, predict_torch, resolution, score
 from .features import EVAL_MAX_LENGTH, TransferSet, encode
 from .hardware.host import native_bf16
-from .methods.distillation import Watch, optimise
+from .methods.distillation import Watch, optimise, seeded
 from .paths import teachers_dir
 from .tasks import TaskData, hub_unreachable
 
@@ -159,7 +159,7 @@ def _train(model, transfer: TransferSet, settings: TeacherSettings, progress, wa
             return model(**arch.inputs(model, batch), labels=batch["labels"]).loss, {}
 
     optimise(model, params, transfer.batches(settings.batch_size, steps, seed=settings.seed), loss_fn, steps=steps,
-             lr=settings.lr, warmup=0.1, name="fine-tune", watch=watch,
+             lr=settings.lr, warmup=0.1, name="fine-tune", watch=watch, seed=settings.seed,
              on_step=(lambda step, total, loss, _: progress(step, total, loss.item())) if progress else None)
     return model
 
@@ -201,9 +201,10 @@ def get_teacher(settings: TeacherSettings, data: TaskData, *, log: Callable[[str
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         names = data.spec.label_names
-        model = AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=len(names), id2label=dict(enumerate(names)),
-            label2id={name: i for i, name in enumerate(names)}, attn_implementation="sdpa")
+        with seeded(settings.seed):        # the new classifier head's weights: the same seed, the same head
+            model = AutoModelForSequenceClassification.from_pretrained(
+                source, num_labels=len(names), id2label=dict(enumerate(names)),
+                label2id={name: i for i, name in enumerate(names)}, attn_implementation="sdpa")
     except OSError as e:
         raise TeacherError(f"cannot load model {settings.model!r} ({str(e).splitlines()[0][:120]}): "
                            f"offline, give --model a local model folder (default: the packaged MiniLM)") from None

@@ -41,3 +41,33 @@ def test_no_budget_means_no_constraint(searcher):
     searcher.on_trial_complete("x", {"val_accuracy": 0.9, "latency_ms": 20.0})
     (t,) = searcher._ot_study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert t.constraints == {} and t.values == [0.9, 20.0]
+
+
+def test_a_resumed_search_shows_the_best_within_budget_of_what_finished_before():
+    """The bar's "best within budget" starts from the store's candidates (a resumed search showed the first
+    new trial, #13 at 80.8%, beside #1 at 87.6% finished before the stop); the teacher and trials over the
+    budget are not it; a better new trial takes over."""
+    from types import SimpleNamespace
+
+    from autocompress.recipe import Recipe
+    from autocompress.search.runner import Progress
+    from autocompress.store import TrialRecord
+
+    def trial(number, val, ms, role="candidate"):
+        t = TrialRecord(number, role, Recipe().to_json(), Recipe().hash, "done", None, 1.0, 1.0, 100, {})
+        t.metrics["val"] = {"n": 1000, "main": val}
+        t.latencies["laptop-cpu"] = {"profile": "laptop-cpu", "median_ms": ms}
+        return t
+
+    done = [trial(0, 0.90, 17.0, role="teacher"), trial(1, 0.876, 7.9), trial(2, 0.89, 60.0), trial(3, 0.85, 3.4)]
+    store = SimpleNamespace(trials=lambda run: done)
+    bar = SimpleNamespace(set_postfix_str=lambda text: shown.append(text), update=lambda n: None)
+    shown = []
+    progress = Progress(bar, store, SimpleNamespace(run="r", device="laptop-cpu", budget_ms=50.0))
+    assert progress.best == (0.876, 7.9, 1)
+    new = SimpleNamespace(last_result={"val_accuracy": 0.808, "latency_ms": 2.0, "number": 13, "trained": True})
+    progress.on_trial_complete(0, [], new)
+    assert progress.best == (0.876, 7.9, 1) and "best within budget: #1 87.6% 7.9 ms" in shown[-1]
+    progress.on_trial_complete(0, [], SimpleNamespace(last_result={"val_accuracy": 0.88, "latency_ms": 4.0,
+                                                                   "number": 14, "trained": True}))
+    assert progress.best == (0.88, 4.0, 14)

@@ -341,59 +341,71 @@ class Watch:
         return max((c["val"] for c in self.curve), default=None)
 
 
+@contextmanager
+def seeded(seed: int | None):
+    """torch's global generator (dropout masks, a new classifier head's initial weights) seeded for the block and
+    restored after it (``None``: left as it is). Unseeded, one --seed gave SST-2 teachers of 88.76 to 90.02 dev."""
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
+
+
 def optimise(model, params: list, batches: Iterator[dict], loss_fn, *, steps: int, lr: float, warmup: float = 0.1,
              name: str = "train", on_step: Callable[[int, int, torch.Tensor, dict], None] | None = None,
-             watch: Watch | None = None, weight_decay: float = 0.01) -> None:
+             watch: Watch | None = None, weight_decay: float = 0.01, seed: int | None = None) -> None:
     """The training loop of autocompress (the teacher's fine-tune, recovery, early exit's heads): ``steps``
     AdamW steps on ``params`` over ``batches`` (linear warm-up over a ``warmup`` fraction, then linear decay;
     gradients clipped at 1); ``loss_fn(batch) -> (loss, {part: loss})``. A loss that is not finite stops
     it with a FloatingPointError. ``on_step(step, steps, loss, parts)`` after each step (progress).
     With ``watch``, the held-out score is looked at as it goes (see ``Watch``). ``model`` trains
-    meanwhile and is left in eval mode."""
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    warm = max(1, int(steps * warmup))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
-    model.train()
-    best_state, since, last_loss, done = None, 0, float("nan"), 0
-    for step, batch in enumerate(batches):
-        loss, losses = loss_fn(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{name}: the loss became {loss.item()} at step {step + 1} of {steps} "
-                                     f"(lr {lr:g}): the trial is stopped")
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        done, last_loss = step + 1, loss.item()
-        if on_step:
-            on_step(done, steps, loss, losses)
-        if watch and (done % watch.every == 0 or done == steps):
-            model.eval()
-            value = float(watch.evaluate(done, last_loss))
-            model.train()
-            previous = watch.best()
-            watch.curve.append({"step": done, "train_loss": round(last_loss, 5), "val": value})
-            if previous is None or value > previous + watch.min_gain:
-                if watch.keep_best:
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                watch.kept_step, since = done, 0
-            else:
-                since += 1
-                if watch.patience is not None and since >= watch.patience:
-                    watch.stopped = (f"no gain over the best ({previous:.4f} at step {watch.kept_step}) in "
-                                     f"{since} evaluations")
-                    break
-        if done >= steps:
-            break
-    if watch:
-        watch.stopped = watch.stopped or f"the planned {steps} steps were done"
-        if not watch.keep_best:
-            watch.kept_step = done          # the last weights are kept
-        elif best_state is not None and watch.kept_step != done:
-            model.load_state_dict(best_state)
-    model.eval()
+    meanwhile and is left in eval mode. With ``seed``, its dropout masks are drawn from a generator seeded
+    with it (the same seed, the same run)."""
+    with seeded(seed):
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        warm = max(1, int(steps * warmup))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
+        model.train()
+        best_state, since, last_loss, done = None, 0, float("nan"), 0
+        for step, batch in enumerate(batches):
+            loss, losses = loss_fn(batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{name}: the loss became {loss.item()} at step {step + 1} of {steps} "
+                                         f"(lr {lr:g}): the trial is stopped")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            done, last_loss = step + 1, loss.item()
+            if on_step:
+                on_step(done, steps, loss, losses)
+            if watch and (done % watch.every == 0 or done == steps):
+                model.eval()
+                value = float(watch.evaluate(done, last_loss))
+                model.train()
+                previous = watch.best()
+                watch.curve.append({"step": done, "train_loss": round(last_loss, 5), "val": value})
+                if previous is None or value > previous + watch.min_gain:
+                    if watch.keep_best:
+                        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    watch.kept_step, since = done, 0
+                else:
+                    since += 1
+                    if watch.patience is not None and since >= watch.patience:
+                        watch.stopped = (f"no gain over the best ({previous:.4f} at step {watch.kept_step}) in "
+                                         f"{since} evaluations")
+                        break
+            if done >= steps:
+                break
+        if watch:
+            watch.stopped = watch.stopped or f"the planned {steps} steps were done"
+            if not watch.keep_best:
+                watch.kept_step = done          # the last weights are kept
+            elif best_state is not None and watch.kept_step != done:
+                model.load_state_dict(best_state)
+        model.eval()
 
 
 def recover(model, params: list, cfg: Distillation, ctx: Context, loss_fn, name: str = "distill") -> None:
@@ -405,4 +417,4 @@ def recover(model, params: list, cfg: Distillation, ctx: Context, loss_fn, name:
             ctx.progress(f"{name} {step}/{steps} loss {loss.item():.3f} ({parts})")
 
     optimise(model, params, ctx.transfer.batches(cfg.batch_size, cfg.steps, seed=ctx.seed + 1), loss_fn,
-             steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup, name=name, on_step=on_step)
+             steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup, name=name, on_step=on_step, seed=ctx.seed + 3)

@@ -25,7 +25,7 @@ import torch
 from .. import arch
 from ..pipeline import RULES, ExitRule
 from .base import Context, RecipeError, check, module_kind, register
-from .distillation import Distillation, kd_loss, recover
+from .distillation import Distillation, kd_loss, recover, seeded
 
 EXITS_ATTR = "early_exits"        # where the heads hang on the classifier (a direct child module)
 
@@ -195,8 +195,8 @@ def early_exit(model, cfg: EarlyExit, ctx: Context):
         raise RecipeError(f"early_exit: no exit fits a model of {depth} layers with exits={cfg.exits!r}")
     if ctx is None:
         raise RecipeError("early_exit trains its exits by distillation: it needs the transfer set")
-    torch.manual_seed(ctx.seed)
-    heads = ExitHeads(arch.hidden_size(model), int(model.config.num_labels), after, cfg.rule, cfg.threshold)
+    with seeded(ctx.seed):
+        heads = ExitHeads(arch.hidden_size(model), int(model.config.num_labels), after, cfg.rule, cfg.threshold)
     setattr(model, EXITS_ATTR, heads)
     frozen = [p for p in model.parameters() if p.requires_grad and not any(p is q for q in heads.parameters())]
     for p in frozen:

@@ -100,6 +100,14 @@ class Progress(tune.Callback):
         self.failed = 0
         self.over_budget = 0
         self.best: tuple[float, float, int] | None = None    # (val, latency, trial) within budget
+        for t in store.trials(plan.run):                      # a resumed search: the candidates finished before
+            if t.role == "candidate" and t.accuracy("val") is not None and plan.device in t.latencies:
+                self._consider(t.accuracy("val"), t.latencies[plan.device]["median_ms"], t.number)
+
+    def _consider(self, val: float, latency_ms: float, number: int) -> None:
+        within = self.plan.budget_ms is None or latency_ms <= self.plan.budget_ms
+        if within and (self.best is None or val > self.best[0]):
+            self.best = (val, latency_ms, number)
 
     def __getstate__(self):   # Ray Tune pickles its callbacks with the experiment state: keep only numbers
         return {"failed": self.failed, "over_budget": self.over_budget, "best": self.best, "bar": None,
@@ -130,9 +138,7 @@ class Progress(tune.Callback):
             self.over_budget += 1
             self._postfix(f"trial {r['number']}: {r['latency_ms']:.1f} ms, over budget, not trained")
         elif "val_accuracy" in r:
-            within = self.plan.budget_ms is None or r["latency_ms"] <= self.plan.budget_ms
-            if within and (self.best is None or r["val_accuracy"] > self.best[0]):
-                self.best = (r["val_accuracy"], r["latency_ms"], r["number"])
+            self._consider(r["val_accuracy"], r["latency_ms"], r["number"])
             self._postfix(f"trial {r['number']}: {100 * r['val_accuracy']:.1f}%, {r['latency_ms']:.1f} ms")
         self.bar.update(1)
 
