@@ -41,6 +41,8 @@ MEMBERS = {   # the members the tenth session's README run finished (benchmarks/
                                           ("prune_heads", {"ratio": 0.25}), ("prune_ffn", {"ratio": 0.25})],   # run of 12-07
     "layers 4 · heads -50% · ffn -50%": [("drop_layers", {"keep": 4, "strategy": "top"}),   # 3.98x at -0.12 dev
                                          ("prune_heads", {"ratio": 0.5}), ("prune_ffn", {"ratio": 0.5})],   # on 12-05
+    "layers 3 · heads -50% · ffn -50%": [("drop_layers", {"keep": 3, "strategy": "top"}),   # the 4-layer member one
+                                         ("prune_heads", {"ratio": 0.5}), ("prune_ffn", {"ratio": 0.5})],   # layer less
     "layers 3 alt · heads -25%": [("drop_layers", {"keep": 3, "strategy": "alternate"}), ("prune_heads", {"ratio": 0.25})],
     "layers 2 alt · heads -25% · ffn -50%": [("drop_layers", {"keep": 2, "strategy": "alternate"}),   # the 2-layer
                                               ("prune_heads", {"ratio": 0.25}), ("prune_ffn", {"ratio": 0.5})],   # seed

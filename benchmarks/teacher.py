@@ -34,7 +34,8 @@ LOOPS = {"new": {}, "today": {"patience": None, "keep_best": False, "passes": 2,
          "new-3pass": {"epochs": 3},      # the new loop over a plan of three passes (SST-2: val still rose at two)
          "bf16": {"bf16": True},          # the new loop with its passes under bf16 autocast (where native; the default
          "fp32": {"bf16": False},         # since 2026-12-06) or in fp32 (the default before)
-         "bf16-lr5e-5": {"bf16": True, "lr": 5e-5}}   # the bf16 loop at half the learning rate
+         "bf16-lr5e-5": {"bf16": True, "lr": 5e-5},   # the bf16 loop at half the learning rate
+         "seeded": {}}     # the defaults once the head and dropout follow the seed (5a948cb): one seed, one teacher
 
 
 def run(task: str, seed: int, loop: str, data_dir: str | None, cache: str | None = None, adopt: bool = False) -> dict:
