@@ -257,17 +257,34 @@ def remeasure_fronts(store: Store, run: str, profiles: tuple[HardwareProfile, ..
             members = {t.number: t for t in trials if t.role == "teacher"}
             members.update({t.number: t for t in pareto.front(trials, p, floor=floor)})
             members = {n: t for n, t in members.items() if "onnx" in t.artifacts and p in t.latencies}
-            if set(members) <= measured:
+            if set(members) <= measured or not retime(store, run, profile, list(members.values())):
                 break
-            again = obtain_side_by_side({n: verified(store, run, n) for n in members}, profile,
-                                        stored={n: t.latencies[p] for n, t in members.items()},
-                                        fp32_paths={n: verified(store, run, n, "onnx_fp32") for n, t in members.items()
-                                                    if "onnx_fp32" in t.artifacts})
-            if not again:
-                break
-            for n, lat in again.items():
-                store.add_latency(store.trial_id(run, n), lat.to_dict())
             measured = set(members)
+
+
+def retime_candidates(store: Store, run: str, profile: HardwareProfile) -> int:
+    """Before the finishing stage chooses its members on ``profile`` (the target device): the teacher and
+    every finished candidate timed again side by side, so that the front it chooses from is made of ratios
+    from one measurement. A figure taken before a trial's training, while the shared host ran slow, can put
+    a member off the front: in the README run of 2026-12-07 16:04 the 3-layer half-width seed was timed at
+    3.73 ms beside the 4-layer one's 3.67 (2.65 against 3.39 side by side), was dominated, and got no long
+    recovery. Returns how many were re-timed."""
+    trials = [t for t in store.trials(run) if t.role in ("teacher", "candidate")
+              and "onnx" in t.artifacts and profile.name in t.latencies]
+    return retime(store, run, profile, trials) if len(trials) > 1 else 0
+
+
+def retime(store: Store, run: str, profile: HardwareProfile, trials: list[TrialRecord]) -> int:
+    """``trials`` timed again on ``profile`` side by side (``obtain_side_by_side``), their stored figures
+    replaced; returns how many were (0 where the profile has nothing to re-time)."""
+    p = profile.name
+    again = obtain_side_by_side({t.number: verified(store, run, t.number) for t in trials}, profile,
+                                stored={t.number: t.latencies[p] for t in trials},
+                                fp32_paths={t.number: verified(store, run, t.number, "onnx_fp32") for t in trials
+                                            if "onnx_fp32" in t.artifacts})
+    for n, lat in again.items():
+        store.add_latency(store.trial_id(run, n), lat.to_dict())
+    return len(again)
 
 
 def rescore_fronts(store: Store, run: str, profiles: tuple[HardwareProfile, ...], data: TaskData, teacher: Teacher,

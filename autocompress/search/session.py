@@ -301,9 +301,13 @@ def _search(store: Store, name: str, settings: RunSettings, data: TaskData, teac
     try:
         prepare(profiles, log=log)      # predictors calibrated on this host (once, cached) before any trial
         status = run_search(plan, setup, data, teacher, log=log)
-        if status == "done":             # the finishing stage: a long recovery for the most promising members
-            from .finishing import refine
+        if status == "done" and plan.space.finish:   # the finishing stage: a long recovery for the most promising
+            from .finishing import refine              # members, chosen on figures re-timed side by side
+            from .runner import retime_candidates
 
+            for target in (p for p in profiles if p.name == run.device):
+                log(f"finishing: the finished candidates re-timed on {target.name} side by side before it chooses")
+                retime_candidates(store, name, target)
             refine(store, setup, plan.space.finish, data, teacher, floor=settings.floor, log=log)
     except KeyboardInterrupt:
         status = "interrupted"
