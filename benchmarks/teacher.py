@@ -16,11 +16,14 @@ seed; "today" is ``TeacherSettings(patience=None, keep_best=False, passes=2)`` (
 until the end, as the issue found it), "new" the defaults, "bf16" and "fp32" the defaults with ``bf16`` on (the default since
 2026-12-06; "new" rows before that date were fp32) and off. Each run fine-tunes in a cache of its own (the
 teacher cache is not reused), on a quiet machine: times are wall-clock seconds of training (scoring,
-transfer logits and export excluded).
+transfer logits and export excluded). "meanpool" is the defaults with the classifier reading the mean of the
+token states under the attention mask (``MeanPooler``: how all-MiniLM-L6-v2 embeds a sentence) in place of
+BERT's [CLS] pooler; it is scored here only (``--loops meanpool --seeds 0 1 2``).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -35,7 +38,33 @@ LOOPS = {"new": {}, "today": {"patience": None, "keep_best": False, "passes": 2,
          "bf16": {"bf16": True},          # the new loop with its passes under bf16 autocast (where native; the default
          "fp32": {"bf16": False},         # since 2026-12-06) or in fp32 (the default before)
          "bf16-lr5e-5": {"bf16": True, "lr": 5e-5},   # the bf16 loop at half the learning rate
-         "seeded": {}}     # the defaults once the head and dropout follow the seed (5a948cb): one seed, one teacher
+         "seeded": {},     # the defaults once the head and dropout follow the seed (5a948cb): one seed, one teacher
+         "meanpool": {}}   # the defaults with the classifier on the mean of the token states (MeanPooler)
+POOLED = {"meanpool"}     # loops whose model reads the mean of its token states, not tanh(W [CLS])
+
+
+class MeanPooler:
+    """In place of BERT's pooler (tanh of a linear map of the [CLS] state): the mean of the token states under
+    the attention mask, how all-MiniLM-L6-v2 was trained to embed a sentence (sentence-transformers' mean
+    pooling). A benchmark of the teacher's head only: the search's students, export and ``pick`` keep BERT's
+    head, so a teacher fine-tuned this way is scored here and not exported (its ONNX export is skipped)."""
+
+    @staticmethod
+    def install(model):
+        import torch
+
+        class Mean(torch.nn.Module):
+            mask = None
+
+            def forward(self, hidden):
+                m = (self.mask if self.mask is not None else torch.ones(hidden.shape[:2])).unsqueeze(-1).to(hidden.dtype)
+                return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+
+        pooler = Mean()
+        model.bert.pooler = pooler
+        model.bert.register_forward_pre_hook(
+            lambda _, args, kwargs: setattr(pooler, "mask", kwargs.get("attention_mask")), with_kwargs=True)
+        return model
 
 
 def run(task: str, seed: int, loop: str, data_dir: str | None, cache: str | None = None, adopt: bool = False) -> dict:
@@ -44,7 +73,7 @@ def run(task: str, seed: int, loop: str, data_dir: str | None, cache: str | None
 
     data = load_task(task, data_dir, seed=seed)
     settings = TeacherSettings(task=data.spec.name, val_size=len(data.val), seed=seed, **LOOPS[loop])
-    with tempfile.TemporaryDirectory(prefix="ac-teacher-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ac-teacher-bench-") as tmp, pooled(loop in POOLED, cache):
         os.environ["AUTOCOMPRESS_CACHE"] = cache or tmp
         t0 = time.time()
         teacher = get_teacher(settings, data, log=lambda m: print(f"  {m}", file=sys.stderr, flush=True),
@@ -60,6 +89,29 @@ def run(task: str, seed: int, loop: str, data_dir: str | None, cache: str | None
             "val": info["val"]["metrics"]["main"], "dev": info["dev"]["metrics"]["main"],
             "learned": (info.get("learned") or {}).get("passed"), "curve": info.get("curve"),
             "settings": dataclasses.asdict(settings), "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+@contextlib.contextmanager
+def pooled(on: bool, cache: str | None):
+    """With ``on``, the teacher's model gets ``MeanPooler`` as it is built, and is not exported."""
+    if not on:
+        yield
+        return
+    if cache:
+        raise SystemExit("a mean-pooled teacher would share the cache key of BERT's head: leave --cache out")
+    from unittest import mock
+
+    from autocompress import export, teacher
+    real = teacher.AutoModelForSequenceClassification
+
+    class Auto:
+        @staticmethod
+        def from_pretrained(*args, **kwargs):
+            return MeanPooler.install(real.from_pretrained(*args, **kwargs))
+
+    with mock.patch.object(teacher, "AutoModelForSequenceClassification", Auto), \
+            mock.patch.object(export, "export_onnx", lambda *a, **k: None):
+        yield
 
 
 def step_time(task: str, data_dir: str | None, steps: int, rounds: int) -> str:
