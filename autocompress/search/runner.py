@@ -267,7 +267,7 @@ def retime_candidates(store: Store, run: str, profile: HardwareProfile) -> int:
     every finished candidate timed again side by side, so that the front it chooses from is made of ratios
     from one measurement. A figure taken before a trial's training, while the shared host ran slow, can put
     a member off the front: in the README run of 2026-12-07 16:04 the 3-layer half-width seed was timed at
-    3.73 ms beside the 4-layer one's 3.67 (2.65 against 3.39 side by side), was dominated, and got no long
+    3.73 ms beside the 4-layer one's 3.67 (2.82 against 3.61 side by side afterwards), was dominated, and got no long
     recovery. Returns how many were re-timed."""
     trials = [t for t in store.trials(run) if t.role in ("teacher", "candidate")
               and "onnx" in t.artifacts and profile.name in t.latencies]
