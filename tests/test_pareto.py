@@ -136,6 +136,30 @@ def test_the_pick_is_the_fastest_within_the_tolerance_of_the_most_accurate():
     assert "the most accurate" in pick_reason(ts, "laptop", None, tolerance=0.0)
 
 
+def test_latencies_within_five_percent_are_one_speed_for_the_pick():
+    """The README run of 2026-12-07 19:26 ended on the 400-step parent (#5: val 87.80, 4.55 ms) of a finished
+    member (#16: the same structure, val 88.60, 4.56 ms): 0.01 ms faster, 3.7 dev points worse. Latencies
+    within SPEED_TIE of the fastest within the tolerance are one speed: the most accurate of them is the pick.
+    A member more than 5% faster still wins."""
+    from autocompress.search.pareto import SPEED_TIE, pick_reason
+
+    assert SPEED_TIE == 0.05
+    teacher, parent, finished = trial(0, 0.885, 17.27), trial(5, 0.878, 4.55), trial(16, 0.886, 4.56)
+    ts = [teacher, parent, finished]
+    assert best_within(ts, "laptop", 50.0).number == 16
+    why = pick_reason(ts, "laptop", 50.0)
+    assert why.startswith("* = trial 16, the most accurate within 50 ms") and "more than 5% faster" in why
+    assert "trial 5 is 1.00x faster still" in why
+    # 4.30 ms is 5.8% faster than 4.55: a real gain within one point, so it is the pick
+    quick = trial(7, 0.880, 4.30)
+    assert best_within(ts + [quick], "laptop", 50.0).number == 7
+    assert "trial 7: the fastest within 50 ms" in pick_reason(ts + [quick], "laptop", 50.0)
+    # the tie is taken around the fastest within the tolerance, not around the most accurate
+    near = trial(8, 0.884, 4.40)                          # within 5% of 4.30: the more accurate of the two
+    assert best_within(ts + [quick, near], "laptop", 50.0).number == 8
+    assert best_within(ts + [quick, near], "laptop", 50.0, tolerance=0.0).number == 16
+
+
 def test_members_at_or_below_the_trivial_baseline_are_off_the_front():
     """A chance-level model (57.1% where always answering the majority class scores 57.1%) is never a front
     member, however fast; it is listed by ``trivial`` (the store keeps it)."""

@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "latency over the task's inputs, the fixed shape's figure kept beside it) or fixed (each profile's "
                    "own shape, e.g. batch 1 x 128 tokens). Default: what each profile says (the bundled ones: fixed)")
     s.add_argument("--tolerance", help="the pick that ends the search (*): the fastest member within this many points "
-                   "of the most accurate one within budget, on val (default 1; 0: the most accurate)")
+                   "of the most accurate one within budget, on val (default 1; 0: the most accurate); latencies within 5%% "
+                   "of each other count as one speed, the more accurate taken")
     s.add_argument("--force", action="store_true", help="search even if the teacher is no better than always "
                    "answering one class (by default the search stops there)")
     s.add_argument("--resume", metavar="RUN", help="continue an interrupted run (same --storage/--runs-dir): "
